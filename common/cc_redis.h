@@ -1,0 +1,97 @@
+/* cc_redis: a small pool of long-lived, multiplexed hiredis async connections on one
+ * libuv loop. Commands are pipelined on whichever connection is up (round robin);
+ * each has a timeout (hiredis 0.14 has none, so a per-connection uv timer watches the
+ * oldest pending command and drops the connection when it is late); dropped
+ * connections reconnect with exponential backoff. Lua scripts are registered once,
+ * loaded on every (re)connect and called by SHA.
+ *
+ * Redis URLs: redis://host:port[/db] or sentinel://host:port[,host:port...]/name.
+ * In Sentinel mode each (re)connect asks the sentinels for the current primary.
+ *
+ * Threading: every function must be called from the loop's thread. */
+#ifndef CC_REDIS_H
+#define CC_REDIS_H
+
+#include <hiredis/hiredis.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct cc_redis cc_redis;
+
+/** A parsed Redis URL. */
+typedef struct {
+    int sentinel;             /* 1 for sentinel:// */
+    char host[8][256];        /* direct: host[0]; sentinel: up to 8 sentinels */
+    int port[8];
+    int n_hosts;
+    int db;                   /* redis:// only */
+    char master_name[128];    /* sentinel:// only */
+} cc_redis_url;
+
+/** Parses `url`; returns 0, or -1 with a reason in err[errlen]. */
+int cc_redis_url_parse(cc_redis_url *out, const char *url, char *err, size_t errlen);
+
+typedef struct {
+    const char *url;            /* see above */
+    int connections;            /* pool size, default 2 */
+    int command_timeout_ms;     /* default 2000 */
+    int connect_timeout_ms;     /* default 1000 */
+    int max_backoff_ms;         /* default 2000 */
+} cc_redis_config;
+
+/** Called with the reply (owned by hiredis, valid only during the call), or with
+ * reply == NULL and `err` saying why ("timeout", "disconnected", ...). */
+typedef void (*cc_redis_cb)(redisReply *reply, const char *err, void *payload);
+
+/** Called on the loop when the pool goes from no connection up to one, or back. */
+typedef void (*cc_redis_state_cb)(int up, void *payload);
+
+/** A Lua script: register once with cc_redis_script_init before use. */
+typedef struct {
+    const char *name;
+    const char *body;
+    size_t len;
+    char sha[41];
+} cc_redis_script;
+
+/** Fills script->sha from its body. */
+void cc_redis_script_init(cc_redis_script *script, const char *name, const char *body, size_t len);
+
+/** Creates the pool and starts connecting. Returns 0 or -1 (bad URL: reason in err). */
+int cc_redis_create(cc_redis **out, uv_loop_t *loop, const cc_redis_config *cfg,
+                    char *err, size_t errlen);
+
+/** Scripts loaded (SCRIPT LOAD) on every connection as it comes up. The array must
+ * outlive the pool. Call before the first connection is up. */
+void cc_redis_set_scripts(cc_redis *r, cc_redis_script **scripts, int n);
+
+void cc_redis_set_state_cb(cc_redis *r, cc_redis_state_cb cb, void *payload);
+
+/** 1 if at least one connection is up. */
+int cc_redis_is_up(const cc_redis *r);
+
+/** Sends a command. Returns 0 when queued (cb will be called exactly once), or -1
+ * when no connection is up (cb will not be called). */
+int cc_redis_command_argv(cc_redis *r, cc_redis_cb cb, void *payload, int argc,
+                          const char **argv, const size_t *argvlen);
+
+/** printf-style variant (hiredis format: %s, %b, %d...). Same contract. */
+int cc_redis_command(cc_redis *r, cc_redis_cb cb, void *payload, const char *fmt, ...);
+
+/** EVALSHA of `script` with `nkeys` keys followed by args (args[0..nargs) are
+ * keys then ARGV). Same contract as cc_redis_command_argv. */
+int cc_redis_eval(cc_redis *r, const cc_redis_script *script, cc_redis_cb cb, void *payload,
+                  int nkeys, int nargs, const char **args, const size_t *lens);
+
+/** Stops reconnecting, fails pending commands with "closing", frees the pool once
+ * every handle is closed (the loop keeps running until then). */
+void cc_redis_close(cc_redis *r);
+
+/** Counters for stats and tests. */
+typedef struct {
+    uint64_t sent, replies, errors, timeouts, reconnects;
+} cc_redis_stats;
+void cc_redis_get_stats(const cc_redis *r, cc_redis_stats *out);
+
+#endif

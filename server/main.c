@@ -1,0 +1,61 @@
+/* concert-server: the gRPC front end. Parses configuration and hands over to srv_run. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cc_log.h"
+#include "cc_opt.h"
+#include "srv_run.h"
+
+static const char usage[] =
+    "Usage: concert-server --listen HOST:PORT --redis URL [options]\n"
+    "\n"
+    "The concert waiting room and booking gRPC service (package concert.v1), plus\n"
+    "grpc.health.v1.Health and server reflection. Stateless: run as many as you like\n"
+    "against one Redis. Redis URLs: redis://host:port[/db] or\n"
+    "sentinel://host:port[,host:port...]/name. Logs one logfmt line per event to stderr.\n"
+    "Queue policy flags are defaults for concerts without a policy set by an admin.\n";
+
+int main(int argc, char **argv) {
+    srv_config cfg = {
+        .listen = "127.0.0.1:50051",
+        .redis_url = "redis://127.0.0.1:6379",
+        .log_level = "info",
+        .admit_rate = 100,
+        .max_active = 1000,
+        .active_ttl_ms = 10 * 60 * 1000,
+        .idle_timeout_ms = 60 * 1000,
+        .admit_interval_ms = 100,
+        .watch_interval_ms = 500,
+        .redis_connections = 2,
+        .redis_timeout_ms = 2000,
+        .shutdown_grace_ms = 5000,
+        .requests_per_method = 32,
+    };
+    const cc_opt opts[] = {
+        {"listen", "CONCERT_LISTEN", CC_OPT_STR, &cfg.listen, "HOST:PORT", "address to serve gRPC on (default 127.0.0.1:50051)", 0, 0},
+        {"redis", "CONCERT_REDIS", CC_OPT_STR, &cfg.redis_url, "URL", "Redis URL (default redis://127.0.0.1:6379)", 0, 0},
+        {"kafka", "CONCERT_KAFKA", CC_OPT_STR, &cfg.kafka, "BROKERS", "Kafka bootstrap servers host:port[,...] (payments)", 0, 0},
+        {"admin-key", "CONCERT_ADMIN_KEY", CC_OPT_STR, &cfg.admin_key, "KEY", "x-admin-key for AdminService; unset = no admin", 0, 0},
+        {"metrics", "CONCERT_METRICS", CC_OPT_STR, &cfg.metrics, "HOST:PORT", "serve Prometheus metrics over HTTP here", 0, 0},
+        {"log-level", "CONCERT_LOG_LEVEL", CC_OPT_STR, &cfg.log_level, "LEVEL", "debug, info, warn or error (default info)", 0, 0},
+        {"admit-rate", "CONCERT_ADMIT_RATE", CC_OPT_INT, &cfg.admit_rate, "N", "default admissions per second per concert (default 100; 0 pauses)", 0, 1000000},
+        {"max-active", "CONCERT_MAX_ACTIVE", CC_OPT_INT, &cfg.max_active, "N", "default cap of ACTIVE users per concert (default 1000)", 0, 100000000},
+        {"active-ttl-ms", "CONCERT_ACTIVE_TTL_MS", CC_OPT_INT, &cfg.active_ttl_ms, "MS", "default lifetime of an ACTIVE token (default 600000)", 1000, 86400000},
+        {"idle-timeout-ms", "CONCERT_IDLE_TIMEOUT_MS", CC_OPT_INT, &cfg.idle_timeout_ms, "MS", "waiting users silent this long lose their place (default 60000; 0 = never)", 0, 86400000},
+        {"admit-interval-ms", "CONCERT_ADMIT_INTERVAL_MS", CC_OPT_INT, &cfg.admit_interval_ms, "MS", "how often this server runs admission (default 100)", 10, 10000},
+        {"watch-interval-ms", "CONCERT_WATCH_INTERVAL_MS", CC_OPT_INT, &cfg.watch_interval_ms, "MS", "how often queue watchers are refreshed (default 500)", 50, 60000},
+        {"redis-connections", "CONCERT_REDIS_CONNECTIONS", CC_OPT_INT, &cfg.redis_connections, "N", "multiplexed Redis connections (default 2)", 1, 64},
+        {"redis-timeout-ms", "CONCERT_REDIS_TIMEOUT_MS", CC_OPT_INT, &cfg.redis_timeout_ms, "MS", "Redis command timeout (default 2000)", 10, 60000},
+        {"shutdown-grace-ms", "CONCERT_SHUTDOWN_GRACE_MS", CC_OPT_INT, &cfg.shutdown_grace_ms, "MS", "on SIGTERM, time for in-flight calls (default 5000)", 0, 600000},
+        {"requests-per-method", "CONCERT_REQUESTS_PER_METHOD", CC_OPT_INT, &cfg.requests_per_method, "N", "calls kept armed per method in gRPC core (default 32)", 1, 4096},
+        {0},
+    };
+    if (cc_opt_parse(opts, argc, argv, usage, NULL, 0, NULL) < 0) return 2;
+    int lvl = cc_log_level_parse(cfg.log_level);
+    if (lvl < 0) {
+        fprintf(stderr, "concert-server: --log-level: expected debug, info, warn or error\n");
+        return 2;
+    }
+    cc_log_init("concert-server", (cc_log_level)lvl);
+    return srv_run(&cfg);
+}

@@ -1,0 +1,88 @@
+/* srv_app: the state one concert-server process shares between its services: the
+ * loop, the Redis pool, the configuration, the Lua scripts and the per-concert
+ * registry (admission ticks and queue watchers). Services are in srv_<name>.c. */
+#ifndef SRV_APP_H
+#define SRV_APP_H
+
+#include <grpc/grpc.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cc_redis.h"
+#include "srv_rpc.h"
+
+typedef struct {
+    const char *listen;
+    const char *redis_url;
+    const char *kafka;
+    const char *admin_key;
+    const char *metrics;
+    const char *log_level;
+    int64_t admit_rate;        /* default admissions per second per concert */
+    int64_t max_active;        /* default cap of ACTIVE users per concert */
+    int64_t active_ttl_ms;     /* default lifetime of an ACTIVE token */
+    int64_t idle_timeout_ms;   /* default: waiting users silent this long lose their place */
+    int64_t admit_interval_ms; /* how often this server runs the admission script */
+    int64_t watch_interval_ms; /* how often queue watchers are refreshed */
+    int64_t redis_connections;
+    int64_t redis_timeout_ms;
+    int64_t shutdown_grace_ms;
+    int64_t requests_per_method;
+} srv_config;
+
+typedef struct srv_concert srv_concert;
+typedef struct srv_watcher srv_watcher;
+typedef struct srv_health_watcher srv_health_watcher;
+
+typedef struct srv_app {
+    uv_loop_t *loop;
+    srv_config cfg;
+    cc_redis *redis;
+    srv_rpc *rpc;
+    int shutting_down;
+    /* concerts known to this server, for admission ticks and watchers */
+    srv_concert **concert_buckets;
+    size_t n_buckets, n_concerts;
+    uv_timer_t admit_timer, watch_timer, refresh_timer;
+    int refresh_inflight;
+    /* health watchers */
+    srv_health_watcher *health_watchers;
+} srv_app;
+
+/* ---- Redis helpers shared by services ---- */
+
+/** Maps a failed Redis call (reply NULL with `err`, or an error reply) to a gRPC
+ * status and a message; returns GRPC_STATUS_OK when `reply` is not an error. */
+grpc_status_code srv_redis_status(const redisReply *reply, const char *err, char *msg, size_t msglen);
+
+/** Finishes `call` with the status of a failed Redis call. */
+void srv_fail_redis(srv_call *call, const redisReply *reply, const char *err);
+
+/** Finishes `call` with UNAVAILABLE because no Redis connection is up. */
+void srv_fail_no_redis(srv_call *call);
+
+/* ---- services ---- */
+
+/** All methods this server registers (queue, health, reflection, ...). */
+extern const srv_method srv_methods[];
+extern const int srv_n_methods;
+
+int srv_queue_init(srv_app *app);
+void srv_queue_shutdown(srv_app *app);
+void srv_health_init(srv_app *app);
+/** Redis went up or down: tell health watchers. */
+void srv_health_changed(srv_app *app);
+
+void srv_queue_issue_token(srv_call *c);
+void srv_queue_get_status(srv_call *c);
+void srv_queue_watch(srv_call *c);
+void srv_queue_leave(srv_call *c);
+void srv_health_check(srv_call *c);
+void srv_health_watch(srv_call *c);
+void srv_reflection_info(srv_call *c);
+
+/** Scripts registered with the Redis pool (NULL-terminated list filled at init). */
+extern cc_redis_script *srv_scripts[];
+extern int srv_n_scripts;
+
+#endif

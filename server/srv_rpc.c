@@ -1,0 +1,658 @@
+/* srv_rpc: gRPC C core server on a libuv loop. See srv_rpc.h.
+ *
+ * Tags: every completion carries a pointer to an `srv_tag` whose `fn` runs on the
+ * loop. A call owns three tags (final/status, close, write/recv) so that several of
+ * its batches can be in flight; `refs` counts those batches plus one for the handler,
+ * and the call is freed when it drops to zero. */
+#include "srv_rpc.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/time.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cc_log.h"
+#include "cc_pb.h"
+
+typedef struct srv_tag srv_tag;
+struct srv_tag {
+    void (*fn)(srv_tag *tag, int ok);
+};
+
+typedef struct {
+    srv_tag *tag;
+    int ok;
+} srv_event;
+
+typedef struct srv_slot {
+    srv_tag tag;
+    srv_rpc *s;
+    const srv_method *m; /* NULL: the generic (unregistered) slot */
+    void *reg;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_call_details details;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+} srv_slot;
+
+typedef struct wq {
+    grpc_byte_buffer *bb;
+    struct wq *next;
+} wq;
+
+struct srv_call {
+    srv_tag t_final, t_close, t_io, t_recv;
+    int close_cancelled; /* written by RECV_CLOSE_ON_SERVER */
+    srv_rpc *s;
+    const srv_method *m;
+    grpc_call *call;
+    grpc_metadata_array md;
+    ProtobufCMessage *req;
+    uint64_t deadline_ms;
+    int refs;
+    int handler_done;  /* finish called */
+    int status_sent;
+    int cancelled;
+    int closed;        /* RECV_CLOSE_ON_SERVER completed */
+    int write_busy;
+    int n_queued;
+    wq *q_head, *q_tail;
+    grpc_status_code code;
+    char *details;
+    void (*on_cancel)(srv_call *c);
+    void (*on_recv)(srv_call *c, grpc_byte_buffer *bb);
+    grpc_byte_buffer *recv_bb;
+    void *data;
+    int in_list;
+    srv_call *prev, *next; /* all live calls, for shutdown */
+    int sent_initial_md;
+};
+
+struct srv_rpc {
+    uv_loop_t *loop;
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+    uv_async_t async;
+    pthread_mutex_t mu;
+    srv_event *events, *spare;
+    size_t n_events, cap_events, cap_spare;
+    const srv_method *methods;
+    int n_methods;
+    void *app;
+    srv_rpc_config cfg;
+    int shutting_down;
+    int cq_done;
+    int server_done;
+    uv_timer_t grace;
+    void (*done)(void *);
+    void *done_payload;
+    srv_tag t_shutdown;
+    srv_call *calls;
+    srv_rpc_stats stats;
+    int open_slots;
+    int closed_handles;
+};
+
+/* ---- completion-queue thread ---- */
+
+static void push_event(srv_rpc *s, srv_tag *tag, int ok) {
+    pthread_mutex_lock(&s->mu);
+    if (s->n_events == s->cap_events) {
+        s->cap_events = s->cap_events ? s->cap_events * 2 : 256;
+        s->events = realloc(s->events, s->cap_events * sizeof *s->events);
+        if (!s->events) abort();
+    }
+    s->events[s->n_events++] = (srv_event){tag, ok};
+    pthread_mutex_unlock(&s->mu);
+    uv_async_send(&s->async);
+}
+
+static void *cq_thread(void *arg) {
+    srv_rpc *s = arg;
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+        if (ev.type == GRPC_OP_COMPLETE) push_event(s, ev.tag, ev.success);
+    }
+    push_event(s, NULL, 0); /* NULL tag: the queue is shut down */
+    return NULL;
+}
+
+static void maybe_done(srv_rpc *s);
+
+static void on_async(uv_async_t *a) {
+    srv_rpc *s = a->data;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        srv_event *evs = s->events;
+        size_t n = s->n_events;
+        size_t cap = s->cap_events;
+        s->events = s->spare;
+        s->cap_events = s->cap_spare;
+        s->n_events = 0;
+        pthread_mutex_unlock(&s->mu);
+        if (n == 0) {
+            s->spare = evs;
+            s->cap_spare = cap;
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (!evs[i].tag) {
+                s->cq_done = 1;
+                continue;
+            }
+            evs[i].tag->fn(evs[i].tag, evs[i].ok);
+        }
+        s->spare = evs;
+        s->cap_spare = cap;
+        if (s->cq_done) {
+            maybe_done(s);
+            return;
+        }
+    }
+}
+
+/* ---- calls ---- */
+
+static void call_unref(srv_call *c) {
+    if (--c->refs > 0) return;
+    srv_rpc *s = c->s;
+    if (c->in_list) {
+        if (c->prev) c->prev->next = c->next; else s->calls = c->next;
+        if (c->next) c->next->prev = c->prev;
+    }
+    s->stats.finished++;
+    s->stats.active--;
+    while (c->q_head) {
+        wq *w = c->q_head;
+        c->q_head = w->next;
+        grpc_byte_buffer_destroy(w->bb);
+        free(w);
+    }
+    if (c->req) protobuf_c_message_free_unpacked(c->req, NULL);
+    if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
+    grpc_metadata_array_destroy(&c->md);
+    free(c->details);
+    grpc_call_unref(c->call);
+    free(c);
+}
+
+static void start_batch(srv_call *c, grpc_op *ops, size_t n, srv_tag *tag) {
+    c->refs++;
+    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, tag, NULL);
+    if (e != GRPC_CALL_OK) {
+        CC_ERROR("grpc_batch_failed", "method=%s error=%d", c->m ? c->m->path : "?", (int)e);
+        c->refs--;
+    }
+}
+
+static void send_status(srv_call *c);
+
+static void on_final(srv_tag *t, int ok) {
+    srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_final));
+    call_unref(c);
+}
+
+static void fire_cancel(srv_call *c) {
+    if (c->cancelled || c->handler_done) return;
+    c->cancelled = 1;
+    if (c->on_cancel) c->on_cancel(c);
+}
+
+static void on_close(srv_tag *t, int ok) {
+    srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_close));
+    c->closed = 1;
+    fire_cancel(c);
+    call_unref(c);
+}
+
+static void write_next(srv_call *c);
+
+static void on_write(srv_tag *t, int ok) {
+    srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_io));
+    c->write_busy = 0;
+    if (!ok) {
+        /* The stream is broken: drop what is queued. */
+        while (c->q_head) {
+            wq *w = c->q_head;
+            c->q_head = w->next;
+            grpc_byte_buffer_destroy(w->bb);
+            free(w);
+            c->n_queued--;
+        }
+        c->q_tail = NULL;
+        fire_cancel(c);
+    }
+    write_next(c);
+    call_unref(c);
+}
+
+static void write_next(srv_call *c) {
+    if (c->write_busy) return;
+    if (c->q_head) {
+        wq *w = c->q_head;
+        c->q_head = w->next;
+        if (!c->q_head) c->q_tail = NULL;
+        grpc_op ops[2];
+        size_t n = 0;
+        memset(ops, 0, sizeof ops);
+        if (!c->sent_initial_md) {
+            ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+            n++;
+            c->sent_initial_md = 1;
+        }
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = w->bb;
+        n++;
+        c->write_busy = 1;
+        c->t_io.fn = on_write;
+        start_batch(c, ops, n, &c->t_io);
+        grpc_byte_buffer_destroy(w->bb); /* the batch holds its own reference */
+        free(w);
+        c->n_queued--;
+        return;
+    }
+    if (c->handler_done && !c->status_sent) send_status(c);
+}
+
+static int is_unary(const srv_call *c) { return !c->m || c->m->kind == SRV_UNARY; }
+
+static void send_status(srv_call *c) {
+    c->status_sent = 1;
+    grpc_op ops[4];
+    size_t n = 0;
+    memset(ops, 0, sizeof ops);
+    if (is_unary(c)) {
+        ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        ops[n].data.recv_close_on_server.cancelled = &c->close_cancelled;
+        n++;
+    }
+    if (!c->sent_initial_md) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        c->sent_initial_md = 1;
+    }
+    grpc_slice details = grpc_slice_from_copied_string(c->details ? c->details : "");
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = c->code;
+    ops[n].data.send_status_from_server.status_details = &details;
+    n++;
+    c->t_final.fn = on_final;
+    start_batch(c, ops, n, &c->t_final);
+    grpc_slice_unref(details);
+}
+
+static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_timespec deadline,
+                          grpc_metadata_array *md) {
+    srv_call *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    c->s = s;
+    c->m = m;
+    c->call = call;
+    c->md = *md;
+    grpc_metadata_array_init(md);
+    c->refs = 1; /* the handler's */
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    gpr_timespec dl = gpr_convert_clock_type(deadline, GPR_CLOCK_MONOTONIC);
+    if (gpr_time_cmp(dl, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0) {
+        c->deadline_ms = UINT64_MAX;
+    } else {
+        gpr_timespec left = gpr_time_sub(dl, now);
+        int64_t ms = left.tv_sec * 1000 + left.tv_nsec / 1000000;
+        c->deadline_ms = uv_now(s->loop) + (uint64_t)(ms > 0 ? ms : 0);
+    }
+    c->next = s->calls;
+    if (s->calls) s->calls->prev = c;
+    s->calls = c;
+    c->in_list = 1;
+    s->stats.accepted++;
+    s->stats.active++;
+    if (m && m->kind != SRV_UNARY) {
+        /* Streams: RECV_CLOSE_ON_SERVER from the start, to learn of cancellation at
+         * once. Unary calls fold it into their single final batch instead. */
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+        c->t_close.fn = on_close;
+        start_batch(c, &op, 1, &c->t_close);
+    }
+    return c;
+}
+
+/* ---- accepting calls ---- */
+
+static void arm_slot(srv_slot *sl);
+
+static void on_slot(srv_tag *t, int ok) {
+    srv_slot *sl = (srv_slot *)t;
+    srv_rpc *s = sl->s;
+    if (!ok || s->shutting_down) {
+        if (ok && sl->call) {
+            /* Accepted during shutdown: refuse politely. */
+            grpc_call_cancel_with_status(sl->call, GRPC_STATUS_UNAVAILABLE, "server shutting down", NULL);
+            grpc_call_unref(sl->call);
+        }
+        if (sl->payload) grpc_byte_buffer_destroy(sl->payload);
+        grpc_metadata_array_destroy(&sl->md);
+        grpc_call_details_destroy(&sl->details);
+        free(sl);
+        s->open_slots--;
+        maybe_done(s);
+        return;
+    }
+    grpc_call *call = sl->call;
+    grpc_byte_buffer *payload = sl->payload;
+    const srv_method *m = sl->m;
+    srv_call *c;
+    if (!m) {
+        /* An unregistered method. */
+        char path[256];
+        size_t pl = GRPC_SLICE_LENGTH(sl->details.method);
+        if (pl >= sizeof path) pl = sizeof path - 1;
+        memcpy(path, GRPC_SLICE_START_PTR(sl->details.method), pl);
+        path[pl] = '\0';
+        c = call_new(s, NULL, call, sl->details.deadline, &sl->md);
+        grpc_call_details_destroy(&sl->details);
+        grpc_call_details_init(&sl->details);
+        sl->call = NULL;
+        arm_slot(sl);
+        s->stats.unimplemented++;
+        srv_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method %s", path);
+        return;
+    }
+    c = call_new(s, m, call, sl->deadline, &sl->md);
+    sl->call = NULL;
+    sl->payload = NULL;
+    arm_slot(sl);
+    if (m->kind != SRV_BIDI_STREAM) {
+        c->req = cc_pb_unpack(m->request, payload);
+        if (payload) grpc_byte_buffer_destroy(payload);
+        if (!c->req) {
+            srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "request is not a valid %s message",
+                            m->request->name);
+            return;
+        }
+    }
+    m->handler(c);
+}
+
+static void arm_slot(srv_slot *sl) {
+    srv_rpc *s = sl->s;
+    grpc_call_error e;
+    sl->tag.fn = on_slot;
+    if (sl->m) {
+        e = grpc_server_request_registered_call(s->server, sl->reg, &sl->call, &sl->deadline, &sl->md,
+                                                sl->m->kind == SRV_BIDI_STREAM ? NULL : &sl->payload,
+                                                s->cq, s->cq, &sl->tag);
+    } else {
+        e = grpc_server_request_call(s->server, &sl->call, &sl->details, &sl->md, s->cq, s->cq, &sl->tag);
+    }
+    if (e != GRPC_CALL_OK) {
+        CC_ERROR("grpc_request_call_failed", "error=%d", (int)e);
+        s->open_slots--;
+        free(sl);
+    }
+}
+
+static void new_slot(srv_rpc *s, const srv_method *m, void *reg) {
+    srv_slot *sl = calloc(1, sizeof *sl);
+    if (!sl) abort();
+    sl->s = s;
+    sl->m = m;
+    sl->reg = reg;
+    grpc_metadata_array_init(&sl->md);
+    grpc_call_details_init(&sl->details);
+    s->open_slots++;
+    arm_slot(sl);
+}
+
+int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, const srv_method *methods,
+                  int n_methods, void *app, int *bound_port) {
+    srv_rpc *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->loop = loop;
+    s->cfg = *cfg;
+    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 16;
+    if (s->cfg.max_message_bytes <= 0) s->cfg.max_message_bytes = 1 << 20;
+    s->methods = methods;
+    s->n_methods = n_methods;
+    s->app = app;
+    pthread_mutex_init(&s->mu, NULL);
+
+    grpc_arg args[2];
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = s->cfg.max_message_bytes;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS;
+    args[1].value.integer = 100000;
+    grpc_channel_args ca = {2, args};
+    s->server = grpc_server_create(&ca, NULL);
+    s->cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_server_register_completion_queue(s->server, s->cq, NULL);
+    void **regs = calloc((size_t)n_methods, sizeof *regs);
+    for (int i = 0; i < n_methods; i++) {
+        regs[i] = grpc_server_register_method(
+            s->server, methods[i].path, NULL,
+            methods[i].kind == SRV_BIDI_STREAM ? GRPC_SRM_PAYLOAD_NONE : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+            0);
+        if (!regs[i]) {
+            CC_ERROR("grpc_register_failed", "method=%s", methods[i].path);
+            return -1;
+        }
+    }
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int port = grpc_server_add_http2_port(s->server, cfg->listen, creds);
+    grpc_server_credentials_release(creds);
+    if (port == 0) {
+        CC_ERROR("listen_failed", "addr=%s", cfg->listen);
+        grpc_server_destroy(s->server);
+        grpc_completion_queue_shutdown(s->cq);
+        grpc_completion_queue_destroy(s->cq);
+        free(regs);
+        free(s);
+        return -1;
+    }
+    grpc_server_start(s->server);
+    uv_async_init(loop, &s->async, on_async);
+    s->async.data = s;
+    uv_timer_init(loop, &s->grace);
+    s->grace.data = s;
+    pthread_create(&s->thread, NULL, cq_thread, s);
+    for (int i = 0; i < n_methods; i++)
+        for (int k = 0; k < s->cfg.requests_per_method; k++) new_slot(s, &methods[i], regs[i]);
+    new_slot(s, NULL, NULL);
+    new_slot(s, NULL, NULL);
+    free(regs);
+    *bound_port = port;
+    *out = s;
+    return 0;
+}
+
+/* ---- shutdown ---- */
+
+static void on_closed_handle(uv_handle_t *h) {
+    srv_rpc *s = h->data;
+    if (++s->closed_handles < 2) return;
+    void (*done)(void *) = s->done;
+    void *payload = s->done_payload;
+    pthread_join(s->thread, NULL);
+    grpc_server_destroy(s->server);
+    grpc_completion_queue_destroy(s->cq);
+    pthread_mutex_destroy(&s->mu);
+    free(s->events);
+    free(s->spare);
+    free(s);
+    if (done) done(payload);
+}
+
+static void maybe_done(srv_rpc *s) {
+    if (!s->shutting_down) return;
+    if (s->server_done && !s->cq_done && s->open_slots == 0 && s->stats.active == 0) {
+        grpc_completion_queue_shutdown(s->cq);
+        return;
+    }
+    if (s->cq_done == 1 && !uv_is_closing((uv_handle_t *)&s->async)) {
+        uv_timer_stop(&s->grace);
+        uv_close((uv_handle_t *)&s->async, on_closed_handle);
+        uv_close((uv_handle_t *)&s->grace, on_closed_handle);
+    }
+}
+
+static void on_server_shutdown(srv_tag *t, int ok) {
+    srv_rpc *s = (srv_rpc *)((char *)t - offsetof(srv_rpc, t_shutdown));
+    s->server_done = 1;
+    CC_INFO("grpc_server_drained", NULL);
+    maybe_done(s);
+}
+
+static void on_grace(uv_timer_t *t) {
+    srv_rpc *s = t->data;
+    CC_WARN("shutdown_grace_expired", "active_calls=%llu", (unsigned long long)s->stats.active);
+    grpc_server_cancel_all_calls(s->server);
+}
+
+void srv_rpc_shutdown(srv_rpc *s, uint64_t grace_ms, void (*done)(void *), void *payload) {
+    if (s->shutting_down) return;
+    s->shutting_down = 1;
+    s->done = done;
+    s->done_payload = payload;
+    s->t_shutdown.fn = on_server_shutdown;
+    grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
+    /* Streams end now (clients retry elsewhere); unary calls get the grace period. */
+    for (srv_call *c = s->calls; c; c = c->next)
+        if (c->m && c->m->kind != SRV_UNARY) fire_cancel(c);
+    uv_timer_start(&s->grace, on_grace, grace_ms, 0);
+}
+
+/* ---- per-call API ---- */
+
+void *srv_call_app(const srv_call *c) { return c->s->app; }
+const srv_method *srv_call_method(const srv_call *c) { return c->m; }
+const ProtobufCMessage *srv_call_request(const srv_call *c) { return c->req; }
+uint64_t srv_call_deadline_ms(const srv_call *c) { return c->deadline_ms; }
+void srv_call_set_data(srv_call *c, void *data) { c->data = data; }
+void *srv_call_data(const srv_call *c) { return c->data; }
+int srv_call_is_cancelled(const srv_call *c) { return c->cancelled; }
+int srv_call_pending_writes(const srv_call *c) { return c->n_queued + c->write_busy; }
+void srv_call_on_cancel(srv_call *c, void (*cb)(srv_call *c)) { c->on_cancel = cb; }
+
+const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len) {
+    size_t kl = strlen(key);
+    for (size_t i = 0; i < c->md.count; i++) {
+        const grpc_metadata *m = &c->md.metadata[i];
+        if (GRPC_SLICE_LENGTH(m->key) == kl && !memcmp(GRPC_SLICE_START_PTR(m->key), key, kl)) {
+            *len = GRPC_SLICE_LENGTH(m->value);
+            return (const char *)GRPC_SLICE_START_PTR(m->value);
+        }
+    }
+    return NULL;
+}
+
+void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
+    if (c->handler_done) return;
+    c->handler_done = 1;
+    c->status_sent = 1;
+    c->sent_initial_md = 1;
+    grpc_byte_buffer *bb = cc_pb_pack(msg);
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    grpc_slice details = grpc_empty_slice();
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = bb;
+    ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[2].data.send_status_from_server.status = GRPC_STATUS_OK;
+    ops[2].data.send_status_from_server.status_details = &details;
+    ops[3].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[3].data.recv_close_on_server.cancelled = &c->close_cancelled;
+    c->t_final.fn = on_final;
+    start_batch(c, ops, 4, &c->t_final);
+    grpc_byte_buffer_destroy(bb);
+    call_unref(c); /* the handler's reference */
+}
+
+void srv_call_finish(srv_call *c, grpc_status_code code, const char *fmt, ...) {
+    if (c->handler_done) return;
+    c->handler_done = 1;
+    c->code = code;
+    if (fmt) {
+        char buf[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+        c->details = strdup(buf);
+    }
+    if (code != GRPC_STATUS_OK) {
+        /* Errors discard queued stream messages. */
+        while (c->q_head) {
+            wq *w = c->q_head;
+            c->q_head = w->next;
+            grpc_byte_buffer_destroy(w->bb);
+            free(w);
+            c->n_queued--;
+        }
+        c->q_tail = NULL;
+    }
+    write_next(c);
+    call_unref(c);
+}
+
+int srv_call_send_raw(srv_call *c, grpc_byte_buffer *bb) {
+    if (c->handler_done || c->cancelled) {
+        grpc_byte_buffer_destroy(bb);
+        return -1;
+    }
+    wq *w = malloc(sizeof *w);
+    if (!w) abort();
+    w->bb = bb;
+    w->next = NULL;
+    if (c->q_tail) c->q_tail->next = w; else c->q_head = w;
+    c->q_tail = w;
+    c->n_queued++;
+    write_next(c);
+    return 0;
+}
+
+int srv_call_send(srv_call *c, const ProtobufCMessage *msg) {
+    return srv_call_send_raw(c, cc_pb_pack(msg));
+}
+
+static void on_recv(srv_tag *t, int ok) {
+    srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_recv));
+    grpc_byte_buffer *bb = ok ? c->recv_bb : NULL;
+    void (*cb)(srv_call *, grpc_byte_buffer *) = c->on_recv;
+    c->on_recv = NULL;
+    if (!c->handler_done) cb(c, bb);
+    if (c->recv_bb) {
+        grpc_byte_buffer_destroy(c->recv_bb);
+        c->recv_bb = NULL;
+    }
+    call_unref(c);
+}
+
+void srv_call_recv(srv_call *c, void (*cb)(srv_call *c, grpc_byte_buffer *bb)) {
+    grpc_op ops[2];
+    size_t n = 0;
+    memset(ops, 0, sizeof ops);
+    if (!c->sent_initial_md) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        c->sent_initial_md = 1;
+    }
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n].data.recv_message.recv_message = &c->recv_bb;
+    n++;
+    c->on_recv = cb;
+    c->t_recv.fn = on_recv;
+    start_batch(c, ops, n, &c->t_recv);
+}
+
+void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out) { *out = s->stats; }

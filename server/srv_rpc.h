@@ -1,0 +1,92 @@
+/* srv_rpc: the gRPC C core server bridged onto one libuv loop.
+ *
+ * One completion queue (created _for_next) is drained by a dedicated thread that
+ * only moves (tag, ok) events into a locked list and wakes the loop with uv_async
+ * (sends coalesce, so the loop drains the whole list per wake-up). Everything else
+ * (requesting calls, starting batches, handlers) runs on the loop thread.
+ *
+ * Each registered method keeps several grpc_server_request_registered_call armed;
+ * every accepted call becomes an `srv_call`, a small state machine owned by the loop
+ * and freed when its handler has finished and no batch is in flight. Unknown methods
+ * get UNIMPLEMENTED. Server streams keep one SEND_MESSAGE in flight with a queue
+ * behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice cancellation. */
+#ifndef SRV_RPC_H
+#define SRV_RPC_H
+
+#include <grpc/grpc.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct srv_rpc srv_rpc;
+typedef struct srv_call srv_call;
+
+typedef enum { SRV_UNARY, SRV_SERVER_STREAM, SRV_BIDI_STREAM } srv_kind;
+
+typedef void (*srv_handler)(srv_call *call);
+
+typedef struct {
+    const char *path;                         /* "/pkg.Service/Method" */
+    srv_kind kind;
+    const ProtobufCMessageDescriptor *request; /* unary and server stream */
+    srv_handler handler;
+} srv_method;
+
+typedef struct {
+    const char *listen;   /* host:port; port 0 picks one */
+    int requests_per_method; /* armed requests per method (default 16) */
+    int max_message_bytes;   /* largest request accepted (default 1 MiB) */
+} srv_rpc_config;
+
+/** Creates, binds and starts the server. `methods` must outlive it; `app` is handed
+ * to handlers through srv_call_app(). Returns 0 and the bound port, or -1. */
+int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg,
+                  const srv_method *methods, int n_methods, void *app, int *bound_port);
+
+/** Stops accepting calls; in-flight calls may finish. After `grace_ms` the remaining
+ * calls are cancelled. `done` runs on the loop once every call is over and the
+ * completion-queue thread has exited; the server is freed after it returns. */
+void srv_rpc_shutdown(srv_rpc *s, uint64_t grace_ms, void (*done)(void *payload), void *payload);
+
+/* ---- per call (loop thread only) ---- */
+
+void *srv_call_app(const srv_call *c);
+const srv_method *srv_call_method(const srv_call *c);
+/** The unpacked request (unary and server-stream calls); owned by the call. */
+const ProtobufCMessage *srv_call_request(const srv_call *c);
+/** A request metadata value by lower-case key, or NULL. Not NUL-terminated: *len. */
+const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len);
+/** The call's deadline in loop milliseconds (uv_now scale); UINT64_MAX for none. */
+uint64_t srv_call_deadline_ms(const srv_call *c);
+/** Handler-owned state. */
+void srv_call_set_data(srv_call *c, void *data);
+void *srv_call_data(const srv_call *c);
+
+/** Unary: answers OK with `msg` (serialised now; the caller keeps ownership). */
+void srv_call_reply(srv_call *c, const ProtobufCMessage *msg);
+/** Unary or stream: ends the call with `code` and a message naming the problem.
+ * Pending stream messages are sent first. The handler must not touch `c` after. */
+void srv_call_finish(srv_call *c, grpc_status_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/** Streams: queues a message (serialised now). Returns -1 if the call is over. */
+int srv_call_send(srv_call *c, const ProtobufCMessage *msg);
+int srv_call_send_raw(srv_call *c, grpc_byte_buffer *bb_taken);
+/** Messages queued or in flight. */
+int srv_call_pending_writes(const srv_call *c);
+/** Streams: `cb` runs once if the client cancels or the server shuts down; the handler
+ * then must call srv_call_finish (its status is not delivered). */
+void srv_call_on_cancel(srv_call *c, void (*cb)(srv_call *c));
+int srv_call_is_cancelled(const srv_call *c);
+
+/** Bidi streams: receives the next message; `cb` gets NULL at the end of the client's
+ * stream (or on error). The buffer is owned by the call and valid during `cb`. */
+void srv_call_recv(srv_call *c, void (*cb)(srv_call *c, grpc_byte_buffer *bb));
+
+/** Counters for stats. */
+typedef struct {
+    uint64_t accepted, finished, unimplemented, active;
+} srv_rpc_stats;
+void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out);
+
+#endif

@@ -1,0 +1,81 @@
+/* srv_run: start-up and orderly shutdown of concert-server. SIGTERM/SIGINT: health
+ * turns NOT_SERVING, watch streams end with UNAVAILABLE, in-flight unary calls finish
+ * (cancelled after the grace period), then Redis closes and the process exits 0. */
+#include "srv_run.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cc_log.h"
+
+static uv_signal_t sig_term, sig_int;
+static int exit_code;
+
+static void on_redis_state(int up, void *payload) { srv_health_changed(payload); }
+
+static void on_sig_closed(uv_handle_t *h) {}
+
+static void on_rpc_done(void *payload) {
+    srv_app *app = payload;
+    cc_redis_close(app->redis);
+    uv_close((uv_handle_t *)&sig_term, on_sig_closed);
+    uv_close((uv_handle_t *)&sig_int, on_sig_closed);
+    CC_INFO("stopped", NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    srv_app *app = h->data;
+    if (app->shutting_down) return;
+    CC_INFO("shutting_down", "signal=%d grace_ms=%lld", signum, (long long)app->cfg.shutdown_grace_ms);
+    app->shutting_down = 1;
+    srv_health_changed(app);
+    srv_queue_shutdown(app);
+    srv_rpc_shutdown(app->rpc, (uint64_t)app->cfg.shutdown_grace_ms, on_rpc_done, app);
+}
+
+int srv_run(const srv_config *cfg) {
+    signal(SIGPIPE, SIG_IGN);
+    srv_app *app = calloc(1, sizeof *app);
+    if (!app) abort();
+    app->cfg = *cfg;
+    app->loop = uv_default_loop();
+
+    cc_redis_config rc = {
+        .url = cfg->redis_url,
+        .connections = (int)cfg->redis_connections,
+        .command_timeout_ms = (int)cfg->redis_timeout_ms,
+    };
+    char err[256];
+    if (cc_redis_create(&app->redis, app->loop, &rc, err, sizeof err) < 0) {
+        fprintf(stderr, "concert-server: %s\n", err);
+        return 2;
+    }
+    cc_redis_set_state_cb(app->redis, on_redis_state, app);
+    srv_health_init(app);
+    srv_queue_init(app);
+    cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
+
+    grpc_init();
+    srv_rpc_config sc = {.listen = cfg->listen, .requests_per_method = (int)cfg->requests_per_method};
+    int port = 0;
+    if (srv_rpc_start(&app->rpc, app->loop, &sc, srv_methods, srv_n_methods, app, &port) < 0) {
+        fprintf(stderr, "concert-server: cannot listen on %s\n", cfg->listen);
+        return 1;
+    }
+    CC_INFO("listening", "addr=%s port=%d redis=%s methods=%d", cfg->listen, port, cfg->redis_url, srv_n_methods);
+
+    uv_signal_init(app->loop, &sig_term);
+    uv_signal_init(app->loop, &sig_int);
+    sig_term.data = sig_int.data = app;
+    uv_signal_start(&sig_term, on_signal, SIGTERM);
+    uv_signal_start(&sig_int, on_signal, SIGINT);
+
+    uv_run(app->loop, UV_RUN_DEFAULT);
+    uv_loop_close(app->loop);
+    grpc_shutdown();
+    free(app->concert_buckets); /* concerts themselves live as long as the process */
+    free(app);
+    return exit_code;
+}
