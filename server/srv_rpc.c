@@ -98,6 +98,7 @@ struct srv_rpc {
     srv_rpc_stats stats;
     int open_slots;
     int closed_handles;
+    int forced; /* connections closed once our calls were over */
 };
 
 /* ---- completion-queue thread ---- */
@@ -170,6 +171,7 @@ static void call_unref(srv_call *c) {
     }
     s->stats.finished++;
     s->stats.active--;
+    if (s->shutting_down && s->stats.active == 0) maybe_done(s);
     while (c->q_head) {
         wq *w = c->q_head;
         c->q_head = w->next;
@@ -495,6 +497,13 @@ static void on_closed_handle(uv_handle_t *h) {
 
 static void maybe_done(srv_rpc *s) {
     if (!s->shutting_down) return;
+    if (s->stats.active == 0 && !s->server_done && !s->forced) {
+        /* Our calls are over. gRPC core would also wait for every client connection to
+         * close after its GOAWAY; a client that is not reading never does, so close
+         * them now rather than at the end of the grace period. */
+        s->forced = 1;
+        grpc_server_cancel_all_calls(s->server);
+    }
     if (s->server_done && !s->cq_done && s->open_slots == 0 && s->stats.active == 0) {
         grpc_completion_queue_shutdown(s->cq);
         return;
@@ -530,6 +539,7 @@ void srv_rpc_shutdown(srv_rpc *s, uint64_t grace_ms, void (*done)(void *), void 
     for (srv_call *c = s->calls; c; c = c->next)
         if (c->m && c->m->kind != SRV_UNARY) fire_cancel(c);
     uv_timer_start(&s->grace, on_grace, grace_ms, 0);
+    maybe_done(s);
 }
 
 /* ---- per-call API ---- */

@@ -1,0 +1,336 @@
+/* cc_client: see cc_client.h. */
+#include "cc_client.h"
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cc_pb.h"
+
+struct cc_client {
+    grpc_channel *ch;
+};
+
+/* One unary call's ops and outputs. */
+typedef struct {
+    grpc_call *call;
+    grpc_metadata_array init_md, trail_md;
+    grpc_byte_buffer *resp;
+    grpc_status_code code;
+    grpc_slice details;
+    grpc_metadata md[8];
+    int done;
+} ucall;
+
+static const char *const code_names[] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+};
+
+const char *cc_status_name(grpc_status_code code) {
+    if ((int)code >= 0 && (int)code <= 16) return code_names[code];
+    return "UNKNOWN";
+}
+
+cc_client *cc_client_open(const char *target) {
+    grpc_init();
+    cc_client *c = calloc(1, sizeof *c);
+    if (!c) abort();
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                    .value.integer = 64 << 20};
+    grpc_channel_args args = {1, &arg};
+    c->ch = grpc_channel_create(target, creds, &args);
+    grpc_channel_credentials_release(creds);
+    return c;
+}
+
+void cc_client_close(cc_client *c) {
+    if (!c) return;
+    grpc_channel_destroy(c->ch);
+    free(c);
+    grpc_shutdown();
+}
+
+static gpr_timespec deadline_in(int timeout_ms) {
+    if (timeout_ms <= 0) return gpr_inf_future(GPR_CLOCK_REALTIME);
+    return gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+}
+
+static void fill_md(grpc_metadata *out, const cc_md *md, int n) {
+    for (int i = 0; i < n && i < 8; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        out[i].key = grpc_slice_from_copied_string(md[i].key);
+        out[i].value = grpc_slice_from_copied_string(md[i].value);
+    }
+}
+
+static void free_md(grpc_metadata *m, int n) {
+    for (int i = 0; i < n && i < 8; i++) {
+        grpc_slice_unref(m[i].key);
+        grpc_slice_unref(m[i].value);
+    }
+}
+
+/* Starts a unary call with all six ops in one batch, tagged `tag` on `cq`. */
+static int ucall_start(cc_client *c, ucall *u, grpc_completion_queue *cq, const char *method,
+                       grpc_byte_buffer *req, const cc_md *md, int n_md, int timeout_ms, void *tag) {
+    grpc_slice m = grpc_slice_from_copied_string(method);
+    u->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL, deadline_in(timeout_ms),
+                                       NULL);
+    grpc_slice_unref(m);
+    grpc_metadata_array_init(&u->init_md);
+    grpc_metadata_array_init(&u->trail_md);
+    if (n_md > 8) n_md = 8;
+    fill_md(u->md, md, n_md);
+    grpc_op ops[6];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = (size_t)n_md;
+    ops[0].data.send_initial_metadata.metadata = u->md;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = req;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &u->init_md;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &u->resp;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &u->trail_md;
+    ops[5].data.recv_status_on_client.status = &u->code;
+    ops[5].data.recv_status_on_client.status_details = &u->details;
+    grpc_call_error e = grpc_call_start_batch(u->call, ops, 6, tag, NULL);
+    free_md(u->md, n_md);
+    return e == GRPC_CALL_OK ? 0 : -1;
+}
+
+static grpc_status_code ucall_finish(ucall *u, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_out,
+                                     cc_status *st) {
+    grpc_status_code code = u->code;
+    cc_status tmp;
+    if (!st) st = &tmp;
+    st->code = code;
+    size_t dl = GRPC_SLICE_LENGTH(u->details);
+    if (dl >= sizeof st->message) dl = sizeof st->message - 1;
+    memcpy(st->message, GRPC_SLICE_START_PTR(u->details), dl);
+    st->message[dl] = '\0';
+    if (resp_out) *resp_out = NULL;
+    if (code == GRPC_STATUS_OK && desc && resp_out) {
+        *resp_out = cc_pb_unpack(desc, u->resp);
+        if (!*resp_out) {
+            st->code = code = GRPC_STATUS_INTERNAL;
+            snprintf(st->message, sizeof st->message, "client: response is not a valid %s", desc->name);
+        }
+    }
+    if (u->resp) grpc_byte_buffer_destroy(u->resp);
+    grpc_slice_unref(u->details);
+    grpc_metadata_array_destroy(&u->init_md);
+    grpc_metadata_array_destroy(&u->trail_md);
+    grpc_call_unref(u->call);
+    return code;
+}
+
+static grpc_status_code unary_bb(cc_client *c, const char *method, grpc_byte_buffer *req,
+                                 const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp_out,
+                                 const cc_md *md, int n_md, int timeout_ms, cc_status *st) {
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    ucall u;
+    memset(&u, 0, sizeof u);
+    int rc = ucall_start(c, &u, cq, method, req, md, n_md, timeout_ms, &u);
+    grpc_byte_buffer_destroy(req);
+    if (rc == 0) grpc_completion_queue_pluck(cq, &u, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_status_code code = ucall_finish(&u, desc, resp_out, st);
+    if (rc != 0 && st) {
+        st->code = code = GRPC_STATUS_INTERNAL;
+        snprintf(st->message, sizeof st->message, "client: could not start the call");
+    }
+    grpc_completion_queue_shutdown(cq);
+    grpc_completion_queue_destroy(cq);
+    return code;
+}
+
+grpc_status_code cc_client_unary(cc_client *c, const char *method, const ProtobufCMessage *req,
+                                 const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp_out,
+                                 const cc_md *md, int n_md, int timeout_ms, cc_status *st) {
+    return unary_bb(c, method, cc_pb_pack(req), resp_desc, resp_out, md, n_md, timeout_ms, st);
+}
+
+grpc_status_code cc_client_unary_raw(cc_client *c, const char *method, const void *data, size_t len,
+                                     const cc_md *md, int n_md, int timeout_ms, cc_status *st) {
+    return unary_bb(c, method, cc_pb_pack_raw(data, len), NULL, NULL, md, n_md, timeout_ms, st);
+}
+
+/* ---- server streams ---- */
+
+struct cc_stream {
+    grpc_completion_queue *cq;
+    grpc_call *call;
+    grpc_metadata_array init_md, trail_md;
+    grpc_status_code code;
+    grpc_slice details;
+    int status_tag, msg_tag, start_tag;
+    int status_done;
+};
+
+cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMessage *req, const cc_md *md,
+                            int n_md, int timeout_ms) {
+    cc_stream *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_slice m = grpc_slice_from_copied_string(method);
+    s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, m, NULL, deadline_in(timeout_ms),
+                                       NULL);
+    grpc_slice_unref(m);
+    grpc_metadata_array_init(&s->init_md);
+    grpc_metadata_array_init(&s->trail_md);
+    grpc_metadata mds[8];
+    if (n_md > 8) n_md = 8;
+    fill_md(mds, md, n_md);
+    grpc_byte_buffer *bb = cc_pb_pack(req);
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = (size_t)n_md;
+    ops[0].data.send_initial_metadata.metadata = mds;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = bb;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &s->init_md;
+    grpc_call_error e = grpc_call_start_batch(s->call, ops, 4, &s->start_tag, NULL);
+    free_md(mds, n_md);
+    grpc_byte_buffer_destroy(bb);
+    if (e == GRPC_CALL_OK) {
+        memset(ops, 0, sizeof ops);
+        ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+        ops[0].data.recv_status_on_client.trailing_metadata = &s->trail_md;
+        ops[0].data.recv_status_on_client.status = &s->code;
+        ops[0].data.recv_status_on_client.status_details = &s->details;
+        e = grpc_call_start_batch(s->call, ops, 1, &s->status_tag, NULL);
+    }
+    if (e != GRPC_CALL_OK) {
+        grpc_call_unref(s->call);
+        grpc_completion_queue_shutdown(s->cq);
+        grpc_completion_queue_destroy(s->cq);
+        free(s);
+        return NULL;
+    }
+    grpc_completion_queue_pluck(s->cq, &s->start_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    return s;
+}
+
+int cc_stream_next(cc_stream *s, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg_out) {
+    grpc_byte_buffer *bb = NULL;
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &bb;
+    if (grpc_call_start_batch(s->call, &op, 1, &s->msg_tag, NULL) != GRPC_CALL_OK) return -1;
+    grpc_completion_queue_pluck(s->cq, &s->msg_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    if (!bb) return 0;
+    *msg_out = cc_pb_unpack(desc, bb);
+    grpc_byte_buffer_destroy(bb);
+    return *msg_out ? 1 : -1;
+}
+
+void cc_stream_close(cc_stream *s, cc_status *st) {
+    grpc_event ev = grpc_completion_queue_pluck(s->cq, &s->status_tag, gpr_time_0(GPR_CLOCK_REALTIME), NULL);
+    if (ev.type != GRPC_OP_COMPLETE) {
+        grpc_call_cancel(s->call, NULL);
+        grpc_completion_queue_pluck(s->cq, &s->status_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    }
+    if (st) {
+        st->code = s->code;
+        size_t dl = GRPC_SLICE_LENGTH(s->details);
+        if (dl >= sizeof st->message) dl = sizeof st->message - 1;
+        memcpy(st->message, GRPC_SLICE_START_PTR(s->details), dl);
+        st->message[dl] = '\0';
+    }
+    grpc_slice_unref(s->details);
+    grpc_metadata_array_destroy(&s->init_md);
+    grpc_metadata_array_destroy(&s->trail_md);
+    grpc_call_unref(s->call);
+    grpc_completion_queue_shutdown(s->cq);
+    grpc_completion_queue_destroy(s->cq);
+    free(s);
+}
+
+/* ---- batches ---- */
+
+struct cc_batch {
+    cc_client *c;
+    grpc_completion_queue *cq;
+    ucall **calls;
+    int n, cap, pending;
+};
+
+cc_batch *cc_batch_new(cc_client *c) {
+    cc_batch *b = calloc(1, sizeof *b);
+    if (!b) abort();
+    b->c = c;
+    b->cq = grpc_completion_queue_create_for_next(NULL);
+    return b;
+}
+
+int cc_batch_add(cc_batch *b, const char *method, const ProtobufCMessage *req, const cc_md *md, int n_md,
+                 int timeout_ms) {
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 64;
+        b->calls = realloc(b->calls, (size_t)b->cap * sizeof *b->calls);
+        if (!b->calls) abort();
+    }
+    ucall *u = calloc(1, sizeof *u);
+    if (!u) abort();
+    grpc_byte_buffer *bb = cc_pb_pack(req);
+    if (ucall_start(b->c, u, b->cq, method, bb, md, n_md, timeout_ms, u) == 0) {
+        b->pending++;
+    } else {
+        u->done = 1;
+        u->code = GRPC_STATUS_INTERNAL;
+    }
+    grpc_byte_buffer_destroy(bb);
+    b->calls[b->n] = u;
+    return b->n++;
+}
+
+void cc_batch_wait(cc_batch *b) {
+    while (b->pending > 0) {
+        grpc_event ev = grpc_completion_queue_next(b->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type != GRPC_OP_COMPLETE) break;
+        ((ucall *)ev.tag)->done = 1;
+        b->pending--;
+    }
+}
+
+int cc_batch_count(const cc_batch *b) { return b->n; }
+
+grpc_status_code cc_batch_result(cc_batch *b, int i, const ProtobufCMessageDescriptor *desc,
+                                 ProtobufCMessage **resp_out, cc_status *st) {
+    ucall *u = b->calls[i];
+    if (!u->call) {
+        if (st) st->code = u->code, snprintf(st->message, sizeof st->message, "not started");
+        return u->code;
+    }
+    grpc_status_code code = ucall_finish(u, desc, resp_out, st);
+    u->call = NULL;
+    u->code = code;
+    return code;
+}
+
+void cc_batch_free(cc_batch *b) {
+    cc_batch_wait(b);
+    for (int i = 0; i < b->n; i++) {
+        if (b->calls[i]->call) ucall_finish(b->calls[i], NULL, NULL, NULL);
+        free(b->calls[i]);
+    }
+    free(b->calls);
+    grpc_completion_queue_shutdown(b->cq);
+    while (grpc_completion_queue_next(b->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(b->cq);
+    free(b);
+}

@@ -1,0 +1,66 @@
+/* cc_client: a small gRPC C core client for concertctl, the tests and tools.
+ * Blocking unary calls, server streams read message by message, and batches of many
+ * unary calls in flight at once on one completion queue (no thread per call).
+ * One channel per cc_client, reused by every call. Not thread-safe per object. */
+#ifndef CC_CLIENT_H
+#define CC_CLIENT_H
+
+#include <grpc/grpc.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+
+typedef struct cc_client cc_client;
+typedef struct cc_stream cc_stream;
+typedef struct cc_batch cc_batch;
+
+/** A metadata pair (key lower-case). */
+typedef struct {
+    const char *key;
+    const char *value;
+} cc_md;
+
+typedef struct {
+    grpc_status_code code;
+    char message[512];
+} cc_status;
+
+/** Opens a channel to `target` (host:port, plaintext). grpc_init() is done here. */
+cc_client *cc_client_open(const char *target);
+void cc_client_close(cc_client *c);
+
+/** The gRPC code's canonical name, e.g. "INVALID_ARGUMENT". */
+const char *cc_status_name(grpc_status_code code);
+
+/** Blocking unary call. On OK and when resp_desc is given, *resp_out is the unpacked
+ * response (free with protobuf_c_message_free_unpacked). Returns st->code. */
+grpc_status_code cc_client_unary(cc_client *c, const char *method, const ProtobufCMessage *req,
+                                 const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp_out,
+                                 const cc_md *md, int n_md, int timeout_ms, cc_status *st);
+
+/** Same with raw request bytes (for tests of malformed input). */
+grpc_status_code cc_client_unary_raw(cc_client *c, const char *method, const void *data, size_t len,
+                                     const cc_md *md, int n_md, int timeout_ms, cc_status *st);
+
+/** Starts a server-streaming call. NULL if it could not be started. */
+cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMessage *req, const cc_md *md,
+                            int n_md, int timeout_ms);
+/** Next message: 1 and *msg_out, 0 at the end of the stream, -1 on error. */
+int cc_stream_next(cc_stream *s, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg_out);
+/** Cancels if still open, fills the final status and frees the stream. */
+void cc_stream_close(cc_stream *s, cc_status *st);
+
+/** Many unary calls in flight at once. */
+cc_batch *cc_batch_new(cc_client *c);
+/** Starts a call now; returns its index. */
+int cc_batch_add(cc_batch *b, const char *method, const ProtobufCMessage *req, const cc_md *md, int n_md,
+                 int timeout_ms);
+/** Waits until every started call has finished. */
+void cc_batch_wait(cc_batch *b);
+int cc_batch_count(const cc_batch *b);
+/** Result of call i: its status, and on OK the response unpacked as `desc` (owned by
+ * the caller) when resp_out is not NULL. */
+grpc_status_code cc_batch_result(cc_batch *b, int i, const ProtobufCMessageDescriptor *desc,
+                                 ProtobufCMessage **resp_out, cc_status *st);
+void cc_batch_free(cc_batch *b);
+
+#endif

@@ -1,0 +1,175 @@
+/* ctl_queue: the `queue ...` commands of concertctl (concert.v1.QueueService):
+ * join, status, watch, leave. Builds requests from options, prints replies; argv,
+ * metadata, deadlines and exit statuses are ctl_out's and concertctl.c's business. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "concert/v1/queue.pb-c.h"
+#include "ctl.h"
+
+#define QS "/concert.v1.QueueService/"
+
+static const char *state_name(int state) {
+    switch (state) {
+    case CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING: return "WAITING";
+    case CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE: return "ACTIVE";
+    case CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED: return "EXPIRED";
+    default: return "UNSPECIFIED";
+    }
+}
+
+static int64_t now_ms(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* "token v1.demo.ab12… WAITING position 12 (about 6 s)" */
+static void human_status(const ProtobufCMessage *m, FILE *out) {
+    const Concert__V1__QueueStatus *s = (const void *)m;
+    char a[48], b[48];
+    fprintf(out, "token %s %s", s->token, state_name(s->state));
+    switch (s->state) {
+    case CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING:
+        if (s->estimated_wait_seconds < 0) {
+            fprintf(out, " position %lld (admission paused)", (long long)s->position);
+        } else {
+            ctl_fmt_duration(a, sizeof a, s->estimated_wait_seconds);
+            fprintf(out, " position %lld (about %s)", (long long)s->position, a);
+        }
+        break;
+    case CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE:
+        if (s->expires_at_unix_ms > 0) {
+            int64_t left = (s->expires_at_unix_ms - now_ms()) / 1000;
+            ctl_fmt_time_ms(a, sizeof a, s->expires_at_unix_ms);
+            ctl_fmt_duration(b, sizeof b, left < 0 ? 0 : left);
+            fprintf(out, " until %s (%s left)", a, b);
+        }
+        break;
+    default: break;
+    }
+    fputc('\n', out);
+}
+
+static void human_leave(const ProtobufCMessage *m, FILE *out) {
+    const Concert__V1__LeaveQueueResponse *r = (const void *)m;
+    if (r->previous_state == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED)
+        fprintf(out, "left (the token was already EXPIRED)\n");
+    else
+        fprintf(out, "left (the token was %s)\n", state_name(r->previous_state));
+}
+
+/* ---- queue join ---- */
+
+static const char *join_user, *join_concert;
+
+static const cc_opt join_opts[] = {
+    {"user", NULL, CC_OPT_STR, &join_user, "USER", "user id, 1..128 bytes (trusted: set by the gateway)", 0, 0},
+    {"concert", NULL, CC_OPT_STR, &join_concert, "ID", "concert id, 1..64 characters of [A-Za-z0-9_-]", 0, 0},
+    {0},
+};
+
+static int run_join(ctl_ctx *ctx) {
+    int rc;
+    if ((rc = ctl_require(ctx, "user", join_user)) || (rc = ctl_require(ctx, "concert", join_concert)))
+        return rc;
+    Concert__V1__IssueTokenRequest req;
+    concert__v1__issue_token_request__init(&req);
+    req.user_id = (char *)join_user;
+    req.concert_id = (char *)join_concert;
+    ProtobufCMessage *resp;
+    if ((rc = ctl_unary(ctx, QS "IssueToken", &req.base, &concert__v1__queue_status__descriptor, &resp)))
+        return rc;
+    ctl_print(ctx, resp, human_status);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return CTL_EXIT_OK;
+}
+
+/* ---- queue status ---- */
+
+static int run_status(ctl_ctx *ctx) {
+    Concert__V1__GetQueueStatusRequest req;
+    concert__v1__get_queue_status_request__init(&req);
+    req.token = (char *)ctx->token;
+    ProtobufCMessage *resp;
+    int rc = ctl_unary(ctx, QS "GetQueueStatus", &req.base, &concert__v1__queue_status__descriptor, &resp);
+    if (rc) return rc;
+    ctl_print(ctx, resp, human_status);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return CTL_EXIT_OK;
+}
+
+/* ---- queue watch ---- */
+
+static int run_watch(ctl_ctx *ctx) {
+    Concert__V1__WatchQueueStatusRequest req;
+    concert__v1__watch_queue_status_request__init(&req);
+    req.token = (char *)ctx->token;
+    int rc;
+    cc_stream *s = ctl_stream(ctx, QS "WatchQueueStatus", &req.base, &rc);
+    if (!s) return rc;
+    int last = 0, n;
+    ProtobufCMessage *m;
+    while ((n = cc_stream_next(s, &concert__v1__queue_status__descriptor, &m)) == 1) {
+        last = ((Concert__V1__QueueStatus *)m)->state;
+        ctl_print(ctx, m, human_status);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    if (n < 0) {
+        cc_stream_close(s, NULL);
+        cc_status st = {.code = GRPC_STATUS_INTERNAL};
+        snprintf(st.message, sizeof st.message, "response is not a valid concert.v1.QueueStatus");
+        return ctl_fail(&st);
+    }
+    if ((rc = ctl_stream_end(s))) return rc;
+    if (last == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE) return CTL_EXIT_OK;
+    if (last == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED) {
+        fprintf(stderr, "concertctl: queue watch: the token is EXPIRED\n");
+        return CTL_EXIT_NEGATIVE;
+    }
+    cc_status st = {.code = GRPC_STATUS_UNAVAILABLE};
+    snprintf(st.message, sizeof st.message, "the stream ended before the token was ACTIVE or EXPIRED; retry");
+    return ctl_fail(&st);
+}
+
+/* ---- queue leave ---- */
+
+static int run_leave(ctl_ctx *ctx) {
+    Concert__V1__LeaveQueueRequest req;
+    concert__v1__leave_queue_request__init(&req);
+    req.token = (char *)ctx->token;
+    ProtobufCMessage *resp;
+    int rc = ctl_unary(ctx, QS "LeaveQueue", &req.base, &concert__v1__leave_queue_response__descriptor, &resp);
+    if (rc) return rc;
+    ctl_print(ctx, resp, human_leave);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return CTL_EXIT_OK;
+}
+
+/* ---- the table ---- */
+
+const ctl_cmd ctl_queue_cmds[] = {
+    {"queue join", "join a concert's waiting room; prints the token and place in line",
+     "--user USER --concert ID",
+     "Calls QueueService.IssueToken. Idempotent per (user, concert): asking again while the\n"
+     "token is WAITING or ACTIVE returns the same token and place. Keep the token for the\n"
+     "other queue commands (--token or CONCERT_TOKEN).\n",
+     join_opts, 0, 0, run_join},
+    {"queue status", "show where a token stands: WAITING (position, wait), ACTIVE or EXPIRED",
+     "--token TOKEN",
+     "Calls QueueService.GetQueueStatus. Also refreshes a waiting token's idle timer.\n",
+     NULL, CTL_NEED_TOKEN, 0, run_status},
+    {"queue watch", "follow a token's status until ACTIVE (exit 0) or EXPIRED (exit 1)",
+     "--token TOKEN",
+     "Calls QueueService.WatchQueueStatus and prints every status the server streams (one\n"
+     "line each) until the token is ACTIVE or EXPIRED. Holding the stream refreshes the\n"
+     "idle timer. Exits 0 when ACTIVE, 1 when it ended EXPIRED. No deadline unless\n"
+     "--timeout-ms is given (then DEADLINE_EXCEEDED, exit 4, when it runs out).\n",
+     NULL, CTL_NEED_TOKEN, 0, run_watch},
+    {"queue leave", "give up a token's place (waiting) or admission (active)",
+     "--token TOKEN",
+     "Calls QueueService.LeaveQueue; prints the state the token was in. Idempotent.\n",
+     NULL, CTL_NEED_TOKEN, 0, run_leave},
+    {0},
+};

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# demo.sh: a live, self-contained tour of the waiting room. Builds if needed, starts
+# its own redis-server and concert-server on free 127.0.0.1 ports with all state in
+# a temp dir, runs a short scripted session with concertctl, and stops what it
+# started (by pid only) and deletes the temp dir on exit, failure or Ctrl-C.
+# It never touches a Redis on 6379 or any process it did not start.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: scripts/demo.sh [--help]
+
+A 15-second live demonstration of the concert waiting room:
+  1. builds the project if needed (cmake + ninja, quietly)
+  2. starts a throw-away redis-server on a free loopback port (never 6379),
+     nothing saved to disk
+  3. starts concert-server on a free loopback port, admitting 2 users/s
+  4. eight fans join the queue of concert "demo", one leaves, the last one
+     watches its position count down until it is admitted (ACTIVE)
+Everything it started is stopped and its temp dir deleted when it ends, also on
+failure or Ctrl-C.
+
+Needs: cmake, ninja, redis-server, redis-cli, python3 (see scripts/install-deps.sh).
+Environment: CONCERT_BUILD_DIR  build directory (default: build)
+
+Exit status: 0 when the demo ran to the end, non-zero otherwise.
+EOF
+}
+
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") ;;
+  *) echo "demo.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+esac
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BUILD="${CONCERT_BUILD_DIR:-build}"
+[[ "$BUILD" == /* ]] || BUILD="$ROOT/$BUILD"
+CTL="$BUILD/client/concertctl"
+SERVER_BIN="$BUILD/server/concert-server"
+
+# ---- cleanup: runs on every exit ---------------------------------------------
+TMP=""
+REDIS_PID=""
+SERVER_PID=""
+
+# Stops one process we started: SIGTERM, up to 5 s, then SIGKILL. Only this pid.
+stop_pid() {
+  local pid="$1" i
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  # On a failure (not Ctrl-C), show the log of what failed before it is deleted.
+  if ((rc != 0 && rc != 130 && rc != 143)) && [[ -n "$TMP" ]]; then
+    local f=server.log
+    [[ -n "$SERVER_PID" ]] || f=redis.log
+    if [[ -s "$TMP/$f" ]]; then
+      echo "--- last lines of $f ---" >&2
+      tail -n 8 "$TMP/$f" >&2
+    fi
+  fi
+  stop_pid "$SERVER_PID"
+  stop_pid "$REDIS_PID"
+  [[ -n "$TMP" && -d "$TMP" ]] && rm -rf -- "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo; echo "demo.sh: interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+# Bold headers and dim command lines on a terminal; plain text otherwise.
+if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then B=$'\033[1m' D=$'\033[2m' N=$'\033[0m'; else B="" D="" N=""; fi
+die() { echo "demo.sh: $*" >&2; exit 1; }
+section() { printf '\n%s== %s ==%s\n' "$B" "$*" "$N"; }
+note() { printf '   %s\n' "$*"; }
+# Shows a concertctl command line as a reader would type it, then runs it.
+shown() { printf '%s$ concertctl %s%s\n' "$D" "$*" "$N"; }
+ctl() {
+  shown "$@"
+  "$CTL" "$@"
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+for tool in cmake ninja redis-server redis-cli python3; do
+  command -v "$tool" >/dev/null || die "'$tool' not found; install the dependencies first (scripts/install-deps.sh)"
+done
+
+TMP="$(mktemp -d -t concert-demo.XXXXXX)"
+
+# ---- 1. build -----------------------------------------------------------------
+section "1. Build (cmake + ninja, only what changed)"
+if [[ ! -f "$BUILD/build.ninja" ]]; then
+  cmake -S . -B "$BUILD" -G Ninja -DCONCERT_TESTS=OFF >"$TMP/build.log" 2>&1 \
+    || { tail -n 30 "$TMP/build.log" >&2; die "cmake failed"; }
+fi
+ninja -C "$BUILD" >>"$TMP/build.log" 2>&1 || { tail -n 30 "$TMP/build.log" >&2; die "build failed"; }
+[[ -x "$CTL" && -x "$SERVER_BIN" ]] || die "build finished but $CTL or $SERVER_BIN is missing"
+note "ok: ${SERVER_BIN#"$ROOT"/} and ${CTL#"$ROOT"/}"
+
+# ---- 2. redis -----------------------------------------------------------------
+REDIS_PORT="$(free_port)"
+while [[ "$REDIS_PORT" == 6379 ]]; do REDIS_PORT="$(free_port)"; done
+section "2. Start a private Redis on 127.0.0.1:$REDIS_PORT (in-memory only, deleted afterwards)"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
+  --logfile "$TMP/redis.log" --daemonize no &
+REDIS_PID=$!
+for ((i = 0; ; i++)); do
+  [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null || true)" == PONG ]] && break
+  kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited at start (port $REDIS_PORT taken?)"
+  ((i < 100)) || die "redis-server did not answer PING within 5 s"
+  sleep 0.05
+done
+note "redis-cli -p $REDIS_PORT ping -> PONG"
+
+# ---- Kafka (payments): NOT USED YET --------------------------------------------
+# When the payment flow lands, start a one-node broker here and hand it to the
+# server and the payment consumer, e.g.:
+#   KAFKA_DIR="$TMP/kafka"; scripts/kafka.sh start --nodes 1 --dir "$KAFKA_DIR"
+#   KAFKA="$(cat "$KAFKA_DIR/bootstrap")"      -> concert-server --kafka "$KAFKA"
+# and stop it in cleanup() (scripts/kafka.sh stop --dir "$KAFKA_DIR").
+KAFKA_ARGS=()
+
+# ---- 3. server ----------------------------------------------------------------
+SERVER_PORT="$(free_port)"
+while [[ "$SERVER_PORT" == "$REDIS_PORT" ]]; do SERVER_PORT="$(free_port)"; done
+export CONCERT_SERVER="127.0.0.1:$SERVER_PORT"
+# This demo runs without Kafka or a metrics port, whatever the caller's environment says.
+unset CONCERT_KAFKA CONCERT_METRICS
+section "3. Start concert-server on $CONCERT_SERVER (admits 2 users per second)"
+"$SERVER_BIN" --listen "$CONCERT_SERVER" --redis "redis://127.0.0.1:$REDIS_PORT" --admit-rate 2 \
+  ${KAFKA_ARGS[@]+"${KAFKA_ARGS[@]}"} 2>"$TMP/server.log" &
+SERVER_PID=$!
+for ((i = 0; ; i++)); do
+  "$CTL" --timeout-ms 500 health >/dev/null 2>&1 && break
+  kill -0 "$SERVER_PID" 2>/dev/null || die "concert-server exited at start"
+  ((i < 100)) || die "concert-server was not SERVING within 10 s"
+  sleep 0.1
+done
+note "concertctl finds it through CONCERT_SERVER=$CONCERT_SERVER"
+ctl health
+
+# ---- 4. the demo --------------------------------------------------------------
+# Joins a user and prints "name  <concertctl's line>"; the token goes into TOKENS.
+declare -A TOKENS
+join() {
+  local line
+  line="$("$CTL" queue join --user "$1" --concert demo)"
+  printf '%-6s %s\n' "$1" "$line"
+  line="${line#token }"
+  TOKENS[$1]="${line%% *}"
+}
+
+section "4. Seven fans join the waiting room of concert \"demo\""
+note "first come, first served; each gets an unguessable token and a place in line"
+shown queue join --user NAME --concert demo
+for user in ana ben cleo dev eli fay gus; do join "$user"; done
+note "asking again is harmless: gus gets the same token and place back"
+ctl queue join --user gus --concert demo
+
+section "5. cleo changes her mind and leaves (everyone behind her moves up)"
+ctl queue leave --token "${TOKENS[cleo]}"
+
+section "6. zoe joins last and watches her place until she is admitted"
+note "the server streams every change; 2 users are admitted per second"
+join zoe
+ctl queue watch --token "${TOKENS[zoe]}"
+
+section "7. zoe is in: her status as text, and as JSON for scripts"
+ctl queue status --token "${TOKENS[zoe]}"
+ctl --json queue status --token "${TOKENS[zoe]}"
+
+section "Done"
+note "Try it yourself: ${CTL#"$ROOT"/} --help"
+note "Stopping concert-server and Redis and deleting $TMP."

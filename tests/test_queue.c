@@ -1,0 +1,320 @@
+/* QueueService against a real redis-server and concert-server over gRPC:
+ * concurrent joins, idempotency, admission to ACTIVE and its expiry, leaving, idle
+ * abandonment, watch streams and bad input. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "th.h"
+
+static th_redis redis;
+static th_server server;
+static cc_client *cli;
+
+static void start(const char *const *flags) {
+    memset(&redis, 0, sizeof redis);
+    th_redis_start(&redis);
+    th_server_start(&server, redis.url, flags);
+    cli = cc_client_open(server.addr);
+}
+
+static void stop(void) {
+    if (cli) cc_client_close(cli);
+    cli = NULL;
+    int rc = th_server_stop(&server);
+    th_redis_stop(&redis);
+    cr_expect_eq(rc, 0, "concert-server must exit 0 on SIGTERM (got %d, log %s)", rc, server.log);
+}
+
+#define Q_METHOD "/concert.v1.QueueService/IssueToken"
+
+static void free_status(Concert__V1__QueueStatus *s) {
+    if (s) protobuf_c_message_free_unpacked(&s->base, NULL);
+}
+
+/* ---- concurrency and idempotency ---- */
+
+static const char *const paused[] = {"--admit-rate", "0", NULL};
+
+static void start_paused(void) { start(paused); }
+
+Test(queue, thousand_concurrent_joins, .init = start_paused, .fini = stop) {
+    enum { N = 1000 };
+    char users[N][16];
+    static char tokens[N][128];
+    int seen_pos[N + 1] = {0};
+    for (int round = 0; round < 2; round++) {
+        cc_batch *b = cc_batch_new(cli);
+        for (int i = 0; i < N; i++) {
+            snprintf(users[i], sizeof users[i], "user-%d", i);
+            Concert__V1__IssueTokenRequest req = CONCERT__V1__ISSUE_TOKEN_REQUEST__INIT;
+            req.user_id = users[i];
+            req.concert_id = "big";
+            cc_batch_add(b, Q_METHOD, &req.base, NULL, 0, 20000);
+        }
+        cc_batch_wait(b);
+        for (int i = 0; i < N; i++) {
+            Concert__V1__QueueStatus *s = NULL;
+            cc_status st;
+            cr_assert_eq(cc_batch_result(b, i, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&s, &st),
+                         GRPC_STATUS_OK, "call %d: %s %s", i, cc_status_name(st.code), st.message);
+            cr_assert_eq(s->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+            cr_assert(s->position >= 1 && s->position <= N, "position %lld out of range", (long long)s->position);
+            if (round == 0) {
+                cr_assert_eq(seen_pos[s->position], 0, "position %lld given twice", (long long)s->position);
+                seen_pos[s->position] = i + 1;
+                snprintf(tokens[i], sizeof tokens[i], "%s", s->token);
+            } else {
+                cr_assert_str_eq(s->token, tokens[i], "asking again must return the same token");
+                cr_assert_eq(seen_pos[s->position], i + 1, "asking again must return the same place");
+            }
+            free_status(s);
+        }
+        cc_batch_free(b);
+    }
+    for (int p = 1; p <= N; p++) cr_assert(seen_pos[p], "position %d missing: a gap", p);
+    for (int i = 0; i < N; i++)
+        for (int j = i + 1; j < N; j++) cr_assert_str_neq(tokens[i], tokens[j], "tokens must be distinct");
+    /* Later joiners queue behind: strictly increasing. */
+    Concert__V1__QueueStatus *s = NULL;
+    cr_assert_eq(th_issue(cli, "late", "big", &s, NULL), GRPC_STATUS_OK);
+    cr_expect_eq(s->position, N + 1);
+    free_status(s);
+}
+
+Test(queue, same_user_other_concert_gets_another_token, .init = start_paused, .fini = stop) {
+    Concert__V1__QueueStatus *a = NULL, *b = NULL;
+    cr_assert_eq(th_issue(cli, "u1", "c-one", &a, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(th_issue(cli, "u1", "c-two", &b, NULL), GRPC_STATUS_OK);
+    cr_expect_str_neq(a->token, b->token);
+    cr_expect_str_eq(a->concert_id, "c-one");
+    cr_expect_str_eq(b->concert_id, "c-two");
+    cr_expect_eq(a->estimated_wait_seconds, -1, "admission paused: unknown wait");
+    free_status(a);
+    free_status(b);
+}
+
+/* ---- leaving ---- */
+
+Test(queue, leave_then_rejoin, .init = start_paused, .fini = stop) {
+    Concert__V1__QueueStatus *a = NULL, *b = NULL, *a2 = NULL;
+    cr_assert_eq(th_issue(cli, "first", "lv", &a, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(th_issue(cli, "second", "lv", &b, NULL), GRPC_STATUS_OK);
+    cr_expect_eq(b->position, 2);
+    int prev = -1;
+    cr_assert_eq(th_leave(cli, a->token, &prev, NULL), GRPC_STATUS_OK);
+    cr_expect_eq(prev, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+    cr_expect_eq(th_state(cli, a->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED);
+    Concert__V1__QueueStatus *bs = NULL;
+    cr_assert_eq(th_status(cli, b->token, &bs, NULL), GRPC_STATUS_OK);
+    cr_expect_eq(bs->position, 1, "the one behind moves up");
+    cr_assert_eq(th_leave(cli, a->token, &prev, NULL), GRPC_STATUS_OK, "leaving twice is harmless");
+    cr_expect_eq(prev, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED);
+    cr_assert_eq(th_issue(cli, "first", "lv", &a2, NULL), GRPC_STATUS_OK);
+    cr_expect_str_neq(a2->token, a->token, "after leaving, joining again is a new token");
+    cr_expect_eq(a2->position, 2, "at the back of the line");
+    free_status(a);
+    free_status(b);
+    free_status(bs);
+    free_status(a2);
+}
+
+/* ---- admission, expiry, idle ---- */
+
+static const char *const fast_ttl[] = {"--admit-rate", "50", "--active-ttl-ms", "1000", NULL};
+static void start_fast_ttl(void) { start(fast_ttl); }
+
+typedef struct {
+    const char *token;
+    int want;
+} state_wait;
+
+static int has_state(void *arg) {
+    state_wait *w = arg;
+    return th_state(cli, w->token) == w->want;
+}
+
+Test(queue, admitted_then_active_ttl_expires, .init = start_fast_ttl, .fini = stop) {
+    Concert__V1__QueueStatus *a = NULL;
+    cr_assert_eq(th_issue(cli, "ttl-user", "ttl", &a, NULL), GRPC_STATUS_OK);
+    state_wait w = {a->token, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE};
+    cr_assert(th_wait_for(has_state, &w, 20, 5000), "not admitted within 5 s at 50/s");
+    Concert__V1__QueueStatus *s = NULL;
+    cr_assert_eq(th_status(cli, a->token, &s, NULL), GRPC_STATUS_OK);
+    cr_expect_gt(s->expires_at_unix_ms, 0);
+    uint64_t t0 = th_now_ms();
+    w.want = CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED;
+    cr_assert(th_wait_for(has_state, &w, 20, 5000), "ACTIVE token did not expire");
+    uint64_t waited = th_now_ms() - t0;
+    cr_expect_leq(waited, 1500, "expired %llu ms after we saw it ACTIVE; the TTL is 1000 ms",
+                  (unsigned long long)waited);
+    /* Re-joining after expiry is a fresh place in line. */
+    Concert__V1__QueueStatus *b = NULL;
+    cr_assert_eq(th_issue(cli, "ttl-user", "ttl", &b, NULL), GRPC_STATUS_OK);
+    cr_expect_str_neq(b->token, a->token);
+    free_status(a);
+    free_status(b);
+    free_status(s);
+}
+
+static const char *const idle_flags[] = {"--admit-rate", "0", "--idle-timeout-ms", "600", NULL};
+static void start_idle(void) { start(idle_flags); }
+
+Test(queue, idle_waiting_users_lose_their_place, .init = start_idle, .fini = stop) {
+    Concert__V1__QueueStatus *quiet = NULL, *asking = NULL;
+    cr_assert_eq(th_issue(cli, "quiet", "idle", &quiet, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(th_issue(cli, "asking", "idle", &asking, NULL), GRPC_STATUS_OK);
+    cr_expect_eq(asking->position, 2);
+    /* Keep asking for one of them; leave the other alone. */
+    uint64_t end = th_now_ms() + 5000;
+    int gone = 0;
+    while (th_now_ms() < end) {
+        cr_assert_eq(th_state(cli, asking->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING,
+                     "a user who keeps asking must keep waiting");
+        /* Peek at the quiet one through Redis, not the API (asking would refresh it). */
+        redisContext *rc = th_redis_connect(&redis);
+        redisReply *r = redisCommand(rc, "ZSCORE cc:{idle}:q:wait %s", quiet->token);
+        gone = r && r->type == REDIS_REPLY_NIL;
+        freeReplyObject(r);
+        redisFree(rc);
+        if (gone) break;
+        th_pause_ms(100);
+    }
+    cr_assert(gone, "the quiet user still waits after 5 s with a 600 ms idle timeout");
+    cr_expect_eq(th_state(cli, quiet->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED);
+    Concert__V1__QueueStatus *s = NULL;
+    cr_assert_eq(th_status(cli, asking->token, &s, NULL), GRPC_STATUS_OK);
+    cr_expect_eq(s->position, 1, "the asking user moved up");
+    free_status(quiet);
+    free_status(asking);
+    free_status(s);
+}
+
+/* ---- watch ---- */
+
+static const char *const slow_admit[] = {"--admit-rate", "4", "--watch-interval-ms", "100", NULL};
+static void start_slow_admit(void) { start(slow_admit); }
+
+Test(queue, watch_streams_positions_and_ends_active, .init = start_slow_admit, .fini = stop) {
+    Concert__V1__QueueStatus *s = NULL;
+    char tok[128];
+    for (int i = 0; i < 6; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "w%d", i);
+        cr_assert_eq(th_issue(cli, u, "watch", &s, NULL), GRPC_STATUS_OK);
+        snprintf(tok, sizeof tok, "%s", s->token);
+        free_status(s);
+    }
+    Concert__V1__WatchQueueStatusRequest req = CONCERT__V1__WATCH_QUEUE_STATUS_REQUEST__INIT;
+    req.token = tok;
+    cc_stream *st = cc_client_stream(cli, "/concert.v1.QueueService/WatchQueueStatus", &req.base, NULL, 0, 20000);
+    cr_assert(st);
+    int n = 0, last_state = 0;
+    int64_t last_pos = 1000;
+    Concert__V1__QueueStatus *m = NULL;
+    int positions_seen = 0;
+    while (cc_stream_next(st, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&m) == 1) {
+        n++;
+        last_state = m->state;
+        if (m->state == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING) {
+            cr_expect_lt(m->position, last_pos, "positions only go down (%lld after %lld)", (long long)m->position,
+                         (long long)last_pos);
+            last_pos = m->position;
+            positions_seen++;
+        }
+        free_status(m);
+    }
+    cc_status fin;
+    cc_stream_close(st, &fin);
+    cr_expect_eq(fin.code, GRPC_STATUS_OK, "stream ended with %s %s", cc_status_name(fin.code), fin.message);
+    cr_expect_eq(last_state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE, "the last message is ACTIVE");
+    cr_expect_geq(positions_seen, 2, "saw %d waiting updates before admission", positions_seen);
+}
+
+Test(queue, watch_of_expired_token_ends_at_once, .init = start_paused, .fini = stop) {
+    Concert__V1__QueueStatus *s = NULL;
+    cr_assert_eq(th_issue(cli, "x", "wx", &s, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(th_leave(cli, s->token, NULL, NULL), GRPC_STATUS_OK);
+    Concert__V1__WatchQueueStatusRequest req = CONCERT__V1__WATCH_QUEUE_STATUS_REQUEST__INIT;
+    req.token = s->token;
+    cc_stream *st = cc_client_stream(cli, "/concert.v1.QueueService/WatchQueueStatus", &req.base, NULL, 0, 5000);
+    Concert__V1__QueueStatus *m = NULL;
+    cr_assert_eq(cc_stream_next(st, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&m), 1);
+    cr_expect_eq(m->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED);
+    free_status(m);
+    cr_expect_eq(cc_stream_next(st, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&m), 0);
+    cc_status fin;
+    cc_stream_close(st, &fin);
+    cr_expect_eq(fin.code, GRPC_STATUS_OK);
+    free_status(s);
+}
+
+Test(queue, cancelled_watch_frees_the_server_side, .init = start_paused, .fini = stop) {
+    /* Open and abandon many watches; the server must keep serving and exit cleanly. */
+    Concert__V1__QueueStatus *s = NULL;
+    cr_assert_eq(th_issue(cli, "cw", "cw", &s, NULL), GRPC_STATUS_OK);
+    for (int i = 0; i < 50; i++) {
+        Concert__V1__WatchQueueStatusRequest req = CONCERT__V1__WATCH_QUEUE_STATUS_REQUEST__INIT;
+        req.token = s->token;
+        cc_stream *st = cc_client_stream(cli, "/concert.v1.QueueService/WatchQueueStatus", &req.base, NULL, 0, 5000);
+        Concert__V1__QueueStatus *m = NULL;
+        cr_assert_eq(cc_stream_next(st, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&m), 1);
+        cr_expect_eq(m->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+        free_status(m);
+        cc_status fin;
+        cc_stream_close(st, &fin);
+        cr_expect_eq(fin.code, GRPC_STATUS_CANCELLED);
+    }
+    cr_expect_eq(th_state(cli, s->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+    free_status(s);
+}
+
+/* ---- bad input ---- */
+
+static void expect_code(grpc_status_code got, const cc_status *st, grpc_status_code want, const char *field) {
+    cr_expect_eq(got, want, "want %s, got %s: %s", cc_status_name(want), cc_status_name(got), st->message);
+    if (field) cr_expect(strstr(st->message, field) != NULL, "message '%s' must name '%s'", st->message, field);
+}
+
+Test(queue, bad_input_gets_clear_errors, .init = start_paused, .fini = stop) {
+    cc_status st;
+    char *big = malloc(10 * 1024 + 1);
+    memset(big, 'x', 10 * 1024);
+    big[10 * 1024] = 0;
+    expect_code(th_issue(cli, "", "c1", NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "user_id");
+    expect_code(th_issue(cli, big, "c1", NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "user_id");
+    expect_code(th_issue(cli, "u", "", NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "concert_id");
+    expect_code(th_issue(cli, "u", big, NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "concert_id");
+    expect_code(th_issue(cli, "u", "c{1}", NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "concert_id");
+    expect_code(th_issue(cli, "u\x01", "c1", NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "user_id");
+    expect_code(th_status(cli, "", NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "token");
+    expect_code(th_status(cli, big, NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "token");
+    expect_code(th_status(cli, "not-a-token", NULL, &st), &st, GRPC_STATUS_UNAUTHENTICATED, "token");
+    expect_code(th_status(cli, "v1.c1.0123456789abcdef0123456789abcdef", NULL, &st), &st,
+                GRPC_STATUS_UNAUTHENTICATED, "token");
+    expect_code(th_leave(cli, "v1.c1.0123456789abcdef0123456789abcdef", NULL, &st), &st,
+                GRPC_STATUS_UNAUTHENTICATED, "token");
+    /* A real token with the concert part changed is forged. */
+    Concert__V1__QueueStatus *s = NULL;
+    cr_assert_eq(th_issue(cli, "real", "c1", &s, NULL), GRPC_STATUS_OK);
+    char forged[128];
+    snprintf(forged, sizeof forged, "v1.c2.%s", s->token + 6);
+    expect_code(th_status(cli, forged, NULL, &st), &st, GRPC_STATUS_UNAUTHENTICATED, "token");
+    /* Bytes that are not protobuf. */
+    const char junk[] = "\xff\xff\xff\xff\x0f garbage";
+    expect_code(cc_client_unary_raw(cli, Q_METHOD, junk, sizeof junk, NULL, 0, 5000, &st), &st,
+                GRPC_STATUS_INVALID_ARGUMENT, "IssueTokenRequest");
+    expect_code(cc_client_unary_raw(cli, "/concert.v1.QueueService/NoSuchMethod", "", 0, NULL, 0, 5000, &st), &st,
+                GRPC_STATUS_UNIMPLEMENTED, NULL);
+    /* Nothing was written for the bad calls: only "real" joined c1. */
+    redisContext *rc = th_redis_connect(&redis);
+    redisReply *r = redisCommand(rc, "ZCARD cc:{c1}:q:wait");
+    cr_expect_eq(r->integer, 1, "bad calls must not change state");
+    freeReplyObject(r);
+    redisFree(rc);
+    /* And the server still serves. */
+    cr_expect_eq(th_state(cli, s->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+    free_status(s);
+    free(big);
+}

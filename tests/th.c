@@ -1,0 +1,261 @@
+/* th: see th.h. */
+#define _GNU_SOURCE
+#include "th.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+
+int th_free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    cr_assert(bind(fd, (struct sockaddr *)&a, sizeof a) == 0, "bind: %s", strerror(errno));
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    int port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+uint64_t th_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void th_pause_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+int th_wait_for(int (*cond)(void *), void *arg, int every_ms, int limit_ms) {
+    uint64_t end = th_now_ms() + (uint64_t)limit_ms;
+    for (;;) {
+        if (cond(arg)) return 1;
+        if (th_now_ms() >= end) return 0;
+        th_pause_ms(every_ms);
+    }
+}
+
+static pid_t spawn(char *const argv[], const char *log_path) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    cr_assert(pid >= 0, "fork failed");
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        int fd = open(log_path ? log_path : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    return remove(path);
+}
+
+void th_rmrf(const char *dir) {
+    if (dir && *dir) nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+redisContext *th_redis_connect(const th_redis *r) {
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", r->port, tv);
+    if (!c || c->err) {
+        if (c) redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    return c;
+}
+
+static int redis_pings(void *arg) {
+    redisContext *c = th_redis_connect(arg);
+    if (!c) return 0;
+    redisReply *rep = redisCommand(c, "PING");
+    int ok = rep && rep->type == REDIS_REPLY_STATUS && !strcmp(rep->str, "PONG");
+    if (rep) freeReplyObject(rep);
+    redisFree(c);
+    return ok;
+}
+
+void th_redis_start(th_redis *r) {
+    if (!r->port) r->port = th_free_port();
+    if (!r->dir[0]) {
+        snprintf(r->dir, sizeof r->dir, "/tmp/concert-test-redis-XXXXXX");
+        cr_assert(mkdtemp(r->dir), "mkdtemp");
+    }
+    snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d", r->port);
+    char port[16], log[300], mem[32];
+    snprintf(port, sizeof port, "%d", r->port);
+    snprintf(log, sizeof log, "%s/redis.log", r->dir);
+    snprintf(mem, sizeof mem, "%dmb", r->maxmemory_mb);
+    char *argv[20];
+    int n = 0;
+    argv[n++] = "redis-server";
+    argv[n++] = "--port", argv[n++] = port;
+    argv[n++] = "--bind", argv[n++] = "127.0.0.1";
+    argv[n++] = "--save", argv[n++] = "";
+    argv[n++] = "--appendonly", argv[n++] = "no";
+    argv[n++] = "--dir", argv[n++] = r->dir;
+    if (r->maxmemory_mb) {
+        argv[n++] = "--maxmemory", argv[n++] = mem;
+        argv[n++] = "--maxmemory-policy", argv[n++] = "volatile-lru";
+    }
+    argv[n] = NULL;
+    r->pid = spawn(argv, log);
+    cr_assert(th_wait_for(redis_pings, r, 20, 10000), "redis-server on port %d did not answer PING", r->port);
+}
+
+void th_redis_kill(th_redis *r) {
+    if (r->pid <= 0) return;
+    kill(r->pid, SIGKILL);
+    waitpid(r->pid, NULL, 0);
+    r->pid = 0;
+}
+
+void th_redis_stop(th_redis *r) {
+    th_redis_kill(r);
+    th_rmrf(r->dir);
+    r->dir[0] = '\0';
+}
+
+typedef struct {
+    th_server *s;
+    cc_client *c;
+} health_arg;
+
+static int server_exited(th_server *s) {
+    int st;
+    if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
+        s->pid = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* TCP first: a gRPC channel that failed to connect backs off for a second or more. */
+static int port_accepts(void *arg) {
+    th_server *s = arg;
+    if (server_exited(s)) return 1; /* stop waiting, the caller asserts */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+static int server_answers(void *arg) {
+    health_arg *h = arg;
+    if (server_exited(h->s)) return 1; /* stop waiting, the caller asserts */
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    cc_status status;
+    cc_client_unary(h->c, "/grpc.health.v1.Health/Check", &req.base, NULL, NULL, NULL, 0, 500, &status);
+    return status.code == GRPC_STATUS_OK;
+}
+
+void th_server_start(th_server *s, const char *redis_url, const char *const *extra) {
+    s->port = th_free_port();
+    snprintf(s->addr, sizeof s->addr, "127.0.0.1:%d", s->port);
+    snprintf(s->log, sizeof s->log, "/tmp/concert-test-server-%d.log", s->port);
+    char *argv[64];
+    int n = 0;
+    argv[n++] = TH_SERVER_BIN;
+    argv[n++] = "--listen", argv[n++] = s->addr;
+    argv[n++] = "--redis", argv[n++] = (char *)redis_url;
+    argv[n++] = "--log-level", argv[n++] = "debug";
+    argv[n++] = "--shutdown-grace-ms", argv[n++] = "2000";
+    for (int i = 0; extra && extra[i] && n < 62; i++) argv[n++] = (char *)extra[i];
+    argv[n] = NULL;
+    unlink(s->log);
+    s->pid = spawn(argv, s->log);
+    cr_assert(th_wait_for(port_accepts, s, 5, 15000) && s->pid > 0, "concert-server did not listen (log: %s)",
+              s->log);
+    health_arg h = {s, cc_client_open(s->addr)};
+    int ok = th_wait_for(server_answers, &h, 20, 15000);
+    cc_client_close(h.c);
+    cr_assert(ok && s->pid > 0, "concert-server did not start (log: %s)", s->log);
+}
+
+int th_server_stop(th_server *s) {
+    if (s->pid <= 0) return -1;
+    kill(s->pid, SIGTERM);
+    int st = 0;
+    uint64_t end = th_now_ms() + 10000;
+    while (waitpid(s->pid, &st, WNOHANG) == 0) {
+        if (th_now_ms() > end) {
+            kill(s->pid, SIGKILL);
+            waitpid(s->pid, &st, 0);
+            s->pid = 0;
+            return -1;
+        }
+        th_pause_ms(10);
+    }
+    s->pid = 0;
+    if (WIFEXITED(st)) {
+        if (WEXITSTATUS(st) == 0 && !getenv("TH_KEEP_LOGS")) unlink(s->log);
+        return WEXITSTATUS(st);
+    }
+    return -1;
+}
+
+grpc_status_code th_issue(cc_client *c, const char *user, const char *concert, Concert__V1__QueueStatus **out,
+                          cc_status *st) {
+    Concert__V1__IssueTokenRequest req = CONCERT__V1__ISSUE_TOKEN_REQUEST__INIT;
+    req.user_id = (char *)user;
+    req.concert_id = (char *)concert;
+    return cc_client_unary(c, "/concert.v1.QueueService/IssueToken", &req.base, &concert__v1__queue_status__descriptor,
+                           (ProtobufCMessage **)out, NULL, 0, 5000, st);
+}
+
+grpc_status_code th_status(cc_client *c, const char *token, Concert__V1__QueueStatus **out, cc_status *st) {
+    Concert__V1__GetQueueStatusRequest req = CONCERT__V1__GET_QUEUE_STATUS_REQUEST__INIT;
+    req.token = (char *)token;
+    return cc_client_unary(c, "/concert.v1.QueueService/GetQueueStatus", &req.base,
+                           &concert__v1__queue_status__descriptor, (ProtobufCMessage **)out, NULL, 0, 5000, st);
+}
+
+grpc_status_code th_leave(cc_client *c, const char *token, int *prev, cc_status *st) {
+    Concert__V1__LeaveQueueRequest req = CONCERT__V1__LEAVE_QUEUE_REQUEST__INIT;
+    req.token = (char *)token;
+    Concert__V1__LeaveQueueResponse *resp = NULL;
+    grpc_status_code code =
+        cc_client_unary(c, "/concert.v1.QueueService/LeaveQueue", &req.base, &concert__v1__leave_queue_response__descriptor,
+                        (ProtobufCMessage **)&resp, NULL, 0, 5000, st);
+    if (resp) {
+        if (prev) *prev = resp->previous_state;
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    }
+    return code;
+}
+
+int th_state(cc_client *c, const char *token) {
+    Concert__V1__QueueStatus *s = NULL;
+    cc_status st;
+    if (th_status(c, token, &s, &st) != GRPC_STATUS_OK) return -(int)st.code;
+    int state = s->state;
+    protobuf_c_message_free_unpacked(&s->base, NULL);
+    return state;
+}
