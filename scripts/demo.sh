@@ -35,6 +35,8 @@ esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# Dependencies first (idempotent; quick when everything is there).
+scripts/install-deps.sh >/dev/null
 BUILD="${CONCERT_BUILD_DIR:-build}"
 [[ "$BUILD" == /* ]] || BUILD="$ROOT/$BUILD"
 CTL="$BUILD/client/concertctl"

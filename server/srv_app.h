@@ -69,6 +69,8 @@ extern const int srv_n_methods;
 
 int srv_queue_init(srv_app *app);
 void srv_queue_shutdown(srv_app *app);
+/** Frees the concert registry once the loop has stopped. */
+void srv_queue_free(srv_app *app);
 void srv_health_init(srv_app *app);
 /** Redis went up or down: tell health watchers. */
 void srv_health_changed(srv_app *app);

@@ -531,6 +531,19 @@ int srv_queue_init(srv_app *app) {
 
 static void on_timer_closed(uv_handle_t *h) {}
 
+void srv_queue_free(srv_app *app) {
+    for (size_t b = 0; b < app->n_buckets; b++) {
+        srv_concert *c = app->concert_buckets[b];
+        while (c) {
+            srv_concert *next = c->hnext;
+            free(c);
+            c = next;
+        }
+    }
+    free(app->concert_buckets);
+    app->concert_buckets = NULL;
+}
+
 void srv_queue_shutdown(srv_app *app) {
     uv_close((uv_handle_t *)&app->admit_timer, on_timer_closed);
     uv_close((uv_handle_t *)&app->watch_timer, on_timer_closed);

@@ -75,7 +75,7 @@ int srv_run(const srv_config *cfg) {
     uv_run(app->loop, UV_RUN_DEFAULT);
     uv_loop_close(app->loop);
     grpc_shutdown();
-    free(app->concert_buckets); /* concerts themselves live as long as the process */
+    srv_queue_free(app);
     free(app);
     return exit_code;
 }

@@ -10,10 +10,15 @@ static th_redis redis;
 static th_server a, b;
 
 static void stop(void) {
-    int ra = th_server_stop(&a), rb = th_server_stop(&b);
+    th_server_stop(&a);
+    th_server_stop(&b);
     th_redis_stop(&redis);
-    cr_expect_eq(ra, 0, "server a exit status");
-    cr_expect_eq(rb, 0, "server b exit status");
+}
+
+static void end_test(void) {
+    int ra = th_server_stop(&a), rb = th_server_stop(&b);
+    cr_assert_eq(ra, 0, "server a exit status (log %s)", a.log);
+    cr_assert_eq(rb, 0, "server b exit status (log %s)", b.log);
 }
 
 static void join_many(const char *addr, const char *concert, int n) {
@@ -75,6 +80,7 @@ Test(admission, two_servers_share_the_rate, .fini = stop, .timeout = 60) {
     /* Both servers really took part. */
     cr_expect(log_has(a.log, "event=queue_tick"), "server a never admitted anyone");
     cr_expect(log_has(b.log, "event=queue_tick"), "server b never admitted anyone");
+    end_test();
 }
 
 Test(admission, max_active_is_never_exceeded, .fini = stop, .timeout = 60) {
@@ -95,4 +101,5 @@ Test(admission, max_active_is_never_exceeded, .fini = stop, .timeout = 60) {
     cr_expect_eq(last, 25, "the cap fills up: %lld active", last);
     cr_expect_eq(zcard(rc, "cc:{cap}:q:wait"), 175);
     redisFree(rc);
+    end_test();
 }

@@ -19,12 +19,20 @@ static void start(const char *const *flags) {
     cli = cc_client_open(server.addr);
 }
 
+/* Teardown (Criterion ignores assertions here, so it only cleans up). */
 static void stop(void) {
     if (cli) cc_client_close(cli);
     cli = NULL;
-    int rc = th_server_stop(&server);
+    th_server_stop(&server);
     th_redis_stop(&redis);
-    cr_expect_eq(rc, 0, "concert-server must exit 0 on SIGTERM (got %d, log %s)", rc, server.log);
+}
+
+/* The last step of every test: a clean SIGTERM exit, with no sanitizer report. */
+static void end_test(void) {
+    if (cli) cc_client_close(cli);
+    cli = NULL;
+    int rc = th_server_stop(&server);
+    cr_assert_eq(rc, 0, "concert-server must exit 0 on SIGTERM (got %d, log %s)", rc, server.log);
 }
 
 #define Q_METHOD "/concert.v1.QueueService/IssueToken"
@@ -81,6 +89,7 @@ Test(queue, thousand_concurrent_joins, .init = start_paused, .fini = stop) {
     cr_assert_eq(th_issue(cli, "late", "big", &s, NULL), GRPC_STATUS_OK);
     cr_expect_eq(s->position, N + 1);
     free_status(s);
+    end_test();
 }
 
 Test(queue, same_user_other_concert_gets_another_token, .init = start_paused, .fini = stop) {
@@ -93,6 +102,7 @@ Test(queue, same_user_other_concert_gets_another_token, .init = start_paused, .f
     cr_expect_eq(a->estimated_wait_seconds, -1, "admission paused: unknown wait");
     free_status(a);
     free_status(b);
+    end_test();
 }
 
 /* ---- leaving ---- */
@@ -118,6 +128,7 @@ Test(queue, leave_then_rejoin, .init = start_paused, .fini = stop) {
     free_status(b);
     free_status(bs);
     free_status(a2);
+    end_test();
 }
 
 /* ---- admission, expiry, idle ---- */
@@ -156,6 +167,7 @@ Test(queue, admitted_then_active_ttl_expires, .init = start_fast_ttl, .fini = st
     free_status(a);
     free_status(b);
     free_status(s);
+    end_test();
 }
 
 static const char *const idle_flags[] = {"--admit-rate", "0", "--idle-timeout-ms", "600", NULL};
@@ -189,6 +201,7 @@ Test(queue, idle_waiting_users_lose_their_place, .init = start_idle, .fini = sto
     free_status(quiet);
     free_status(asking);
     free_status(s);
+    end_test();
 }
 
 /* ---- watch ---- */
@@ -230,6 +243,7 @@ Test(queue, watch_streams_positions_and_ends_active, .init = start_slow_admit, .
     cr_expect_eq(fin.code, GRPC_STATUS_OK, "stream ended with %s %s", cc_status_name(fin.code), fin.message);
     cr_expect_eq(last_state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE, "the last message is ACTIVE");
     cr_expect_geq(positions_seen, 2, "saw %d waiting updates before admission", positions_seen);
+    end_test();
 }
 
 Test(queue, watch_of_expired_token_ends_at_once, .init = start_paused, .fini = stop) {
@@ -248,6 +262,7 @@ Test(queue, watch_of_expired_token_ends_at_once, .init = start_paused, .fini = s
     cc_stream_close(st, &fin);
     cr_expect_eq(fin.code, GRPC_STATUS_OK);
     free_status(s);
+    end_test();
 }
 
 Test(queue, cancelled_watch_frees_the_server_side, .init = start_paused, .fini = stop) {
@@ -268,6 +283,7 @@ Test(queue, cancelled_watch_frees_the_server_side, .init = start_paused, .fini =
     }
     cr_expect_eq(th_state(cli, s->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
     free_status(s);
+    end_test();
 }
 
 /* ---- bad input ---- */
@@ -317,4 +333,5 @@ Test(queue, bad_input_gets_clear_errors, .init = start_paused, .fini = stop) {
     cr_expect_eq(th_state(cli, s->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
     free_status(s);
     free(big);
+    end_test();
 }
