@@ -30,6 +30,9 @@ int main(int argc, char **argv) {
         .redis_timeout_ms = 2000,
         .shutdown_grace_ms = 5000,
         .requests_per_method = 32,
+        .hold_ttl_ms = 5 * 60 * 1000,
+        .max_seats_per_user = 4,
+        .sweep_interval_ms = 250,
     };
     const cc_opt opts[] = {
         {"listen", "CONCERT_LISTEN", CC_OPT_STR, &cfg.listen, "HOST:PORT", "address to serve gRPC on (default 127.0.0.1:50051)", 0, 0},
@@ -42,6 +45,9 @@ int main(int argc, char **argv) {
         {"max-active", "CONCERT_MAX_ACTIVE", CC_OPT_INT, &cfg.max_active, "N", "default cap of ACTIVE users per concert (default 1000)", 0, 100000000},
         {"active-ttl-ms", "CONCERT_ACTIVE_TTL_MS", CC_OPT_INT, &cfg.active_ttl_ms, "MS", "default lifetime of an ACTIVE token (default 600000)", 1000, 86400000},
         {"idle-timeout-ms", "CONCERT_IDLE_TIMEOUT_MS", CC_OPT_INT, &cfg.idle_timeout_ms, "MS", "waiting users silent this long lose their place (default 60000; 0 = never)", 0, 86400000},
+        {"hold-ttl-ms", "CONCERT_HOLD_TTL_MS", CC_OPT_INT, &cfg.hold_ttl_ms, "MS", "default seat hold before payment (default 300000)", 1000, 3600000},
+        {"max-seats-per-user", "CONCERT_MAX_SEATS_PER_USER", CC_OPT_INT, &cfg.max_seats_per_user, "N", "default seats one user may hold at once per concert (default 4)", 1, 100},
+        {"sweep-interval-ms", "CONCERT_SWEEP_INTERVAL_MS", CC_OPT_INT, &cfg.sweep_interval_ms, "MS", "how often lapsed holds are expired and reported (default 250)", 10, 10000},
         {"admit-interval-ms", "CONCERT_ADMIT_INTERVAL_MS", CC_OPT_INT, &cfg.admit_interval_ms, "MS", "how often this server runs admission (default 100)", 10, 10000},
         {"watch-interval-ms", "CONCERT_WATCH_INTERVAL_MS", CC_OPT_INT, &cfg.watch_interval_ms, "MS", "how often queue watchers are refreshed (default 500)", 50, 60000},
         {"redis-connections", "CONCERT_REDIS_CONNECTIONS", CC_OPT_INT, &cfg.redis_connections, "N", "multiplexed Redis connections (default 2)", 1, 64},

@@ -8,7 +8,11 @@
 #include <string.h>
 
 #include "cc_log.h"
+#include "concert/v1/admin.pb-c.h"
+#include "concert/v1/booking.pb-c.h"
 #include "concert/v1/queue.pb-c.h"
+#include "concert/v1/wallet.pb-c.h"
+#include "srv_valid.h"
 #include "grpc/health/v1/health.pb-c.h"
 
 cc_redis_script *srv_scripts[32];
@@ -23,6 +27,31 @@ const srv_method srv_methods[] = {
      &concert__v1__watch_queue_status_request__descriptor, srv_queue_watch},
     {"/concert.v1.QueueService/LeaveQueue", SRV_UNARY, &concert__v1__leave_queue_request__descriptor,
      srv_queue_leave},
+    {"/concert.v1.BookingService/ListSchedules", SRV_UNARY, &concert__v1__list_schedules_request__descriptor,
+     srv_booking_list_schedules},
+    {"/concert.v1.BookingService/ListSeats", SRV_UNARY, &concert__v1__list_seats_request__descriptor,
+     srv_booking_list_seats},
+    {"/concert.v1.BookingService/ReserveSeats", SRV_UNARY, &concert__v1__reserve_seats_request__descriptor,
+     srv_booking_reserve},
+    {"/concert.v1.BookingService/GetReservation", SRV_UNARY, &concert__v1__get_reservation_request__descriptor,
+     srv_booking_get},
+    {"/concert.v1.BookingService/CancelReservation", SRV_UNARY,
+     &concert__v1__cancel_reservation_request__descriptor, srv_booking_cancel},
+    {"/concert.v1.WalletService/GetBalance", SRV_UNARY, &concert__v1__get_balance_request__descriptor,
+     srv_wallet_balance},
+    {"/concert.v1.WalletService/Charge", SRV_UNARY, &concert__v1__charge_request__descriptor, srv_wallet_charge},
+    {"/concert.v1.AdminService/CreateConcert", SRV_UNARY, &concert__v1__create_concert_request__descriptor,
+     srv_admin_create_concert},
+    {"/concert.v1.AdminService/ListConcerts", SRV_UNARY, &concert__v1__list_concerts_request__descriptor,
+     srv_admin_list_concerts},
+    {"/concert.v1.AdminService/CreateSchedule", SRV_UNARY, &concert__v1__create_schedule_request__descriptor,
+     srv_admin_create_schedule},
+    {"/concert.v1.AdminService/SetQueuePolicy", SRV_UNARY, &concert__v1__set_queue_policy_request__descriptor,
+     srv_admin_set_policy},
+    {"/concert.v1.AdminService/GetQueuePolicy", SRV_UNARY, &concert__v1__get_queue_policy_request__descriptor,
+     srv_admin_get_policy},
+    {"/concert.v1.AdminService/GetStats", SRV_UNARY, &concert__v1__get_stats_request__descriptor,
+     srv_admin_stats},
     {"/grpc.health.v1.Health/Check", SRV_UNARY, &grpc__health__v1__health_check_request__descriptor,
      srv_health_check},
     {"/grpc.health.v1.Health/Watch", SRV_SERVER_STREAM, &grpc__health__v1__health_check_request__descriptor,
@@ -65,3 +94,84 @@ void srv_fail_redis(srv_call *call, const redisReply *reply, const char *err) {
 }
 
 void srv_fail_no_redis(srv_call *call) { srv_call_finish(call, GRPC_STATUS_UNAVAILABLE, "redis unavailable"); }
+
+void srv_script_add(cc_redis_script *s, const char *name, const unsigned char *prelude, size_t prelude_len,
+                    const unsigned char *body, size_t body_len) {
+    size_t len = (prelude ? prelude_len + 1 : 0) + body_len;
+    char *text = malloc(len + 1);
+    if (!text) abort();
+    size_t o = 0;
+    if (prelude) {
+        memcpy(text, prelude, prelude_len);
+        text[prelude_len] = '\n';
+        o = prelude_len + 1;
+    }
+    memcpy(text + o, body, body_len);
+    text[len] = '\0';
+    cc_redis_script_init(s, name, text, len);
+    srv_scripts[srv_n_scripts++] = s;
+}
+
+int64_t srv_int_at(const redisReply *r, size_t i) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || i >= r->elements) return 0;
+    const redisReply *e = r->element[i];
+    if (e->type == REDIS_REPLY_INTEGER) return e->integer;
+    if (e->type == REDIS_REPLY_STRING) return strtoll(e->str, NULL, 10);
+    return 0;
+}
+
+const char *srv_str_at(const redisReply *r, size_t i) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || i >= r->elements) return "";
+    const redisReply *e = r->element[i];
+    return e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS ? e->str : "";
+}
+
+int srv_script_ok(srv_call *call, const redisReply *r, const char *err) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_INTEGER) {
+        srv_fail_redis(call, r, err);
+        return 0;
+    }
+    int64_t code = r->element[0]->integer;
+    if (code == 0) return 1;
+    if (code < 0 || code > 16) code = GRPC_STATUS_INTERNAL;
+    srv_call_finish(call, (grpc_status_code)code, "%s", srv_str_at(r, 1));
+    return 0;
+}
+
+int srv_auth_token(srv_call *call, char *token, char *concert) {
+    size_t vlen = 0, tlen = 0;
+    const char *v = srv_call_metadata(call, "authorization", &vlen);
+    const char *t = v ? srv_bearer(v, vlen, &tlen) : NULL;
+    if (!t) {
+        srv_call_finish(call, GRPC_STATUS_UNAUTHENTICATED,
+                        "authorization: a queue token is required ('authorization: Bearer <token>')");
+        return -1;
+    }
+    if (tlen > SRV_TOKEN_MAX || srv_token_parse(t, tlen, concert) < 0) {
+        srv_call_finish(call, GRPC_STATUS_UNAUTHENTICATED, "authorization: unknown token");
+        return -1;
+    }
+    memcpy(token, t, tlen);
+    token[tlen] = '\0';
+    return 0;
+}
+
+int srv_auth_admin(srv_call *call) {
+    srv_app *app = srv_call_app(call);
+    if (!app->cfg.admin_key || !*app->cfg.admin_key) {
+        srv_call_finish(call, GRPC_STATUS_PERMISSION_DENIED, "admin is disabled on this server (no --admin-key)");
+        return -1;
+    }
+    size_t len = 0;
+    const char *k = srv_call_metadata(call, "x-admin-key", &len);
+    if (!k) {
+        srv_call_finish(call, GRPC_STATUS_UNAUTHENTICATED, "x-admin-key: required");
+        return -1;
+    }
+    if (!srv_secret_eq(app->cfg.admin_key, k, len)) {
+        CC_WARN("admin_denied", "method=%s", srv_call_method(call)->path);
+        srv_call_finish(call, GRPC_STATUS_PERMISSION_DENIED, "x-admin-key: wrong key");
+        return -1;
+    }
+    return 0;
+}

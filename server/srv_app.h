@@ -28,6 +28,9 @@ typedef struct {
     int64_t redis_timeout_ms;
     int64_t shutdown_grace_ms;
     int64_t requests_per_method;
+    int64_t hold_ttl_ms;        /* default seat hold */
+    int64_t max_seats_per_user; /* default cap of seats one user holds at once */
+    int64_t sweep_interval_ms;  /* how often lapsed holds are expired and reported */
 } srv_config;
 
 typedef struct srv_concert srv_concert;
@@ -45,6 +48,7 @@ typedef struct srv_app {
     size_t n_buckets, n_concerts;
     uv_timer_t admit_timer, watch_timer, refresh_timer;
     int refresh_inflight;
+    uv_timer_t sweep_timer;
     /* health watchers */
     srv_health_watcher *health_watchers;
 } srv_app;
@@ -83,8 +87,54 @@ void srv_health_check(srv_call *c);
 void srv_health_watch(srv_call *c);
 void srv_reflection_info(srv_call *c);
 
-/** Scripts registered with the Redis pool (NULL-terminated list filled at init). */
+int srv_booking_init(srv_app *app);
+void srv_booking_shutdown(srv_app *app);
+void srv_booking_list_schedules(srv_call *c);
+void srv_booking_list_seats(srv_call *c);
+void srv_booking_reserve(srv_call *c);
+void srv_booking_get(srv_call *c);
+void srv_booking_cancel(srv_call *c);
+
+void srv_wallet_init(srv_app *app);
+void srv_wallet_balance(srv_call *c);
+void srv_wallet_charge(srv_call *c);
+
+void srv_admin_init(srv_app *app);
+void srv_admin_create_concert(srv_call *c);
+void srv_admin_list_concerts(srv_call *c);
+void srv_admin_create_schedule(srv_call *c);
+void srv_admin_set_policy(srv_call *c);
+void srv_admin_get_policy(srv_call *c);
+void srv_admin_stats(srv_call *c);
+
+/** Scripts registered with the Redis pool, filled by the services' init functions. */
 extern cc_redis_script *srv_scripts[];
 extern int srv_n_scripts;
+
+/** Initialises `s` from `prelude` (may be NULL) followed by `body` and registers it
+ * for loading on every Redis connection. The text is kept for the process' life. */
+void srv_script_add(cc_redis_script *s, const char *name, const unsigned char *prelude, size_t prelude_len,
+                    const unsigned char *body, size_t body_len);
+
+/** For scripts answering {0, ...} or {grpc_code, message}: 1 if the reply is a
+ * success; otherwise finishes `call` with the error (or the Redis failure) and
+ * returns 0. */
+int srv_script_ok(srv_call *call, const redisReply *r, const char *err);
+
+/** Integer / string element i of an array reply (0 / "" when absent). */
+int64_t srv_int_at(const redisReply *r, size_t i);
+const char *srv_str_at(const redisReply *r, size_t i);
+
+/** The bearer token of the call: fills token[SRV_TOKEN_MAX+1] and the token's concert;
+ * on failure finishes the call with UNAUTHENTICATED and returns -1. */
+int srv_auth_token(srv_call *call, char *token, char *concert);
+
+/** Checks the x-admin-key metadata; on failure finishes the call and returns -1. */
+int srv_auth_admin(srv_call *call);
+
+/** Calls `fn` for every concert this server knows (queues and catalogue). */
+void srv_concerts_foreach(srv_app *app, void (*fn)(srv_app *app, const char *concert, void *arg), void *arg);
+/** Makes the concert known to this server's ticks (and to every server's, via Redis). */
+void srv_concert_remember(srv_app *app, const char *concert);
 
 #endif

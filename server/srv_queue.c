@@ -96,10 +96,14 @@ static srv_concert *concert_get(srv_app *app, const char *id, int create) {
 
 static void on_sadd(redisReply *r, const char *err, void *p) {}
 
-static void remember_concert(srv_app *app, const char *concert) {
+void srv_concert_remember(srv_app *app, const char *concert) {
     if (concert_get(app, concert, 0)) return;
     concert_get(app, concert, 1);
     cc_redis_command(app->redis, on_sadd, NULL, "SADD cc:queues %s", concert);
+}
+
+void srv_concerts_foreach(srv_app *app, void (*fn)(srv_app *app, const char *concert, void *arg), void *arg) {
+    FOR_EACH_CONCERT(app, c) fn(app, c->id, arg);
 }
 
 /* ---- replies ---- */
@@ -130,13 +134,6 @@ static void fill_status(Concert__V1__QueueStatus *st, const char *token, const c
     }
 }
 
-static int64_t int_at(const redisReply *r, size_t i) {
-    if (r->type != REDIS_REPLY_ARRAY || i >= r->elements) return 0;
-    const redisReply *e = r->element[i];
-    if (e->type == REDIS_REPLY_INTEGER) return e->integer;
-    if (e->type == REDIS_REPLY_STRING) return strtoll(e->str, NULL, 10);
-    return 0;
-}
 
 /* A unary call waiting for Redis. */
 typedef struct {
@@ -183,7 +180,7 @@ static void on_issue(redisReply *r, const char *err, void *p) {
     } else {
         Concert__V1__QueueStatus st;
         const char *tok = r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str : "";
-        fill_status(&st, tok, q->concert, (int)int_at(r, 1), int_at(r, 2), int_at(r, 3), int_at(r, 4));
+        fill_status(&st, tok, q->concert, (int)srv_int_at(r, 1), srv_int_at(r, 2), srv_int_at(r, 3), srv_int_at(r, 4));
         srv_call_reply(q->call, &st.base);
     }
     free(q);
@@ -219,7 +216,7 @@ void srv_queue_issue_token(srv_call *call) {
         srv_fail_no_redis(call);
         return;
     }
-    remember_concert(app, q->concert);
+    srv_concert_remember(app, q->concert);
 }
 
 /* ---- GetQueueStatus ---- */
@@ -228,11 +225,11 @@ static void on_status(redisReply *r, const char *err, void *p) {
     qctx *q = p;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 5) {
         srv_fail_redis(q->call, r, err);
-    } else if (int_at(r, 0) == 0) {
+    } else if (srv_int_at(r, 0) == 0) {
         srv_call_finish(q->call, GRPC_STATUS_UNAUTHENTICATED, "token: unknown token");
     } else {
         Concert__V1__QueueStatus st;
-        fill_status(&st, q->token, q->concert, (int)int_at(r, 0), int_at(r, 1), int_at(r, 2), int_at(r, 3));
+        fill_status(&st, q->token, q->concert, (int)srv_int_at(r, 0), srv_int_at(r, 1), srv_int_at(r, 2), srv_int_at(r, 3));
         srv_call_reply(q->call, &st.base);
     }
     free(q);
@@ -341,9 +338,9 @@ typedef struct {
 static void on_watch_batch(redisReply *r, const char *err, void *p) {
     watch_batch *b = p;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 + 2 * b->n) {
-        int64_t rate = int_at(r, 0);
+        int64_t rate = srv_int_at(r, 0);
         for (size_t i = 0; i < b->n; i++)
-            watcher_update(b->w[i], (int)int_at(r, 1 + 2 * i), int_at(r, 2 + 2 * i), rate);
+            watcher_update(b->w[i], (int)srv_int_at(r, 1 + 2 * i), srv_int_at(r, 2 + 2 * i), rate);
     } else if (r && r->type == REDIS_REPLY_ERROR) {
         CC_WARN("watch_refresh_failed", "concert=%s error=\"%s\"", b->concert->id, r->str);
     }
@@ -403,7 +400,7 @@ static void on_watch_first(redisReply *r, const char *err, void *p) {
         grpc_status_code code = srv_redis_status(r, err, msg, sizeof msg);
         watcher_end(w, code == GRPC_STATUS_OK ? GRPC_STATUS_INTERNAL : code, msg);
     } else {
-        watcher_update(w, (int)int_at(r, 0), int_at(r, 0) == 1 ? int_at(r, 1) : int_at(r, 2), int_at(r, 3));
+        watcher_update(w, (int)srv_int_at(r, 0), srv_int_at(r, 0) == 1 ? srv_int_at(r, 1) : srv_int_at(r, 2), srv_int_at(r, 3));
     }
     watcher_unref(w);
 }
@@ -449,10 +446,10 @@ static void on_admit(redisReply *r, const char *err, void *p) {
     srv_concert *c = p;
     c->admit_inflight = 0;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 5) {
-        int64_t admitted = int_at(r, 0), expired = int_at(r, 3), idled = int_at(r, 4);
+        int64_t admitted = srv_int_at(r, 0), expired = srv_int_at(r, 3), idled = srv_int_at(r, 4);
         if (admitted || expired || idled)
             CC_DEBUG("queue_tick", "concert=%s admitted=%" PRId64 " waiting=%" PRId64 " active=%" PRId64
-                     " expired=%" PRId64 " idled=%" PRId64, c->id, admitted, int_at(r, 1), int_at(r, 2),
+                     " expired=%" PRId64 " idled=%" PRId64, c->id, admitted, srv_int_at(r, 1), srv_int_at(r, 2),
                      expired, idled);
         /* Tell this server's watchers of the new admissions without waiting a tick. */
         if (admitted && c->watchers) refresh_watchers(c);
@@ -504,16 +501,11 @@ static void on_refresh_timer(uv_timer_t *t) {
 /* ---- life cycle ---- */
 
 int srv_queue_init(srv_app *app) {
-    cc_redis_script_init(&s_issue, "queue_issue", (const char *)lua_queue_issue, lua_queue_issue_len);
-    cc_redis_script_init(&s_status, "queue_status", (const char *)lua_queue_status, lua_queue_status_len);
-    cc_redis_script_init(&s_leave, "queue_leave", (const char *)lua_queue_leave, lua_queue_leave_len);
-    cc_redis_script_init(&s_admit, "queue_admit", (const char *)lua_queue_admit, lua_queue_admit_len);
-    cc_redis_script_init(&s_watch, "queue_watch", (const char *)lua_queue_watch, lua_queue_watch_len);
-    srv_scripts[srv_n_scripts++] = &s_issue;
-    srv_scripts[srv_n_scripts++] = &s_status;
-    srv_scripts[srv_n_scripts++] = &s_leave;
-    srv_scripts[srv_n_scripts++] = &s_admit;
-    srv_scripts[srv_n_scripts++] = &s_watch;
+    srv_script_add(&s_issue, "queue_issue", NULL, 0, lua_queue_issue, lua_queue_issue_len);
+    srv_script_add(&s_status, "queue_status", NULL, 0, lua_queue_status, lua_queue_status_len);
+    srv_script_add(&s_leave, "queue_leave", NULL, 0, lua_queue_leave, lua_queue_leave_len);
+    srv_script_add(&s_admit, "queue_admit", NULL, 0, lua_queue_admit, lua_queue_admit_len);
+    srv_script_add(&s_watch, "queue_watch", NULL, 0, lua_queue_watch, lua_queue_watch_len);
     app->n_buckets = 1024;
     app->concert_buckets = calloc(app->n_buckets, sizeof *app->concert_buckets);
     if (!app->concert_buckets) abort();

@@ -32,6 +32,7 @@ static void on_signal(uv_signal_t *h, int signum) {
     app->shutting_down = 1;
     srv_health_changed(app);
     srv_queue_shutdown(app);
+    srv_booking_shutdown(app);
     srv_rpc_shutdown(app->rpc, (uint64_t)app->cfg.shutdown_grace_ms, on_rpc_done, app);
 }
 
@@ -55,6 +56,9 @@ int srv_run(const srv_config *cfg) {
     cc_redis_set_state_cb(app->redis, on_redis_state, app);
     srv_health_init(app);
     srv_queue_init(app);
+    srv_booking_init(app);
+    srv_wallet_init(app);
+    srv_admin_init(app);
     cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
 
     grpc_init();

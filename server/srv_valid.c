@@ -22,16 +22,22 @@ int srv_valid_user(const char *s) {
     size_t n = 0;
     if (!s) return 0;
     for (; s[n]; n++)
-        if (n >= SRV_MAX_USER || (unsigned char)s[n] < 0x20 || s[n] == 0x7f) return 0;
+        if (n >= SRV_MAX_USER || (unsigned char)s[n] < 0x20 || s[n] == 0x7f || s[n] == '{' || s[n] == '}')
+            return 0;
     return n > 0;
 }
 
-int srv_token_new(char *out, const char *concert_id) {
+int srv_token_new(char *out, const char *concert_id) { return srv_id_new(out, "v1", concert_id); }
+
+int srv_token_parse(const char *tok, size_t len, char *concert) { return srv_id_parse(tok, len, "v1", concert); }
+
+int srv_id_new(char *out, const char *prefix, const char *concert_id) {
     unsigned char r[16];
     static const char hex[] = "0123456789abcdef";
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) return -1;
     size_t cl = strlen(concert_id);
-    memcpy(out, "v1.", 3);
+    memcpy(out, prefix, 2);
+    out[2] = '.';
     memcpy(out + 3, concert_id, cl);
     char *p = out + 3 + cl;
     *p++ = '.';
@@ -43,8 +49,8 @@ int srv_token_new(char *out, const char *concert_id) {
     return 0;
 }
 
-int srv_token_parse(const char *tok, size_t len, char *concert) {
-    if (len < 3 + 1 + 1 + 32 || len > SRV_TOKEN_MAX || memcmp(tok, "v1.", 3)) return -1;
+int srv_id_parse(const char *tok, size_t len, const char *prefix, char *concert) {
+    if (len < 3 + 1 + 1 + 32 || len > SRV_TOKEN_MAX || memcmp(tok, prefix, 2) || tok[2] != '.') return -1;
     size_t cl = len - 3 - 1 - 32;
     if (tok[3 + cl] != '.') return -1;
     for (size_t i = 0; i < cl; i++)
@@ -56,6 +62,23 @@ int srv_token_parse(const char *tok, size_t len, char *concert) {
     memcpy(concert, tok + 3, cl);
     concert[cl] = '\0';
     return 0;
+}
+
+int srv_valid_key(const char *s) {
+    size_t n = 0;
+    if (!s) return 0;
+    for (; s[n]; n++) {
+        char ch = s[n];
+        if (n >= 128 || !(id_char((unsigned char)ch) || ch == '.' || ch == ':')) return 0;
+    }
+    return n > 0;
+}
+
+int srv_secret_eq(const char *a, const char *b, size_t blen) {
+    size_t alen = strlen(a);
+    unsigned char d = alen != blen;
+    for (size_t i = 0; i < blen; i++) d |= (unsigned char)(a[i % (alen ? alen : 1)] ^ b[i]);
+    return alen > 0 && d == 0;
 }
 
 const char *srv_bearer(const char *v, size_t len, size_t *tok_len) {

@@ -138,3 +138,37 @@ Test(log, levels) {
     cr_expect_eq(cc_log_level_parse("error"), CC_LOG_ERROR);
     cr_expect_eq(cc_log_level_parse("loud"), -1);
 }
+
+Test(valid, users_without_braces) {
+    cr_expect_not(srv_valid_user("a{b"), "braces would move the Redis Cluster hash tag");
+    cr_expect_not(srv_valid_user("a}b"));
+}
+
+Test(valid, idempotency_keys) {
+    cr_expect(srv_valid_key("order-17:retry.2_x"));
+    cr_expect_not(srv_valid_key(""));
+    cr_expect_not(srv_valid_key("has space"));
+    cr_expect_not(srv_valid_key("a|b"), "'|' separates fields in Redis values");
+    char big[130];
+    memset(big, 'k', 129);
+    big[129] = 0;
+    cr_expect_not(srv_valid_key(big));
+}
+
+Test(valid, ids_with_prefixes) {
+    char id[SRV_TOKEN_MAX + 1], concert[SRV_MAX_ID + 1];
+    cr_assert(srv_id_new(id, "r1", "show") == 0);
+    cr_expect(!strncmp(id, "r1.show.", 8), "%s", id);
+    cr_expect(srv_id_parse(id, strlen(id), "r1", concert) == 0);
+    cr_expect_str_eq(concert, "show");
+    cr_expect(srv_id_parse(id, strlen(id), "p1", concert) < 0, "a reservation id is not a payment id");
+    cr_expect(srv_token_parse(id, strlen(id), concert) < 0, "nor a token");
+}
+
+Test(valid, secret_compare) {
+    cr_expect(srv_secret_eq("sekret", "sekret", 6));
+    cr_expect_not(srv_secret_eq("sekret", "sekreT", 6));
+    cr_expect_not(srv_secret_eq("sekret", "sek", 3));
+    cr_expect_not(srv_secret_eq("sekret", "sekrets", 7));
+    cr_expect_not(srv_secret_eq("", "", 0), "an empty key never matches");
+}

@@ -111,7 +111,7 @@ void th_redis_start(th_redis *r) {
     snprintf(port, sizeof port, "%d", r->port);
     snprintf(log, sizeof log, "%s/redis.log", r->dir);
     snprintf(mem, sizeof mem, "%dmb", r->maxmemory_mb);
-    char *argv[20];
+    char *argv[24];
     int n = 0;
     argv[n++] = "redis-server";
     argv[n++] = "--port", argv[n++] = port;
@@ -119,6 +119,7 @@ void th_redis_start(th_redis *r) {
     argv[n++] = "--save", argv[n++] = "";
     argv[n++] = "--appendonly", argv[n++] = "no";
     argv[n++] = "--dir", argv[n++] = r->dir;
+    argv[n++] = "--enable-debug-command", argv[n++] = "yes";
     if (r->maxmemory_mb) {
         argv[n++] = "--maxmemory", argv[n++] = mem;
         argv[n++] = "--maxmemory-policy", argv[n++] = "volatile-lru";
@@ -258,4 +259,83 @@ int th_state(cc_client *c, const char *token) {
     int state = s->state;
     protobuf_c_message_free_unpacked(&s->base, NULL);
     return state;
+}
+
+/* ---- catalogue helpers ---- */
+#include "concert/v1/admin.pb-c.h"
+
+grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const char *concert, const char *schedule,
+                                    int seats, int64_t price) {
+    cc_md md[] = {{"x-admin-key", admin_key}};
+    cc_status st;
+    Concert__V1__CreateConcertRequest cr = CONCERT__V1__CREATE_CONCERT_REQUEST__INIT;
+    cr.concert_id = (char *)concert;
+    cr.name = "Test concert";
+    grpc_status_code code =
+        cc_client_unary(c, "/concert.v1.AdminService/CreateConcert", &cr.base, NULL, NULL, md, 1, 5000, &st);
+    if (code != GRPC_STATUS_OK && code != GRPC_STATUS_ALREADY_EXISTS) return code;
+    Concert__V1__SeatRange range = CONCERT__V1__SEAT_RANGE__INIT, *ranges[] = {&range};
+    range.first_seat = 1;
+    range.last_seat = seats;
+    range.price = price;
+    Concert__V1__CreateScheduleRequest sr = CONCERT__V1__CREATE_SCHEDULE_REQUEST__INIT;
+    sr.concert_id = (char *)concert;
+    sr.schedule_id = (char *)schedule;
+    sr.starts_at_unix_ms = 1798000000000LL;
+    sr.n_seats = 1;
+    sr.seats = ranges;
+    return cc_client_unary(c, "/concert.v1.AdminService/CreateSchedule", &sr.base, NULL, NULL, md, 1, 5000, &st);
+}
+
+typedef struct {
+    cc_client *c;
+    const char *token;
+} active_arg;
+
+static int is_active(void *arg) {
+    active_arg *a = arg;
+    return th_state(a->c, a->token) == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE;
+}
+
+int th_active_token(cc_client *c, const char *user, const char *concert, char *token, size_t len) {
+    Concert__V1__QueueStatus *s = NULL;
+    if (th_issue(c, user, concert, &s, NULL) != GRPC_STATUS_OK) return -1;
+    snprintf(token, len, "%s", s->token);
+    protobuf_c_message_free_unpacked(&s->base, NULL);
+    active_arg a = {c, token};
+    return th_wait_for(is_active, &a, 10, 10000) ? 0 : -1;
+}
+
+int th_wait_active(cc_client *c, const char *token) {
+    active_arg a = {c, token};
+    return th_wait_for(is_active, &a, 10, 15000) ? 0 : -1;
+}
+
+char *th_redis_digest(const th_redis *r) {
+    redisContext *rc = th_redis_connect(r);
+    cr_assert(rc, "connect to redis");
+    redisReply *keys = redisCommand(rc, "KEYS *");
+    size_t cap = 64 + keys->elements * 96, used = 0;
+    char *out = calloc(1, cap);
+    /* Sorted for a stable digest; admission bookkeeping (q:adm) ticks on its own. */
+    char **names = calloc(keys->elements + 1, sizeof *names);
+    size_t n = 0;
+    for (size_t i = 0; i < keys->elements; i++)
+        if (!strstr(keys->element[i]->str, ":q:adm")) names[n++] = keys->element[i]->str;
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
+            char *t = names[j];
+            names[j] = names[j - 1];
+            names[j - 1] = t;
+        }
+    for (size_t i = 0; i < n; i++) {
+        redisReply *d = redisCommand(rc, "DEBUG DIGEST-VALUE %s", names[i]);
+        cr_assert(d && d->type == REDIS_REPLY_ARRAY && d->elements == 1, "DEBUG DIGEST-VALUE needs enable-debug-command");
+        used += (size_t)snprintf(out + used, cap - used, "%.40s=%.40s;", names[i], d->element[0]->str);
+        freeReplyObject(d);
+    }
+    free(names);
+    freeReplyObject(keys);
+    redisFree(rc);
+    return out;
 }

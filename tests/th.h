@@ -71,4 +71,17 @@ grpc_status_code th_status(cc_client *c, const char *token, Concert__V1__QueueSt
 grpc_status_code th_leave(cc_client *c, const char *token, int *prev, cc_status *st);
 /** The token's state now (QUEUE_STATE_*), or -code on a failed call. */
 int th_state(cc_client *c, const char *token);
+
+/* ---- catalogue and booking helpers ---- */
+
+/** Creates the concert (if missing) and a schedule with seats 1..seats at `price`. */
+grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const char *concert, const char *schedule,
+                                    int seats, int64_t price);
+/** Joins and waits (up to 10 s) until the token is ACTIVE; 0 or -1. */
+int th_active_token(cc_client *c, const char *user, const char *concert, char *token, size_t len);
+/** Waits until an issued token is ACTIVE; 0 or -1. */
+int th_wait_active(cc_client *c, const char *token);
+/** A digest of every key's value (but the admission clock), to prove that nothing
+ * changed. Caller frees. */
+char *th_redis_digest(const th_redis *r);
 #endif

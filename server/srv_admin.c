@@ -1,0 +1,362 @@
+/* srv_admin: AdminService. Every call is checked against --admin-key first (constant
+ * time); a server without a key refuses all of them. Catalogue keys live under the
+ * concert's hash tag (see srv_booking.c); the list of concerts is one global hash,
+ * cc:concerts (id -> "created|name"). Creating a concert also registers it with
+ * every server's ticks (cc:queues). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cc_log.h"
+#include "concert/v1/admin.pb-c.h"
+#include "srv_app.h"
+#include "srv_valid.h"
+
+#define MAX_SEATS 100000
+#define MAX_PRICE 1000000000000LL
+
+extern const unsigned char lua_adm_concert[], lua_adm_schedule[], lua_adm_stats[], lua_adm_policy[];
+extern const size_t lua_adm_concert_len, lua_adm_schedule_len, lua_adm_stats_len, lua_adm_policy_len;
+static cc_redis_script s_concert, s_schedule, s_stats, s_policy;
+
+typedef struct {
+    srv_call *call;
+    char concert[SRV_MAX_ID + 1];
+    char sched[SRV_MAX_ID + 1];
+    char name[201];
+    int64_t starts;
+} actx;
+
+static actx *actx_new(srv_call *call, const char *concert) {
+    if (srv_auth_admin(call) < 0) return NULL;
+    if (concert && !srv_valid_id(concert)) {
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "concert_id: must be 1..64 characters of [A-Za-z0-9_-]");
+        return NULL;
+    }
+    actx *a = calloc(1, sizeof *a);
+    if (!a) abort();
+    a->call = call;
+    if (concert) snprintf(a->concert, sizeof a->concert, "%s", concert);
+    return a;
+}
+
+static void send_or_fail(actx *a, int rc) {
+    if (rc < 0) {
+        srv_fail_no_redis(a->call);
+        free(a);
+    }
+}
+
+static void ignore_reply(redisReply *r, const char *err, void *p) {}
+
+/* ---- concerts ---- */
+
+static void on_concert(redisReply *r, const char *err, void *p) {
+    actx *a = p;
+    if (srv_script_ok(a->call, r, err)) {
+        srv_app *app = srv_call_app(a->call);
+        int64_t created = srv_int_at(r, 1);
+        char val[240];
+        snprintf(val, sizeof val, "%" PRId64 "|%s", created, a->name);
+        cc_redis_command(app->redis, ignore_reply, NULL, "HSET cc:concerts %s %s", a->concert, val);
+        srv_concert_remember(app, a->concert);
+        CC_INFO("concert_created", "concert=%s", a->concert);
+        Concert__V1__Concert c;
+        concert__v1__concert__init(&c);
+        c.concert_id = a->concert;
+        c.name = a->name;
+        c.created_at_unix_ms = created;
+        srv_call_reply(a->call, &c.base);
+    }
+    free(a);
+}
+
+void srv_admin_create_concert(srv_call *call) {
+    const Concert__V1__CreateConcertRequest *req = (const void *)srv_call_request(call);
+    actx *a = actx_new(call, req->concert_id);
+    if (!a) return;
+    size_t nl = strlen(req->name);
+    if (nl == 0 || nl > 200) {
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "name: must be 1..200 bytes");
+        free(a);
+        return;
+    }
+    memcpy(a->name, req->name, nl + 1);
+    char key[SRV_MAX_ID + 20];
+    snprintf(key, sizeof key, "cc:{%s}:concert", a->concert);
+    const char *args[] = {key, a->concert, a->name};
+    srv_app *app = srv_call_app(call);
+    send_or_fail(a, cc_redis_eval(app->redis, &s_concert, on_concert, a, 1, 3, args, NULL));
+}
+
+static void on_list(redisReply *r, const char *err, void *p) {
+    actx *a = p;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        srv_fail_redis(a->call, r, err);
+    } else {
+        size_t n = r->elements / 2;
+        Concert__V1__Concert *items = calloc(n ? n : 1, sizeof *items);
+        Concert__V1__Concert **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+        if (!items || !ptrs) abort();
+        for (size_t i = 0; i < n; i++) {
+            concert__v1__concert__init(&items[i]);
+            items[i].concert_id = (char *)srv_str_at(r, 2 * i);
+            const char *v = srv_str_at(r, 2 * i + 1);
+            items[i].created_at_unix_ms = strtoll(v, NULL, 10);
+            const char *bar = strchr(v, '|');
+            items[i].name = (char *)(bar ? bar + 1 : "");
+            ptrs[i] = &items[i];
+        }
+        Concert__V1__ListConcertsResponse resp;
+        concert__v1__list_concerts_response__init(&resp);
+        resp.n_concerts = n;
+        resp.concerts = ptrs;
+        srv_call_reply(a->call, &resp.base);
+        free(items);
+        free(ptrs);
+    }
+    free(a);
+}
+
+void srv_admin_list_concerts(srv_call *call) {
+    actx *a = actx_new(call, NULL);
+    if (!a) return;
+    srv_app *app = srv_call_app(call);
+    send_or_fail(a, cc_redis_command(app->redis, on_list, a, "HGETALL cc:concerts"));
+}
+
+/* ---- schedules ---- */
+
+static int range_cmp(const void *x, const void *y) {
+    const Concert__V1__SeatRange *a = *(Concert__V1__SeatRange *const *)x, *b = *(Concert__V1__SeatRange *const *)y;
+    return (a->first_seat > b->first_seat) - (a->first_seat < b->first_seat);
+}
+
+static void on_schedule(redisReply *r, const char *err, void *p) {
+    actx *a = p;
+    if (srv_script_ok(a->call, r, err)) {
+        CC_INFO("schedule_created", "concert=%s schedule=%s seats=%" PRId64, a->concert, a->sched, srv_int_at(r, 1));
+        Concert__V1__Schedule s;
+        concert__v1__schedule__init(&s);
+        char date[32];
+        time_t t = (time_t)(a->starts / 1000);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        s.schedule_id = a->sched;
+        s.concert_id = a->concert;
+        s.starts_at_unix_ms = a->starts;
+        s.date = date;
+        s.seats_total = s.seats_left = srv_int_at(r, 1);
+        srv_call_reply(a->call, &s.base);
+    }
+    free(a);
+}
+
+void srv_admin_create_schedule(srv_call *call) {
+    const Concert__V1__CreateScheduleRequest *req = (const void *)srv_call_request(call);
+    actx *a = actx_new(call, req->concert_id);
+    if (!a) return;
+    const char *bad = NULL;
+    char msg[160];
+    if (!srv_valid_id(req->schedule_id)) bad = "schedule_id: must be 1..64 characters of [A-Za-z0-9_-]";
+    else if (req->starts_at_unix_ms <= 0 || req->starts_at_unix_ms > 32503680000000LL)
+        bad = "starts_at_unix_ms: must be a time between 1970 and 3000";
+    else if (req->n_seats == 0 || req->n_seats > 1000)
+        bad = "seats: give 1..1000 seat ranges";
+    Concert__V1__SeatRange **sorted = NULL;
+    int64_t total = 0;
+    if (!bad) {
+        sorted = malloc(req->n_seats * sizeof *sorted);
+        if (!sorted) abort();
+        memcpy(sorted, req->seats, req->n_seats * sizeof *sorted);
+        qsort(sorted, req->n_seats, sizeof *sorted, range_cmp);
+        for (size_t i = 0; i < req->n_seats && !bad; i++) {
+            const Concert__V1__SeatRange *s = sorted[i];
+            if (s->first_seat < 1 || s->last_seat > MAX_SEATS || s->first_seat > s->last_seat) {
+                snprintf(msg, sizeof msg, "seats: range %d..%d must lie within 1..%d and not be empty", s->first_seat,
+                         s->last_seat, MAX_SEATS);
+                bad = msg;
+            } else if (s->price <= 0 || s->price > MAX_PRICE) {
+                snprintf(msg, sizeof msg, "seats: price of range %d..%d must be 1..%lld", s->first_seat, s->last_seat,
+                         (long long)MAX_PRICE);
+                bad = msg;
+            } else if (i > 0 && s->first_seat <= sorted[i - 1]->last_seat) {
+                snprintf(msg, sizeof msg, "seats: ranges %d..%d and %d..%d overlap", sorted[i - 1]->first_seat,
+                         sorted[i - 1]->last_seat, s->first_seat, s->last_seat);
+                bad = msg;
+            }
+            total += (int64_t)s->last_seat - s->first_seat + 1;
+        }
+        if (!bad && total > MAX_SEATS) bad = "seats: at most 100000 seats per schedule";
+    }
+    if (bad) {
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", bad);
+        free(sorted);
+        free(a);
+        return;
+    }
+    snprintf(a->sched, sizeof a->sched, "%s", req->schedule_id);
+    a->starts = req->starts_at_unix_ms;
+    size_t nargs = 4 + 3 * req->n_seats;
+    const char **args = calloc(nargs, sizeof *args);
+    char(*nums)[24] = calloc(3 * req->n_seats + 1, sizeof *nums);
+    if (!args || !nums) abort();
+    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8];
+    snprintf(key, sizeof key, "cc:{%s}:concert", a->concert);
+    snprintf(prefix, sizeof prefix, "cc:{%s}:", a->concert);
+    snprintf(nums[3 * req->n_seats], 24, "%" PRId64, a->starts);
+    args[0] = key, args[1] = prefix, args[2] = a->sched, args[3] = nums[3 * req->n_seats];
+    for (size_t i = 0; i < req->n_seats; i++) {
+        snprintf(nums[3 * i], 24, "%d", sorted[i]->first_seat);
+        snprintf(nums[3 * i + 1], 24, "%d", sorted[i]->last_seat);
+        snprintf(nums[3 * i + 2], 24, "%" PRId64, sorted[i]->price);
+        args[4 + 3 * i] = nums[3 * i], args[5 + 3 * i] = nums[3 * i + 1], args[6 + 3 * i] = nums[3 * i + 2];
+    }
+    srv_app *app = srv_call_app(call);
+    send_or_fail(a, cc_redis_eval(app->redis, &s_schedule, on_schedule, a, 1, (int)nargs, args, NULL));
+    free(args);
+    free(nums);
+    free(sorted);
+}
+
+/* ---- policy ---- */
+
+static const char *const policy_fields[] = {"admit_rate", "max_active", "active_ttl_ms", "idle_timeout_ms",
+                                            "hold_ttl_ms", "max_seats_per_user", NULL};
+/* The Redis hash field of each (queue scripts read "rate"). */
+static const char *const policy_keys[] = {"rate", "max_active", "active_ttl_ms", "idle_timeout_ms",
+                                          "hold_ttl_ms", "max_seats_per_user", NULL};
+
+static void on_policy(redisReply *r, const char *err, void *p) {
+    actx *a = p;
+    if (srv_script_ok(a->call, r, err)) {
+        srv_app *app = srv_call_app(a->call);
+        int64_t v[6] = {app->cfg.admit_rate,      app->cfg.max_active,  app->cfg.active_ttl_ms,
+                        app->cfg.idle_timeout_ms, app->cfg.hold_ttl_ms, app->cfg.max_seats_per_user};
+        for (size_t i = 1; i + 1 < r->elements; i += 2)
+            for (int f = 0; policy_keys[f]; f++)
+                if (!strcmp(srv_str_at(r, i), policy_keys[f])) v[f] = srv_int_at(r, i + 1);
+        Concert__V1__QueuePolicy pol;
+        concert__v1__queue_policy__init(&pol);
+        pol.concert_id = a->concert;
+        pol.admit_rate = v[0], pol.max_active = v[1], pol.active_ttl_ms = v[2];
+        pol.idle_timeout_ms = v[3], pol.hold_ttl_ms = v[4], pol.max_seats_per_user = v[5];
+        srv_call_reply(a->call, &pol.base);
+    }
+    free(a);
+}
+
+static void send_policy(actx *a, const char **pairs, int npairs) {
+    char k1[SRV_MAX_ID + 20], k2[SRV_MAX_ID + 20];
+    snprintf(k1, sizeof k1, "cc:{%s}:concert", a->concert);
+    snprintf(k2, sizeof k2, "cc:{%s}:policy", a->concert);
+    const char *args[2 + 12] = {k1, k2};
+    for (int i = 0; i < npairs; i++) args[2 + i] = pairs[i];
+    srv_app *app = srv_call_app(a->call);
+    send_or_fail(a, cc_redis_eval(app->redis, &s_policy, on_policy, a, 2, 2 + npairs, args, NULL));
+}
+
+void srv_admin_set_policy(srv_call *call) {
+    const Concert__V1__SetQueuePolicyRequest *req = (const void *)srv_call_request(call);
+    if (!req->policy) {
+        if (srv_auth_admin(call) == 0) srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "policy: required");
+        return;
+    }
+    const Concert__V1__QueuePolicy *p = req->policy;
+    actx *a = actx_new(call, p->concert_id);
+    if (!a) return;
+    int64_t v[6] = {p->admit_rate, p->max_active, p->active_ttl_ms, p->idle_timeout_ms, p->hold_ttl_ms,
+                    p->max_seats_per_user};
+    static const int64_t lo[6] = {0, 0, 1000, 0, 1000, 1};
+    static const int64_t hi[6] = {1000000, 100000000, 86400000, 86400000, 3600000, 100};
+    int use[6] = {0};
+    for (size_t i = 0; i < req->n_update_fields; i++) {
+        int f = 0;
+        for (; policy_fields[f]; f++)
+            if (!strcmp(req->update_fields[i], policy_fields[f])) break;
+        if (!policy_fields[f]) {
+            srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "update_fields: unknown field '%.64s'",
+                            req->update_fields[i]);
+            free(a);
+            return;
+        }
+        use[f] = 1;
+    }
+    const char *pairs[12];
+    char vals[6][24];
+    int n = 0;
+    for (int f = 0; f < 6; f++) {
+        if (req->n_update_fields && !use[f]) continue;
+        if (v[f] < lo[f] || v[f] > hi[f]) {
+            srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "policy.%s: must be %lld..%lld", policy_fields[f],
+                            (long long)lo[f], (long long)hi[f]);
+            free(a);
+            return;
+        }
+        snprintf(vals[f], sizeof vals[f], "%" PRId64, v[f]);
+        pairs[n++] = policy_keys[f];
+        pairs[n++] = vals[f];
+    }
+    CC_INFO("policy_set", "concert=%s fields=%d", a->concert, n / 2);
+    send_policy(a, pairs, n);
+}
+
+void srv_admin_get_policy(srv_call *call) {
+    const Concert__V1__GetQueuePolicyRequest *req = (const void *)srv_call_request(call);
+    actx *a = actx_new(call, req->concert_id);
+    if (a) send_policy(a, NULL, 0);
+}
+
+/* ---- stats ---- */
+
+static void on_stats(redisReply *r, const char *err, void *p) {
+    actx *a = p;
+    if (srv_script_ok(a->call, r, err)) {
+        size_t n = r->elements >= 3 ? (r->elements - 3) / 4 : 0;
+        Concert__V1__ScheduleStats *items = calloc(n ? n : 1, sizeof *items);
+        Concert__V1__ScheduleStats **ptrs = calloc(n ? n : 1, sizeof *ptrs);
+        if (!items || !ptrs) abort();
+        for (size_t i = 0; i < n; i++) {
+            Concert__V1__ScheduleStats *s = &items[i];
+            concert__v1__schedule_stats__init(s);
+            s->schedule_id = (char *)srv_str_at(r, 3 + 4 * i);
+            s->seats_total = srv_int_at(r, 4 + 4 * i);
+            s->held = srv_int_at(r, 5 + 4 * i);
+            s->sold = srv_int_at(r, 6 + 4 * i);
+            s->available = s->seats_total - s->held - s->sold;
+            ptrs[i] = s;
+        }
+        Concert__V1__Stats st;
+        concert__v1__stats__init(&st);
+        st.concert_id = a->concert;
+        st.waiting = srv_int_at(r, 1);
+        st.active = srv_int_at(r, 2);
+        st.n_schedules = n;
+        st.schedules = ptrs;
+        srv_call_reply(a->call, &st.base);
+        free(items);
+        free(ptrs);
+    }
+    free(a);
+}
+
+void srv_admin_stats(srv_call *call) {
+    const Concert__V1__GetStatsRequest *req = (const void *)srv_call_request(call);
+    actx *a = actx_new(call, req->concert_id);
+    if (!a) return;
+    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8];
+    snprintf(key, sizeof key, "cc:{%s}:concert", a->concert);
+    snprintf(prefix, sizeof prefix, "cc:{%s}:", a->concert);
+    const char *args[] = {key, prefix};
+    srv_app *app = srv_call_app(call);
+    send_or_fail(a, cc_redis_eval(app->redis, &s_stats, on_stats, a, 1, 2, args, NULL));
+}
+
+void srv_admin_init(srv_app *app) {
+    srv_script_add(&s_concert, "adm_concert", NULL, 0, lua_adm_concert, lua_adm_concert_len);
+    srv_script_add(&s_schedule, "adm_schedule", NULL, 0, lua_adm_schedule, lua_adm_schedule_len);
+    srv_script_add(&s_stats, "adm_stats", NULL, 0, lua_adm_stats, lua_adm_stats_len);
+    srv_script_add(&s_policy, "adm_policy", NULL, 0, lua_adm_policy, lua_adm_policy_len);
+}
