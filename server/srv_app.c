@@ -10,6 +10,7 @@
 #include "cc_log.h"
 #include "concert/v1/admin.pb-c.h"
 #include "concert/v1/booking.pb-c.h"
+#include "concert/v1/payment.pb-c.h"
 #include "concert/v1/queue.pb-c.h"
 #include "concert/v1/wallet.pb-c.h"
 #include "srv_valid.h"
@@ -52,6 +53,13 @@ const srv_method srv_methods[] = {
      srv_admin_get_policy},
     {"/concert.v1.AdminService/GetStats", SRV_UNARY, &concert__v1__get_stats_request__descriptor,
      srv_admin_stats},
+#ifdef CONCERT_WITH_KAFKA
+    {"/concert.v1.PaymentService/Pay", SRV_UNARY, &concert__v1__pay_request__descriptor, srv_payment_pay},
+    {"/concert.v1.PaymentService/GetPayment", SRV_UNARY, &concert__v1__get_payment_request__descriptor,
+     srv_payment_get},
+    {"/concert.v1.PaymentService/WatchPayment", SRV_SERVER_STREAM, &concert__v1__get_payment_request__descriptor,
+     srv_payment_watch},
+#endif
     {"/grpc.health.v1.Health/Check", SRV_UNARY, &grpc__health__v1__health_check_request__descriptor,
      srv_health_check},
     {"/grpc.health.v1.Health/Watch", SRV_SERVER_STREAM, &grpc__health__v1__health_check_request__descriptor,

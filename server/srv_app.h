@@ -31,16 +31,21 @@ typedef struct {
     int64_t hold_ttl_ms;        /* default seat hold */
     int64_t max_seats_per_user; /* default cap of seats one user holds at once */
     int64_t sweep_interval_ms;  /* how often lapsed holds are expired and reported */
+    int64_t kafka_timeout_ms;   /* how long the producer retries a payment request */
+    int64_t payment_watch_interval_ms;
 } srv_config;
 
 typedef struct srv_concert srv_concert;
 typedef struct srv_watcher srv_watcher;
 typedef struct srv_health_watcher srv_health_watcher;
 
+typedef struct cc_kafka_producer cc_kafka_producer;
+
 typedef struct srv_app {
     uv_loop_t *loop;
     srv_config cfg;
     cc_redis *redis;
+    cc_kafka_producer *kafka; /* NULL without --kafka */
     srv_rpc *rpc;
     int shutting_down;
     /* concerts known to this server, for admission ticks and watchers */
@@ -94,6 +99,16 @@ void srv_booking_list_seats(srv_call *c);
 void srv_booking_reserve(srv_call *c);
 void srv_booking_get(srv_call *c);
 void srv_booking_cancel(srv_call *c);
+
+void srv_payment_init(srv_app *app);
+void srv_payment_shutdown(srv_app *app);
+void srv_payment_pay(srv_call *c);
+void srv_payment_get(srv_call *c);
+void srv_payment_watch(srv_call *c);
+
+/** Serves Prometheus text on HOST:PORT (IPv4); 0 or -1. */
+int srv_metrics_start(srv_app *app, const char *hostport);
+void srv_metrics_stop(srv_app *app);
 
 void srv_wallet_init(srv_app *app);
 void srv_wallet_balance(srv_call *c);

@@ -17,7 +17,7 @@ struct srv_health_watcher {
 
 static const char *const known_services[] = {
     "", "concert.v1.QueueService", "concert.v1.BookingService", "concert.v1.WalletService",
-    "concert.v1.AdminService", "grpc.health.v1.Health", NULL,
+    "concert.v1.AdminService", "concert.v1.PaymentService", "grpc.health.v1.Health", NULL,
 };
 
 static int is_known(const char *svc) {

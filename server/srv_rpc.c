@@ -96,6 +96,7 @@ struct srv_rpc {
     srv_tag t_shutdown;
     srv_call *calls;
     srv_rpc_stats stats;
+    uint64_t *by_code; /* [method][code] finished calls; row n_methods: unknown methods */
     int open_slots;
     int closed_handles;
     int forced; /* connections closed once our calls were over */
@@ -266,7 +267,15 @@ static void write_next(srv_call *c) {
 
 static int is_unary(const srv_call *c) { return !c->m || c->m->kind == SRV_UNARY; }
 
+static void count_code(srv_call *c, grpc_status_code code) {
+    srv_rpc *s = c->s;
+    int m = c->m ? (int)(c->m - s->methods) : s->n_methods;
+    if ((int)code < 0 || (int)code > 16) code = GRPC_STATUS_UNKNOWN;
+    s->by_code[m * 17 + (int)code]++;
+}
+
 static void send_status(srv_call *c) {
+    count_code(c, c->code);
     c->status_sent = 1;
     grpc_op ops[4];
     size_t n = 0;
@@ -426,6 +435,8 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     s->methods = methods;
     s->n_methods = n_methods;
     s->app = app;
+    s->by_code = calloc((size_t)(n_methods + 1) * 17, sizeof *s->by_code);
+    if (!s->by_code) abort();
     pthread_mutex_init(&s->mu, NULL);
 
     grpc_arg args[2];
@@ -491,6 +502,7 @@ static void on_closed_handle(uv_handle_t *h) {
     pthread_mutex_destroy(&s->mu);
     free(s->events);
     free(s->spare);
+    free(s->by_code);
     free(s);
     if (done) done(payload);
 }
@@ -571,6 +583,7 @@ void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
     c->handler_done = 1;
     c->status_sent = 1;
     c->sent_initial_md = 1;
+    count_code(c, GRPC_STATUS_OK);
     grpc_byte_buffer *bb = cc_pb_pack(msg);
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
@@ -666,3 +679,8 @@ void srv_call_recv(srv_call *c, void (*cb)(srv_call *c, grpc_byte_buffer *bb)) {
 }
 
 void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out) { *out = s->stats; }
+
+uint64_t srv_rpc_calls(const srv_rpc *s, int method, grpc_status_code code) {
+    if (method < 0 || method > s->n_methods || (int)code < 0 || (int)code > 16) return 0;
+    return s->by_code[method * 17 + (int)code];
+}

@@ -88,5 +88,7 @@ typedef struct {
     uint64_t accepted, finished, unimplemented, active;
 } srv_rpc_stats;
 void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out);
+/** Finished calls of method index `method` (n_methods: unknown methods) with `code`. */
+uint64_t srv_rpc_calls(const srv_rpc *s, int method, grpc_status_code code);
 
 #endif

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cc_kafka.h"
 #include "cc_log.h"
 
 static uv_signal_t sig_term, sig_int;
@@ -19,6 +20,9 @@ static void on_sig_closed(uv_handle_t *h) {}
 
 static void on_rpc_done(void *payload) {
     srv_app *app = payload;
+#ifdef CONCERT_WITH_KAFKA
+    if (app->kafka) cc_kafka_producer_close(app->kafka, 2000);
+#endif
     cc_redis_close(app->redis);
     uv_close((uv_handle_t *)&sig_term, on_sig_closed);
     uv_close((uv_handle_t *)&sig_int, on_sig_closed);
@@ -33,6 +37,10 @@ static void on_signal(uv_signal_t *h, int signum) {
     srv_health_changed(app);
     srv_queue_shutdown(app);
     srv_booking_shutdown(app);
+#ifdef CONCERT_WITH_KAFKA
+    srv_payment_shutdown(app);
+#endif
+    srv_metrics_stop(app);
     srv_rpc_shutdown(app->rpc, (uint64_t)app->cfg.shutdown_grace_ms, on_rpc_done, app);
 }
 
@@ -59,6 +67,20 @@ int srv_run(const srv_config *cfg) {
     srv_booking_init(app);
     srv_wallet_init(app);
     srv_admin_init(app);
+#ifdef CONCERT_WITH_KAFKA
+    srv_payment_init(app);
+    if (cfg->kafka && *cfg->kafka) {
+        /* Topics first (bounded); the producer then reconnects by itself. */
+        if (cc_kafka_ensure_topics(cfg->kafka, 12, -1, 10000, err, sizeof err) < 0)
+            CC_WARN("kafka_topics_unchecked", "brokers=%s reason=\"%s\"", cfg->kafka, err);
+        cc_kafka_producer_config kc = {.brokers = cfg->kafka, .message_timeout_ms = (int)cfg->kafka_timeout_ms,
+                                       .client_id = "concert-server"};
+        if (cc_kafka_producer_create(&app->kafka, app->loop, &kc, err, sizeof err) < 0) {
+            fprintf(stderr, "concert-server: kafka: %s\n", err);
+            return 2;
+        }
+    }
+#endif
     cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
 
     grpc_init();
@@ -69,6 +91,11 @@ int srv_run(const srv_config *cfg) {
         return 1;
     }
     CC_INFO("listening", "addr=%s port=%d redis=%s methods=%d", cfg->listen, port, cfg->redis_url, srv_n_methods);
+
+    if (cfg->metrics && *cfg->metrics && srv_metrics_start(app, cfg->metrics) < 0) {
+        fprintf(stderr, "concert-server: cannot serve metrics on %s (want IPv4 HOST:PORT)\n", cfg->metrics);
+        return 1;
+    }
 
     uv_signal_init(app->loop, &sig_term);
     uv_signal_init(app->loop, &sig_int);

@@ -51,3 +51,11 @@ local function resv_reply(P, rid, now)
   for s in string.gmatch(g[6], '[^,]+') do out[#out + 1] = tonumber(s) end
   return out
 end
+
+-- A payment as the reply: {0, pid, rid, user, amount, status, reason, key, created,
+-- updated, new(0/1)}.
+local function pay_reply(P, pid, new)
+  local f = redis.call('HMGET', P .. 'p:' .. pid, 'rid', 'user', 'amount', 'status', 'reason', 'key',
+    'created', 'updated')
+  return {0, pid, f[1], f[2], tonumber(f[3]), f[4], f[5], f[6], tonumber(f[7]), tonumber(f[8]), new}
+end

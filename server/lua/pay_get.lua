@@ -1,0 +1,10 @@
+-- pay_get: the owner's payment (GetPayment, WatchPayment refreshes).
+-- KEYS: 1 q:tok. ARGV: 1 P, 2 token, 3 payment id
+-- Reply: pay_reply or {code, message}.
+local P, tok, pid = ARGV[1], ARGV[2], ARGV[3]
+local user = redis.call('HGET', P .. 'q:tok', tok)
+if not user then return {16, 'authorization: unknown token'} end
+local owner = redis.call('HGET', P .. 'p:' .. pid, 'user')
+if not owner then return {5, 'payment_id: not found'} end
+if owner ~= user then return {7, 'payment_id: belongs to another user'} end
+return pay_reply(P, pid, 0)
