@@ -17,10 +17,10 @@ static const cc_opt global_opts[] = {
     {"timeout-ms", NULL, CC_OPT_INT, &ctx.timeout_ms, "MS",
      "deadline of each call (default 5000; streams: none; 0 = none)", 0, 86400000},
     {"token", "CONCERT_TOKEN", CC_OPT_STR, &ctx.token, "TOKEN",
-     "queue token for queue commands; sent as 'authorization: Bearer' where needed",
+     "queue token (queue and booking commands; booking sends it as a Bearer token)",
      0, 0},
-    {"admin-key", "CONCERT_ADMIN_KEY", CC_OPT_STR, &ctx.admin_key, "KEY", "sent as x-admin-key by admin commands",
-     0, 0},
+    {"admin-key", "CONCERT_ADMIN_KEY", CC_OPT_STR, &ctx.admin_key, "KEY",
+     "admin key for admin and seed commands (sent as x-admin-key)", 0, 0},
     {0},
 };
 
@@ -73,16 +73,33 @@ static const ctl_cmd server_cmds[] = {
 
 /* ---- the command table: one array per area; add a ctl_<area>.c array here ---- */
 
+/* The issue-3 areas (ctl.h lists the others; these belong there too). */
+extern const ctl_cmd ctl_admin_cmds[], ctl_booking_cmds[], ctl_wallet_cmds[], ctl_seed_cmds[];
+
 static const ctl_cmd *const areas[] = {
     ctl_queue_cmds,
+    ctl_booking_cmds,
+    ctl_wallet_cmds,
+    ctl_admin_cmds,
+    ctl_seed_cmds,
     server_cmds,
-    /* admin, booking, wallet, pay, audit, seed: add their arrays here */
+    /* pay, audit: add their arrays here */
     NULL,
 };
 
 #define FOR_EACH_CMD(c)                                                                                         \
     for (const ctl_cmd *const *area_ = areas; *area_; area_++)                                                  \
         for (const ctl_cmd *c = *area_; c->name; c++)
+
+/* Width of the command-name column in the listings: the longest name. */
+static int name_width(void) {
+    int w = 0;
+    FOR_EACH_CMD(c) {
+        int l = (int)strlen(c->name);
+        if (l > w) w = l;
+    }
+    return w;
+}
 
 /* ---- help ---- */
 
@@ -107,7 +124,15 @@ static void global_help(FILE *out) {
           "\n"
           "Commands:\n",
           out);
-    FOR_EACH_CMD(c) fprintf(out, "  %-16s %s\n", c->name, c->summary);
+    int w = name_width();
+    for (const ctl_cmd *const *area = areas; *area; area++) {
+        if (area != areas) fputc('\n', out);
+        for (const ctl_cmd *c = *area; c->name; c++) fprintf(out, "  %-*s  %s\n", w, c->name, c->summary);
+    }
+    fputs("\nTypical session: queue join -> queue watch (until ACTIVE) -> booking schedules ->\n"
+          "booking seats -> booking reserve; wallet charge tops up the balance. An operator\n"
+          "loads concerts with admin ... or seed (both need --admin-key).\n",
+          out);
     fputs("\nGlobal options:\n", out);
     ctl_print_opts(out, global_opts);
     fprintf(out, "  %-28s %s\n", "--help", "show help (after a command: that command's help)");
@@ -134,11 +159,11 @@ static void cmd_help(const ctl_cmd *c, FILE *out) {
 /* Lists the commands under `prefix` ("queue"); 0 if there are none. */
 static int group_help(const char *prefix, FILE *out) {
     size_t pl = strlen(prefix);
-    int n = 0;
+    int n = 0, w = name_width();
     FOR_EACH_CMD(c) {
         if (strncmp(c->name, prefix, pl) || c->name[pl] != ' ') continue;
         if (!n++) fprintf(out, "Usage: concertctl [global options] %s <command> [options]\n\nCommands:\n", prefix);
-        fprintf(out, "  %-16s %s\n", c->name, c->summary);
+        fprintf(out, "  %-*s  %s\n", w, c->name, c->summary);
     }
     if (n) fprintf(out, "\nRun 'concertctl %s <command> --help' for a command's options.\n", prefix);
     return n;
@@ -180,6 +205,8 @@ int main(int argc, char **argv) {
     const ctl_cmd *cmd = NULL;
     int help = 0, is_prefix = 0, n_words = 0, n_rest = 0;
     cc_opt *merged = NULL;
+    char **pos = NULL;
+    int rc = CTL_EXIT_OK;
     /* Everything but the command words, for cc_opt_parse (which wants argv[0] first). */
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
     if (!rest) abort();
@@ -197,7 +224,8 @@ int main(int argc, char **argv) {
             const cc_opt *o = cmd ? find_opt(merged, a) : find_opt(global_opts, a);
             if (!o && !cmd) {
                 fprintf(stderr, "concertctl: unknown option '%s' (see concertctl --help)\n", a);
-                return CTL_EXIT_USAGE;
+                rc = CTL_EXIT_USAGE;
+                goto out;
             }
             rest[n_rest++] = a;
             if (o && o->type != CC_OPT_FLAG && !strchr(a, '=') && i + 1 < argc) rest[n_rest++] = argv[++i];
@@ -213,7 +241,8 @@ int main(int argc, char **argv) {
         }
         if (strlen(name) + strlen(a) + 2 > sizeof name) {
             fprintf(stderr, "concertctl: unknown command '%s %s' (see concertctl --help)\n", name, a);
-            return CTL_EXIT_USAGE;
+            rc = CTL_EXIT_USAGE;
+            goto out;
         }
         if (n_words++) strcat(name, " ");
         strcat(name, a);
@@ -222,14 +251,15 @@ int main(int argc, char **argv) {
             merged = merge_opts(cmd);
         } else if (!is_prefix) {
             fprintf(stderr, "concertctl: unknown command '%s' (see concertctl --help)\n", name);
-            return CTL_EXIT_USAGE;
+            rc = CTL_EXIT_USAGE;
+            goto out;
         }
     }
 
     if (help) {
         if (cmd) cmd_help(cmd, stdout);
         else if (!n_words || !group_help(name, stdout)) global_help(stdout);
-        return CTL_EXIT_OK;
+        goto out;
     }
     if (!cmd) {
         if (!n_words) {
@@ -238,22 +268,25 @@ int main(int argc, char **argv) {
             fprintf(stderr, "concertctl: '%s' needs a subcommand:\n", name);
             group_help(name, stderr);
         }
-        return CTL_EXIT_USAGE;
+        rc = CTL_EXIT_USAGE;
+        goto out;
     }
 
-    char **pos = calloc((size_t)cmd->max_args + 1, sizeof *pos);
+    pos = calloc((size_t)cmd->max_args + 1, sizeof *pos);
     if (!pos) abort();
-    if (cc_opt_parse(merged, n_rest, rest, "", cmd->max_args ? pos : NULL, cmd->max_args, &ctx.n_args) < 0)
-        return CTL_EXIT_USAGE;
+    if (cc_opt_parse(merged, n_rest, rest, "", cmd->max_args ? pos : NULL, cmd->max_args, &ctx.n_args) < 0) {
+        rc = CTL_EXIT_USAGE;
+        goto out;
+    }
     ctx.args = pos;
     ctx.cmd = cmd;
-    int rc = CTL_EXIT_OK;
     if ((cmd->needs & (CTL_NEED_TOKEN | CTL_SEND_AUTH)) && !ctx.token)
         rc = ctl_usage_error(&ctx, "--token is required (or set CONCERT_TOKEN)");
     else if ((cmd->needs & CTL_SEND_ADMIN) && !ctx.admin_key)
         rc = ctl_usage_error(&ctx, "--admin-key is required (or set CONCERT_ADMIN_KEY)");
     if (rc == CTL_EXIT_OK) rc = cmd->run(&ctx);
     cc_client_close(ctx.client);
+out: /* every path frees what main allocated (clean exits under LeakSanitizer) */
     free(pos);
     free(merged);
     free(rest);

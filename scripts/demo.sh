@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# demo.sh: a live, self-contained tour of the waiting room. Builds if needed, starts
-# its own redis-server and concert-server on free 127.0.0.1 ports with all state in
-# a temp dir, runs a short scripted session with concertctl, and stops what it
-# started (by pid only) and deletes the temp dir on exit, failure or Ctrl-C.
+# demo.sh: a live, self-contained tour of the waiting room and booking. Builds if
+# needed, starts its own redis-server and concert-server on free 127.0.0.1 ports with
+# all state in a temp dir, runs a short scripted session with concertctl, and stops
+# what it started (by pid only) and deletes the temp dir on exit, failure or Ctrl-C.
 # It never touches a Redis on 6379 or any process it did not start.
 set -euo pipefail
 
@@ -10,13 +10,17 @@ usage() {
   cat <<'EOF'
 usage: scripts/demo.sh [--help]
 
-A 15-second live demonstration of the concert waiting room:
+A short (about 10 s once built) live demonstration of the waiting room and booking:
   1. builds the project if needed (cmake + ninja, quietly)
   2. starts a throw-away redis-server on a free loopback port (never 6379),
      nothing saved to disk
-  3. starts concert-server on a free loopback port, admitting 2 users/s
-  4. eight fans join the queue of concert "demo", one leaves, the last one
-     watches its position count down until it is admitted (ACTIVE)
+  3. starts concert-server on a free loopback port with a random admin key
+  4. loads a demo catalogue (concertctl seed: 3 tours, 8 show dates, 1,200 seats
+     each) and slows concert "aurora" down to 2 admissions per second
+  5. eight fans join the queue of "aurora", one leaves, the last one (zoe)
+     watches her position count down until she is admitted (ACTIVE)
+  6. zoe lists the show dates, holds two seats (another fan then cannot get
+     them), tops up her wallet, and looks at her reservation and balance
 Everything it started is stopped and its temp dir deleted when it ends, also on
 failure or Ctrl-C.
 
@@ -142,9 +146,13 @@ while [[ "$SERVER_PORT" == "$REDIS_PORT" ]]; do SERVER_PORT="$(free_port)"; done
 export CONCERT_SERVER="127.0.0.1:$SERVER_PORT"
 # This demo runs without Kafka or a metrics port, whatever the caller's environment says.
 unset CONCERT_KAFKA CONCERT_METRICS
-section "3. Start concert-server on $CONCERT_SERVER (admits 2 users per second)"
+# A fresh random admin key each run; concertctl's admin commands read CONCERT_ADMIN_KEY.
+ADMIN_KEY="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export CONCERT_ADMIN_KEY="$ADMIN_KEY"
+unset CONCERT_TOKEN
+section "3. Start concert-server on $CONCERT_SERVER (with a random admin key)"
 "$SERVER_BIN" --listen "$CONCERT_SERVER" --redis "redis://127.0.0.1:$REDIS_PORT" --admit-rate 2 \
-  ${KAFKA_ARGS[@]+"${KAFKA_ARGS[@]}"} 2>"$TMP/server.log" &
+  --admin-key "$ADMIN_KEY" ${KAFKA_ARGS[@]+"${KAFKA_ARGS[@]}"} 2>"$TMP/server.log" &
 SERVER_PID=$!
 for ((i = 0; ; i++)); do
   "$CTL" --timeout-ms 500 health >/dev/null 2>&1 && break
@@ -152,38 +160,81 @@ for ((i = 0; ; i++)); do
   ((i < 100)) || die "concert-server was not SERVING within 10 s"
   sleep 0.1
 done
-note "concertctl finds it through CONCERT_SERVER=$CONCERT_SERVER"
+note "concertctl finds it through CONCERT_SERVER=$CONCERT_SERVER, the admin key through CONCERT_ADMIN_KEY"
 ctl health
 
-# ---- 4. the demo --------------------------------------------------------------
+# ---- 4. catalogue --------------------------------------------------------------
+CONCERT=aurora
+section "4. An operator loads the demo catalogue (AdminService, needs the admin key)"
+ctl seed
+note "slow \"$CONCERT\" down to 2 admissions per second, so the line visibly moves"
+shown admin policy set --concert "$CONCERT" --admit-rate 2
+"$CTL" admin policy set --concert "$CONCERT" --admit-rate 2 | grep -E 'policy|admit-rate'
+
+# ---- 5. the waiting room ------------------------------------------------------
 # Joins a user and prints "name  <concertctl's line>"; the token goes into TOKENS.
 declare -A TOKENS
 join() {
   local line
-  line="$("$CTL" queue join --user "$1" --concert demo)"
+  line="$("$CTL" queue join --user "$1" --concert "$CONCERT")"
   printf '%-6s %s\n' "$1" "$line"
   line="${line#token }"
   TOKENS[$1]="${line%% *}"
 }
 
-section "4. Seven fans join the waiting room of concert \"demo\""
+section "5. Seven fans join the waiting room of concert \"$CONCERT\""
 note "first come, first served; each gets an unguessable token and a place in line"
-shown queue join --user NAME --concert demo
+shown queue join --user NAME --concert "$CONCERT"
 for user in ana ben cleo dev eli fay gus; do join "$user"; done
 note "asking again is harmless: gus gets the same token and place back"
-ctl queue join --user gus --concert demo
+ctl queue join --user gus --concert "$CONCERT"
 
-section "5. cleo changes her mind and leaves (everyone behind her moves up)"
+section "6. cleo changes her mind and leaves (everyone behind her moves up)"
 ctl queue leave --token "${TOKENS[cleo]}"
 
-section "6. zoe joins last and watches her place until she is admitted"
+section "7. zoe joins last and watches her place until she is admitted"
 note "the server streams every change; 2 users are admitted per second"
 join zoe
 ctl queue watch --token "${TOKENS[zoe]}"
 
-section "7. zoe is in: her status as text, and as JSON for scripts"
+section "8. zoe is in: her status as text, and as JSON for scripts"
 ctl queue status --token "${TOKENS[zoe]}"
 ctl --json queue status --token "${TOKENS[zoe]}"
+
+# ---- 9. booking ---------------------------------------------------------------
+section "9. zoe picks a date and holds two VIP seats (booking needs her ACTIVE token)"
+export CONCERT_TOKEN="${TOKENS[zoe]}"
+note "export CONCERT_TOKEN=<zoe's token>   (sent as 'authorization: Bearer')"
+ctl booking schedules --concert "$CONCERT"
+ctl booking seats --schedule "$CONCERT-1" --available
+shown booking reserve --schedule "$CONCERT-1" --seats 7,8
+line="$("$CTL" booking reserve --schedule "$CONCERT-1" --seats 7,8)"
+printf '%s\n' "$line"
+line="${line#reservation }"
+RESERVATION="${line%% *}"
+[[ "$RESERVATION" == r1.* ]] || die "no reservation id in concertctl's answer"
+note "all or nothing, and nobody gets a seat twice: ben (admitted earlier) tries seat 8"
+shown booking reserve --schedule "$CONCERT-1" --seats 8,9 --token "<ben's token>"
+if "$CTL" booking reserve --schedule "$CONCERT-1" --seats 8,9 --token "${TOKENS[ben]}"; then
+  die "seat 8 was given out twice"
+else
+  note "-> refused with exit status $? (FAILED_PRECONDITION); seat 9 was not held either"
+fi
+
+section "10. zoe tops up her prepaid wallet"
+note "no --key given: concertctl makes one up and prints it; retrying with it charges once"
+ctl wallet charge --user zoe --amount 50000
+
+# ---- Payment (Kafka): NOT USED YET ---------------------------------------------
+# When PaymentService lands, pay here through the broker started above, e.g.:
+#   ctl pay --reservation "$RESERVATION"        -> PENDING, then COMPLETED
+#   ctl booking get --reservation "$RESERVATION" -> PAID; the balance drops by 50000
+
+section "11. Her reservation (held, waiting for payment) and her balance"
+ctl booking get --reservation "$RESERVATION"
+ctl wallet balance --user zoe
+ctl admin stats --concert "$CONCERT"
+note "paying (PaymentService through Kafka) comes with the payment milestone"
 
 section "Done"
 note "Try it yourself: ${CTL#"$ROOT"/} --help"
