@@ -16,9 +16,11 @@
 #define MAX_SEATS 100000
 #define MAX_PRICE 1000000000000LL
 
-extern const unsigned char lua_adm_concert[], lua_adm_schedule[], lua_adm_stats[], lua_adm_policy[];
-extern const size_t lua_adm_concert_len, lua_adm_schedule_len, lua_adm_stats_len, lua_adm_policy_len;
-static cc_redis_script s_concert, s_schedule, s_stats, s_policy;
+extern const unsigned char lua_adm_concert[], lua_adm_schedule[], lua_adm_stats[], lua_adm_policy[],
+    lua_adm_audit[], lua_wallet_audit[];
+extern const size_t lua_adm_concert_len, lua_adm_schedule_len, lua_adm_stats_len, lua_adm_policy_len,
+    lua_adm_audit_len, lua_wallet_audit_len;
+static cc_redis_script s_concert, s_schedule, s_stats, s_policy, s_audit, s_wallet_audit;
 
 typedef struct {
     srv_call *call;
@@ -354,7 +356,149 @@ void srv_admin_stats(srv_call *call) {
     send_or_fail(a, cc_redis_eval(app->redis, &s_stats, on_stats, a, 1, 2, args, NULL));
 }
 
+/* ---- audit ---- */
+
+/* The audit runs adm_audit.lua in the concert's slot, then wallet_audit.lua once per
+ * user in that user's slot, and answers when the last one is back. */
+typedef struct {
+    actx a;
+    Concert__V1__AuditReport rep;
+    char **problems;
+    size_t n_problems, cap_problems;
+    int pending;
+    int failed; /* a Redis failure: answer with it once everything is back */
+    grpc_status_code fail_code;
+    char fail_msg[256];
+} audit_ctx;
+
+static void add_problem(audit_ctx *x, const char *s) {
+    if (x->n_problems >= 100) return;
+    if (x->n_problems == x->cap_problems) {
+        x->cap_problems = x->cap_problems ? x->cap_problems * 2 : 16;
+        x->problems = realloc(x->problems, x->cap_problems * sizeof *x->problems);
+        if (!x->problems) abort();
+    }
+    x->problems[x->n_problems++] = strdup(s);
+}
+
+static void audit_done(audit_ctx *x) {
+    if (--x->pending > 0) return;
+    if (x->failed) {
+        srv_call_finish(x->a.call, x->fail_code, "%s", x->fail_msg);
+    } else {
+        x->rep.concert_id = x->a.concert;
+        x->rep.ok = x->n_problems == 0;
+        x->rep.n_problems = x->n_problems;
+        x->rep.problems = x->problems;
+        if (!x->rep.ok) CC_WARN("audit_problems", "concert=%s problems=%zu", x->a.concert, x->n_problems);
+        srv_call_reply(x->a.call, &x->rep.base);
+    }
+    for (size_t i = 0; i < x->n_problems; i++) free(x->problems[i]);
+    free(x->problems);
+    free(x);
+}
+
+static void audit_fail(audit_ctx *x, const redisReply *r, const char *err) {
+    if (!x->failed) {
+        x->failed = 1;
+        x->fail_code = srv_redis_status(r, err, x->fail_msg, sizeof x->fail_msg);
+        if (x->fail_code == GRPC_STATUS_OK) x->fail_code = GRPC_STATUS_INTERNAL;
+    }
+}
+
+static void on_wallet_audit(redisReply *r, const char *err, void *p) {
+    audit_ctx *x = p;
+    if (!r || r->type != REDIS_REPLY_ARRAY) audit_fail(x, r, err);
+    else
+        for (size_t i = 0; i < r->elements; i++) add_problem(x, srv_str_at(r, i));
+    audit_done(x);
+}
+
+static void on_audit(redisReply *r, const char *err, void *p) {
+    audit_ctx *x = p;
+    if (!srv_script_ok(x->a.call, r, err)) {
+        free(x);
+        return;
+    }
+    x->rep.seats_sold = srv_int_at(r, 1);
+    x->rep.seats_held = srv_int_at(r, 2);
+    x->rep.payments_completed = srv_int_at(r, 3);
+    x->rep.payments_failed = srv_int_at(r, 4);
+    x->rep.payments_in_flight = srv_int_at(r, 5);
+    size_t np = (size_t)srv_int_at(r, 6), i = 7;
+    for (size_t k = 0; k < np; k++) add_problem(x, srv_str_at(r, i++));
+    /* (user, pid, status, amount)*: group the rows by user (insertion sort of their
+     * reply indexes; audits are rare and small). */
+    size_t n = (r->elements - i) / 4;
+    size_t *rows = calloc(n ? n : 1, sizeof *rows);
+    if (!rows) abort();
+    for (size_t k = 0; k < n; k++) rows[k] = i + 4 * k;
+    for (size_t a = 1; a < n; a++)
+        for (size_t b = a; b > 0 && strcmp(srv_str_at(r, rows[b - 1]), srv_str_at(r, rows[b])) > 0; b--) {
+            size_t t = rows[b];
+            rows[b] = rows[b - 1];
+            rows[b - 1] = t;
+        }
+    srv_app *app = srv_call_app(x->a.call);
+    char prefix[SRV_MAX_ID + 8];
+    snprintf(prefix, sizeof prefix, "p1.%s.", x->a.concert);
+    x->pending = 1; /* held until every user's call is sent */
+    for (size_t k = 0; k < n;) {
+        const char *user = srv_str_at(r, rows[k]);
+        size_t end = k;
+        while (end < n && !strcmp(srv_str_at(r, rows[end]), user)) end++;
+        size_t nargs = 4 + 3 * (end - k);
+        const char **args = calloc(nargs, sizeof *args);
+        char k1[SRV_MAX_USER + 16], k2[SRV_MAX_USER + 16], k3[SRV_MAX_USER + 16];
+        snprintf(k1, sizeof k1, "cc:{w:%s}:bal", user);
+        snprintf(k2, sizeof k2, "cc:{w:%s}:pay", user);
+        snprintf(k3, sizeof k3, "cc:{w:%s}:refund", user);
+        args[0] = k1, args[1] = k2, args[2] = k3, args[3] = prefix;
+        for (size_t j = k; j < end; j++) {
+            size_t row = rows[j];
+            args[4 + 3 * (j - k)] = srv_str_at(r, row + 1);
+            args[5 + 3 * (j - k)] = srv_str_at(r, row + 2);
+            args[6 + 3 * (j - k)] = srv_str_at(r, row + 3);
+        }
+        x->pending++;
+        x->rep.users_checked++;
+        if (cc_redis_eval(app->redis, &s_wallet_audit, on_wallet_audit, x, 3, (int)nargs, args, NULL) < 0) {
+            audit_fail(x, NULL, "not connected");
+            x->pending--;
+        }
+        free(args);
+        k = end;
+    }
+    free(rows);
+    audit_done(x);
+}
+
+void srv_admin_audit(srv_call *call) {
+    const Concert__V1__AuditRequest *req = (const void *)srv_call_request(call);
+    if (srv_auth_admin(call) < 0) return;
+    if (!srv_valid_id(req->concert_id)) {
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "concert_id: must be 1..64 characters of [A-Za-z0-9_-]");
+        return;
+    }
+    audit_ctx *x = calloc(1, sizeof *x);
+    if (!x) abort();
+    x->a.call = call;
+    snprintf(x->a.concert, sizeof x->a.concert, "%s", req->concert_id);
+    concert__v1__audit_report__init(&x->rep);
+    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8];
+    snprintf(key, sizeof key, "cc:{%s}:concert", x->a.concert);
+    snprintf(prefix, sizeof prefix, "cc:{%s}:", x->a.concert);
+    const char *args[] = {key, prefix};
+    srv_app *app = srv_call_app(call);
+    if (cc_redis_eval(app->redis, &s_audit, on_audit, x, 1, 2, args, NULL) < 0) {
+        srv_fail_no_redis(call);
+        free(x);
+    }
+}
+
 void srv_admin_init(srv_app *app) {
+    srv_script_add(&s_audit, "adm_audit", NULL, 0, lua_adm_audit, lua_adm_audit_len);
+    srv_script_add(&s_wallet_audit, "wallet_audit", NULL, 0, lua_wallet_audit, lua_wallet_audit_len);
     srv_script_add(&s_concert, "adm_concert", NULL, 0, lua_adm_concert, lua_adm_concert_len);
     srv_script_add(&s_schedule, "adm_schedule", NULL, 0, lua_adm_schedule, lua_adm_schedule_len);
     srv_script_add(&s_stats, "adm_stats", NULL, 0, lua_adm_stats, lua_adm_stats_len);

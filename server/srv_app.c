@@ -53,6 +53,7 @@ const srv_method srv_methods[] = {
      srv_admin_get_policy},
     {"/concert.v1.AdminService/GetStats", SRV_UNARY, &concert__v1__get_stats_request__descriptor,
      srv_admin_stats},
+    {"/concert.v1.AdminService/Audit", SRV_UNARY, &concert__v1__audit_request__descriptor, srv_admin_audit},
 #ifdef CONCERT_WITH_KAFKA
     {"/concert.v1.PaymentService/Pay", SRV_UNARY, &concert__v1__pay_request__descriptor, srv_payment_pay},
     {"/concert.v1.PaymentService/GetPayment", SRV_UNARY, &concert__v1__get_payment_request__descriptor,

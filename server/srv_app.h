@@ -121,6 +121,7 @@ void srv_admin_create_schedule(srv_call *c);
 void srv_admin_set_policy(srv_call *c);
 void srv_admin_get_policy(srv_call *c);
 void srv_admin_stats(srv_call *c);
+void srv_admin_audit(srv_call *c);
 
 /** Scripts registered with the Redis pool, filled by the services' init functions. */
 extern cc_redis_script *srv_scripts[];

@@ -570,3 +570,52 @@ Test(admin, stats_count_seats, .init = start, .fini = stop) {
     free(toks);
     end_test();
 }
+
+/* ---- audit ---- */
+
+static Concert__V1__AuditReport *audit(void) {
+    cc_md md[] = {{"x-admin-key", KEY}};
+    Concert__V1__AuditRequest req = CONCERT__V1__AUDIT_REQUEST__INIT;
+    req.concert_id = "show";
+    Concert__V1__AuditReport *r = NULL;
+    cc_status st;
+    cr_assert_eq(cc_client_unary(cli, "/concert.v1.AdminService/Audit", &req.base, &concert__v1__audit_report__descriptor,
+                                 (ProtobufCMessage **)&r, md, 1, 5000, &st),
+                 GRPC_STATUS_OK, "%s", st.message);
+    return r;
+}
+
+Test(admin, audit_passes_then_finds_tampering, .init = start, .fini = stop) {
+    char(*toks)[64] = active_tokens(2, "aud");
+    int s1[] = {1, 2}, s2[] = {3};
+    Concert__V1__Reservation *r = NULL;
+    cr_assert_eq(reserve(toks[0], s1, 2, &r, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(reserve(toks[1], s2, 1, NULL, NULL), GRPC_STATUS_OK);
+    Concert__V1__AuditReport *a = audit();
+    cr_expect(a->ok, "a clean concert audits OK (%zu problems, first: %s)", a->n_problems,
+              a->n_problems ? a->problems[0] : "");
+    cr_expect_eq(a->seats_held, 3);
+    free_msg(a);
+    /* Sell a held seat behind the service's back, and invent a debit. */
+    redisContext *rc = th_redis_connect(&redis);
+    char v[128];
+    snprintf(v, sizeof v, "S|%s", r->reservation_id);
+    freeReplyObject(redisCommand(rc, "HSET cc:{show}:s:day1:seat 1 %s", v));
+    freeReplyObject(redisCommand(rc, "HSET cc:{w:aud-0}:pay p1.show.0123456789abcdef0123456789abcdef 500"));
+    freeReplyObject(redisCommand(rc, "SADD cc:{show}:pays p1.show.fedcba9876543210fedcba9876543210"));
+    freeReplyObject(redisCommand(rc, "HSET cc:{show}:p:p1.show.fedcba9876543210fedcba9876543210 user aud-0 status FAILED amount 7 rid x"));
+    redisFree(rc);
+    a = audit();
+    cr_expect_not(a->ok);
+    int seat_problem = 0, wallet_problem = 0;
+    for (size_t i = 0; i < a->n_problems; i++) {
+        if (strstr(a->problems[i], "day1/1: SOLD")) seat_problem = 1;
+        if (strstr(a->problems[i], "debit p1.show.0123456789abcdef0123456789abcdef has no payment")) wallet_problem = 1;
+    }
+    cr_expect(seat_problem, "the forged sale must be reported");
+    cr_expect(wallet_problem, "the forged debit must be reported");
+    cr_expect_eq(a->users_checked, 1);
+    free_msg(a), free_msg(r);
+    free(toks);
+    end_test();
+}

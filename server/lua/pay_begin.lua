@@ -32,5 +32,6 @@ end
 redis.call('HSET', P .. 'p:' .. newpid, 'rid', rid, 'user', user, 'amount', f[4], 'key', key,
   'status', 'SUBMITTING', 'reason', '', 'created', now, 'updated', now, 'token', tok)
 redis.call('HSET', P .. 'pk:' .. user, key, newpid)
+redis.call('SADD', P .. 'pays', newpid)
 redis.call('HSET', r, 'payment', newpid)
 return pay_reply(P, newpid, 1)
