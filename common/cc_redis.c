@@ -540,9 +540,18 @@ int cc_redis_command(cc_redis *r, cc_redis_cb cb, void *payload, const char *fmt
 
 int cc_redis_eval(cc_redis *r, const cc_redis_script *s, cc_redis_cb cb, void *payload, int nkeys,
                   int nargs, const char **args, const size_t *lens) {
-    const char *argv[64];
-    size_t argvlen[64];
-    if (nargs + 3 > 64) return -1;
+    /* Small calls (nearly all) build argv on the stack; large ones (watcher refreshes,
+     * seat maps) on the heap. */
+    const char *argv_s[64];
+    size_t argvlen_s[64];
+    const char **argv = argv_s;
+    size_t *argvlen = argvlen_s;
+    if (nargs < 0) return -1;
+    if (nargs + 3 > 64) {
+        argv = malloc((size_t)(nargs + 3) * sizeof *argv);
+        argvlen = malloc((size_t)(nargs + 3) * sizeof *argvlen);
+        if (!argv || !argvlen) abort();
+    }
     char nk[16];
     snprintf(nk, sizeof nk, "%d", nkeys);
     argv[0] = "EVALSHA", argvlen[0] = 7;
@@ -552,7 +561,12 @@ int cc_redis_eval(cc_redis *r, const cc_redis_script *s, cc_redis_cb cb, void *p
         argv[3 + i] = args[i];
         argvlen[3 + i] = lens ? lens[i] : strlen(args[i]);
     }
-    return cc_redis_command_argv(r, cb, payload, nargs + 3, argv, argvlen);
+    int rc = cc_redis_command_argv(r, cb, payload, nargs + 3, argv, argvlen);
+    if (argv != argv_s) {
+        free(argv);
+        free(argvlen);
+    }
+    return rc;
 }
 
 static void on_handle_closed(uv_handle_t *h) {

@@ -285,7 +285,8 @@ typedef struct pwatch {
 static pwatch *watchers;
 static uv_timer_t watch_timer;
 
-static void pwatch_unref(pwatch *w) {
+/* Not inlined, like watcher_unref in srv_queue.c: GCC 12 -O3 false use-after-free. */
+__attribute__((noinline)) static void pwatch_unref(pwatch *w) {
     if (--w->base.refs == 0) free(w);
 }
 
