@@ -335,3 +335,39 @@ Test(queue, bad_input_gets_clear_errors, .init = start_paused, .fini = stop) {
     free(big);
     end_test();
 }
+
+static const char *const many_flags[] = {"--admit-rate", "40", "--watch-interval-ms", "100", NULL};
+static void start_many(void) { start(many_flags); }
+
+/* More watchers of one concert than fit in one small Redis call (a past bug: more
+ * than 55 watchers were never refreshed). */
+Test(queue, hundred_watchers_of_one_concert_all_end_active, .init = start_many, .fini = stop, .timeout = 60) {
+    enum { N = 100 };
+    cc_stream *streams[N];
+    for (int i = 0; i < N; i++) {
+        char u[16];
+        Concert__V1__QueueStatus *s = NULL;
+        snprintf(u, sizeof u, "many-%d", i);
+        cr_assert_eq(th_issue(cli, u, "many", &s, NULL), GRPC_STATUS_OK);
+        Concert__V1__WatchQueueStatusRequest req = CONCERT__V1__WATCH_QUEUE_STATUS_REQUEST__INIT;
+        req.token = s->token;
+        streams[i] = cc_client_stream(cli, "/concert.v1.QueueService/WatchQueueStatus", &req.base, NULL, 0, 30000);
+        cr_assert(streams[i]);
+        free_status(s);
+    }
+    int active = 0;
+    for (int i = 0; i < N; i++) {
+        Concert__V1__QueueStatus *m = NULL;
+        int last = 0;
+        while (cc_stream_next(streams[i], &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&m) == 1) {
+            last = m->state;
+            free_status(m);
+        }
+        cc_status fin;
+        cc_stream_close(streams[i], &fin);
+        cr_expect_eq(fin.code, GRPC_STATUS_OK, "watcher %d ended %s %s", i, cc_status_name(fin.code), fin.message);
+        active += last == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE;
+    }
+    cr_expect_eq(active, N, "%d of %d watchers saw ACTIVE", active, N);
+    end_test();
+}
