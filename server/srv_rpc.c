@@ -104,26 +104,43 @@ struct srv_rpc {
 
 /* ---- completion-queue thread ---- */
 
-static void push_event(srv_rpc *s, srv_tag *tag, int ok) {
+/* Appends n events under one lock and wakes the loop once. */
+static void push_events(srv_rpc *s, const srv_event *evs, size_t n) {
     pthread_mutex_lock(&s->mu);
-    if (s->n_events == s->cap_events) {
-        s->cap_events = s->cap_events ? s->cap_events * 2 : 256;
+    if (s->n_events + n > s->cap_events) {
+        while (s->n_events + n > s->cap_events) s->cap_events = s->cap_events ? s->cap_events * 2 : 256;
         s->events = realloc(s->events, s->cap_events * sizeof *s->events);
         if (!s->events) abort();
     }
-    s->events[s->n_events++] = (srv_event){tag, ok};
+    memcpy(s->events + s->n_events, evs, n * sizeof *evs);
+    s->n_events += n;
     pthread_mutex_unlock(&s->mu);
     uv_async_send(&s->async);
 }
 
+/* Blocks for one event, then takes whatever else is already complete without
+ * waiting (up to a batch), so that a busy server crosses threads once per batch
+ * rather than once per event. */
 static void *cq_thread(void *arg) {
     srv_rpc *s = arg;
-    for (;;) {
+    enum { BATCH = 256 };
+    srv_event batch[BATCH];
+    int done = 0;
+    while (!done) {
+        size_t n = 0;
         grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-        if (ev.type == GRPC_OP_COMPLETE) push_event(s, ev.tag, ev.success);
+        for (;;) {
+            if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+                batch[n++] = (srv_event){NULL, 0}; /* NULL tag: the queue is shut down */
+                done = 1;
+                break;
+            }
+            if (ev.type == GRPC_OP_COMPLETE) batch[n++] = (srv_event){ev.tag, ev.success};
+            if (ev.type == GRPC_QUEUE_TIMEOUT || n == BATCH) break;
+            ev = grpc_completion_queue_next(s->cq, gpr_time_0(GPR_CLOCK_REALTIME), NULL);
+        }
+        if (n) push_events(s, batch, n);
     }
-    push_event(s, NULL, 0); /* NULL tag: the queue is shut down */
     return NULL;
 }
 
