@@ -54,13 +54,11 @@ const srv_method srv_methods[] = {
     {"/concert.v1.AdminService/GetStats", SRV_UNARY, &concert__v1__get_stats_request__descriptor,
      srv_admin_stats},
     {"/concert.v1.AdminService/Audit", SRV_UNARY, &concert__v1__audit_request__descriptor, srv_admin_audit},
-#ifdef CONCERT_WITH_KAFKA
     {"/concert.v1.PaymentService/Pay", SRV_UNARY, &concert__v1__pay_request__descriptor, srv_payment_pay},
     {"/concert.v1.PaymentService/GetPayment", SRV_UNARY, &concert__v1__get_payment_request__descriptor,
      srv_payment_get},
     {"/concert.v1.PaymentService/WatchPayment", SRV_SERVER_STREAM, &concert__v1__get_payment_request__descriptor,
      srv_payment_watch},
-#endif
     {"/grpc.health.v1.Health/Check", SRV_UNARY, &grpc__health__v1__health_check_request__descriptor,
      srv_health_check},
     {"/grpc.health.v1.Health/Watch", SRV_SERVER_STREAM, &grpc__health__v1__health_check_request__descriptor,

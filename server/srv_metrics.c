@@ -82,11 +82,9 @@ static size_t render(srv_app *app, char **out) {
               "# TYPE concert_redis_timeouts_total counter\nconcert_redis_timeouts_total %" PRIu64 "\n"
               "# TYPE concert_redis_reconnects_total counter\nconcert_redis_reconnects_total %" PRIu64 "\n",
               cc_redis_is_up(app->redis), st.sent, st.errors, st.timeouts, st.reconnects);
-#ifdef CONCERT_WITH_KAFKA
     if (app->kafka)
         sb_printf(&b, "# TYPE concert_kafka_pending_messages gauge\nconcert_kafka_pending_messages %d\n",
                   cc_kafka_producer_pending(app->kafka));
-#endif
     int concerts = 0;
     srv_concerts_foreach(app, count_concert, &concerts);
     sb_printf(&b, "# TYPE concert_concerts_known gauge\nconcert_concerts_known %d\n", concerts);

@@ -20,9 +20,7 @@ static void on_sig_closed(uv_handle_t *h) {}
 
 static void on_rpc_done(void *payload) {
     srv_app *app = payload;
-#ifdef CONCERT_WITH_KAFKA
     if (app->kafka) cc_kafka_producer_close(app->kafka, 2000);
-#endif
     cc_redis_close(app->redis);
     uv_close((uv_handle_t *)&sig_term, on_sig_closed);
     uv_close((uv_handle_t *)&sig_int, on_sig_closed);
@@ -37,9 +35,7 @@ static void on_signal(uv_signal_t *h, int signum) {
     srv_health_changed(app);
     srv_queue_shutdown(app);
     srv_booking_shutdown(app);
-#ifdef CONCERT_WITH_KAFKA
     srv_payment_shutdown(app);
-#endif
     srv_metrics_stop(app);
     srv_rpc_shutdown(app->rpc, (uint64_t)app->cfg.shutdown_grace_ms, on_rpc_done, app);
 }
@@ -67,7 +63,6 @@ int srv_run(const srv_config *cfg) {
     srv_booking_init(app);
     srv_wallet_init(app);
     srv_admin_init(app);
-#ifdef CONCERT_WITH_KAFKA
     srv_payment_init(app);
     if (cfg->kafka && *cfg->kafka) {
         /* Topics first (bounded); the producer then reconnects by itself. */
@@ -80,7 +75,6 @@ int srv_run(const srv_config *cfg) {
             return 2;
         }
     }
-#endif
     cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
 
     grpc_init();

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,6 +71,8 @@ static pid_t spawn(char *const argv[], const char *log_path) {
     }
     return pid;
 }
+
+pid_t th_spawn(char *const argv[], const char *log) { return spawn(argv, log); }
 
 static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
     return remove(path);
@@ -338,4 +341,238 @@ char *th_redis_digest(const th_redis *r) {
     freeReplyObject(keys);
     redisFree(rc);
     return out;
+}
+
+/* ---- Kafka (scripts/kafka.sh) ---- */
+
+#define TH_KAFKA_SH TH_SOURCE_DIR "/scripts/kafka.sh"
+
+/* Runs kafka.sh with `args` (NULL-terminated), stdout into out[outlen] (may be NULL),
+ * stderr appended to DIR/kafka-sh.log. Returns its exit status (-1 if it died). */
+static int kafka_sh(const th_kafka *k, const char *const *args, char *out, size_t outlen) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0) return -1;
+    char log[300];
+    snprintf(log, sizeof log, "%s/kafka-sh.log", k->dir);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) dup2(fd, 2);
+        char *argv[16];
+        int n = 0;
+        argv[n++] = TH_KAFKA_SH;
+        for (int i = 0; args[i] && n < 15; i++) argv[n++] = (char *)args[i];
+        argv[n] = NULL;
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t used = 0;
+    char buf[512];
+    ssize_t r;
+    while ((r = read(fds[0], buf, sizeof buf)) != 0) {
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (out && used + 1 < outlen) {
+            size_t take = (size_t)r < outlen - 1 - used ? (size_t)r : outlen - 1 - used;
+            memcpy(out + used, buf, take);
+            used += take;
+        }
+    }
+    if (out && outlen) out[used] = '\0';
+    close(fds[0]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The reaper: a child in its own process group (a terminal's Ctrl-C does not reach
+ * it) blocked on a pipe whose only writer is this process. EOF means we died without
+ * th_kafka_stop: it stops the brokers (by the pids in DIR) and removes DIR. A byte
+ * means "all done, just exit". */
+static void start_reaper(th_kafka *k) {
+    int fds[2];
+    k->reaper_fd = -1;
+    if (pipe2(fds, O_CLOEXEC) < 0) return;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]), close(fds[1]);
+        return;
+    }
+    if (pid == 0) {
+        setpgid(0, 0);
+        signal(SIGINT, SIG_IGN);
+        signal(SIGHUP, SIG_IGN);
+        signal(SIGTERM, SIG_IGN);
+        close(fds[1]);
+        char c;
+        ssize_t r;
+        while ((r = read(fds[0], &c, 1)) < 0 && errno == EINTR) {
+        }
+        if (r == 1) _exit(0);
+        int fd = open("/dev/null", O_RDWR);
+        if (fd >= 0) dup2(fd, 0), dup2(fd, 1), dup2(fd, 2);
+        execl("/bin/bash", "bash", "-c", "\"$0\" stop --dir \"$1\"; rm -rf -- \"$1\"", TH_KAFKA_SH, k->dir,
+              (char *)NULL);
+        _exit(127);
+    }
+    close(fds[0]);
+    k->reaper_fd = fds[1];
+    k->reaper = pid;
+}
+
+int th_kafka_start(th_kafka *k, int nodes, const char *dir, char *err, size_t errlen) {
+    memset(k, 0, sizeof *k);
+    k->reaper_fd = -1;
+    k->nodes = nodes;
+    if (dir) {
+        snprintf(k->dir, sizeof k->dir, "%s", dir);
+        mkdir(k->dir, 0755);
+    } else {
+        snprintf(k->dir, sizeof k->dir, "/tmp/concert-test-kafka-XXXXXX");
+        if (!mkdtemp(k->dir)) {
+            snprintf(err, errlen, "mkdtemp: %s", strerror(errno));
+            return -1;
+        }
+    }
+    start_reaper(k);
+    char n[8], out[sizeof k->bootstrap];
+    snprintf(n, sizeof n, "%d", nodes);
+    const char *args[] = {"start", "--nodes", n, "--dir", k->dir, NULL};
+    int rc = kafka_sh(k, args, out, sizeof out);
+    char *nl = strchr(out, '\n');
+    if (nl) *nl = '\0';
+    if (rc != 0 || !out[0]) {
+        snprintf(err, errlen, "scripts/kafka.sh start failed (exit %d), see %s/kafka-sh.log", rc, k->dir);
+        return -1;
+    }
+    snprintf(k->bootstrap, sizeof k->bootstrap, "%s", out);
+    return 0;
+}
+
+void th_kafka_stop(th_kafka *k) {
+    if (!k->dir[0]) return;
+    const char *args[] = {"stop", "--dir", k->dir, NULL};
+    kafka_sh(k, args, NULL, 0);
+    if (getenv("TH_KEEP_LOGS")) fprintf(stderr, "th: kafka folder kept: %s\n", k->dir);
+    else th_rmrf(k->dir);
+    if (k->reaper_fd >= 0) {
+        ssize_t w = write(k->reaper_fd, "x", 1);
+        (void)w;
+        close(k->reaper_fd);
+        waitpid(k->reaper, NULL, 0);
+        k->reaper_fd = -1;
+    }
+    k->dir[0] = '\0';
+}
+
+int th_kafka_kill_node(th_kafka *k, int node) {
+    char n[8];
+    snprintf(n, sizeof n, "%d", node);
+    const char *args[] = {"kill-node", "--dir", k->dir, "--node", n, NULL};
+    return kafka_sh(k, args, NULL, 0);
+}
+
+int th_kafka_start_node(th_kafka *k, int node) {
+    char n[8];
+    snprintf(n, sizeof n, "%d", node);
+    const char *args[] = {"start-node", "--dir", k->dir, "--node", n, NULL};
+    return kafka_sh(k, args, NULL, 0);
+}
+
+/* ---- payment-consumer ---- */
+
+static int consumer_exited(th_consumer *c) {
+    int st;
+    if (c->pid > 0 && waitpid(c->pid, &st, WNOHANG) == c->pid) {
+        c->pid = 0;
+        return 1;
+    }
+    return c->pid <= 0;
+}
+
+typedef struct {
+    th_consumer *c;
+    const char *needle;
+} log_arg;
+
+static int file_has(const char *path, const char *needle) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[4096];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+static int consumer_logged(void *arg) {
+    log_arg *a = arg;
+    return file_has(a->c->log, a->needle);
+}
+
+int th_consumer_log_has(th_consumer *c, const char *needle, int limit_ms) {
+    log_arg a = {c, needle};
+    return th_wait_for(consumer_logged, &a, 20, limit_ms);
+}
+
+static int consumer_started_or_gone(void *arg) {
+    log_arg *a = arg;
+    return consumer_exited(a->c) || file_has(a->c->log, a->needle);
+}
+
+void th_consumer_start(th_consumer *c, const char *redis_url, const char *brokers, const char *group,
+                       const char *const *extra) {
+    static int seq;
+    snprintf(c->group, sizeof c->group, "%s", group);
+    c->keep_log = 0;
+    snprintf(c->log, sizeof c->log, "/tmp/concert-test-consumer-%d-%d.log", (int)getpid(), ++seq);
+    char *argv[64];
+    int n = 0;
+    argv[n++] = TH_CONSUMER_BIN;
+    argv[n++] = "--redis", argv[n++] = (char *)redis_url;
+    argv[n++] = "--kafka", argv[n++] = (char *)brokers;
+    argv[n++] = "--group", argv[n++] = c->group;
+    argv[n++] = "--log-level", argv[n++] = "debug";
+    for (int i = 0; extra && extra[i] && n < 62; i++) argv[n++] = (char *)extra[i];
+    argv[n] = NULL;
+    unlink(c->log);
+    c->pid = spawn(argv, c->log);
+    log_arg a = {c, "event=started"};
+    th_wait_for(consumer_started_or_gone, &a, 10, 30000);
+    cr_assert(c->pid > 0 && file_has(c->log, "event=started"), "payment-consumer did not start (log: %s)", c->log);
+}
+
+int th_consumer_stop(th_consumer *c) {
+    if (c->pid <= 0) return -1;
+    kill(c->pid, SIGTERM);
+    int st = 0;
+    uint64_t end = th_now_ms() + 15000;
+    while (waitpid(c->pid, &st, WNOHANG) == 0) {
+        if (th_now_ms() > end) {
+            kill(c->pid, SIGKILL);
+            waitpid(c->pid, &st, 0);
+            c->pid = 0;
+            return -1;
+        }
+        th_pause_ms(10);
+    }
+    c->pid = 0;
+    if (WIFEXITED(st)) {
+        if (WEXITSTATUS(st) == 0 && !c->keep_log && !getenv("TH_KEEP_LOGS")) unlink(c->log);
+        return WEXITSTATUS(st);
+    }
+    return -1;
+}
+
+void th_consumer_kill(th_consumer *c) {
+    if (c->pid <= 0) return;
+    kill(c->pid, SIGKILL);
+    waitpid(c->pid, NULL, 0);
+    c->pid = 0;
 }

@@ -50,6 +50,10 @@ void th_server_start(th_server *s, const char *redis_url, const char *const *ext
 /** SIGTERM, waits; returns its exit status (or -1 if it had to be killed). */
 int th_server_stop(th_server *s);
 
+/** Starts argv[0] (PATH lookup) with stdout and stderr appended to `log` (NULL:
+ * /dev/null); it gets SIGKILL when this process dies. */
+pid_t th_spawn(char *const argv[], const char *log);
+
 /** Removes a folder tree. */
 void th_rmrf(const char *dir);
 
@@ -84,4 +88,46 @@ int th_wait_active(cc_client *c, const char *token);
 /** A digest of every key's value (but the admission clock), to prove that nothing
  * changed. Caller frees. */
 char *th_redis_digest(const th_redis *r);
+
+/* ---- Kafka (scripts/kafka.sh) and payment-consumer ---- */
+
+typedef struct {
+    char dir[256];       /* kafka.sh --dir: configs, data, logs, pid files */
+    char bootstrap[256]; /* host:port[,host:port] */
+    int nodes;
+    int reaper_fd;       /* write end of the reaper's pipe, -1 if none */
+    pid_t reaper;
+} th_kafka;
+
+/** Starts a `nodes`-node Kafka (1 or 3) with scripts/kafka.sh in `dir` (NULL: a new
+ * temp folder), waits until it is ready and fills k->bootstrap. Also forks a reaper
+ * that stops the brokers and removes the folder if this process dies without
+ * calling th_kafka_stop (the brokers are not our children: kafka.sh starts them).
+ * Usable outside a test (no cr_assert): returns 0, or -1 with the reason in err. */
+int th_kafka_start(th_kafka *k, int nodes, const char *dir, char *err, size_t errlen);
+/** Stops every node (kafka.sh stop), removes the folder, dismisses the reaper. */
+void th_kafka_stop(th_kafka *k);
+/** SIGKILLs node n (1-based); 0 or the script's exit status. */
+int th_kafka_kill_node(th_kafka *k, int node);
+/** Restarts node n with its data and waits until it is back in sync. */
+int th_kafka_start_node(th_kafka *k, int node);
+
+typedef struct {
+    pid_t pid;
+    char log[300];
+    char group[128];
+    int keep_log; /* set by a test that saw something wrong: th_consumer_stop keeps the log */
+} th_consumer;
+
+/** Starts payment-consumer (--redis, --kafka, --group, --log-level debug, then
+ * `extra`, NULL-terminated) and waits until it logs event=started. */
+void th_consumer_start(th_consumer *c, const char *redis_url, const char *brokers, const char *group,
+                       const char *const *extra);
+/** Waits up to limit_ms until the consumer's log holds `needle`; 1 if it does. */
+int th_consumer_log_has(th_consumer *c, const char *needle, int limit_ms);
+/** SIGTERM, waits (15 s, then SIGKILL); returns the exit status or -1. The log is
+ * removed on exit status 0 unless keep_log or TH_KEEP_LOGS is set. */
+int th_consumer_stop(th_consumer *c);
+/** SIGKILL, reaps it. */
+void th_consumer_kill(th_consumer *c);
 #endif
