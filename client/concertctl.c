@@ -74,7 +74,7 @@ static const ctl_cmd server_cmds[] = {
 /* ---- the command table: one array per area; add a ctl_<area>.c array here ---- */
 
 /* The issue-3 areas (ctl.h lists the others; these belong there too). */
-extern const ctl_cmd ctl_admin_cmds[], ctl_booking_cmds[], ctl_wallet_cmds[], ctl_seed_cmds[], ctl_audit_cmds[];
+extern const ctl_cmd ctl_admin_cmds[], ctl_booking_cmds[], ctl_wallet_cmds[], ctl_seed_cmds[], ctl_audit_cmds[], ctl_pay_cmds[];
 
 static const ctl_cmd *const areas[] = {
     ctl_queue_cmds,
@@ -82,9 +82,9 @@ static const ctl_cmd *const areas[] = {
     ctl_wallet_cmds,
     ctl_admin_cmds,
     ctl_seed_cmds,
+    ctl_pay_cmds,
     ctl_audit_cmds,
     server_cmds,
-    /* pay: add its array here */
     NULL,
 };
 

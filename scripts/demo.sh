@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# demo.sh: a live, self-contained tour of the waiting room and booking. Builds if
-# needed, starts its own redis-server and concert-server on free 127.0.0.1 ports with
-# all state in a temp dir, runs a short scripted session with concertctl, and stops
-# what it started (by pid only) and deletes the temp dir on exit, failure or Ctrl-C.
+# demo.sh: a live, self-contained tour of the waiting room, booking and payment.
+# Builds if needed, starts its own redis-server, one-node Kafka, concert-server and
+# payment-consumer on free 127.0.0.1 ports with all state in a temp dir, runs a short
+# scripted session with concertctl, and stops what it started (by pid only) and
+# deletes the temp dir on exit, failure or Ctrl-C.
 # It never touches a Redis on 6379 or any process it did not start.
 set -euo pipefail
 
@@ -10,21 +11,24 @@ usage() {
   cat <<'EOF'
 usage: scripts/demo.sh [--help]
 
-A short (about 10 s once built) live demonstration of the waiting room and booking:
+A short (about 25 s once built) live demonstration of waiting room, booking, payment:
   1. builds the project if needed (cmake + ninja, quietly)
   2. starts a throw-away redis-server on a free loopback port (never 6379),
-     nothing saved to disk
-  3. starts concert-server on a free loopback port with a random admin key
+     nothing saved to disk, and a one-node Kafka (scripts/kafka.sh) likewise
+  3. starts concert-server on a free loopback port with a random admin key, and
+     payment-consumer
   4. loads a demo catalogue (concertctl seed: 3 tours, 8 show dates, 1,200 seats
      each) and slows concert "aurora" down to 2 admissions per second
   5. eight fans join the queue of "aurora", one leaves, the last one (zoe)
      watches her position count down until she is admitted (ACTIVE)
   6. zoe lists the show dates, holds two seats (another fan then cannot get
-     them), tops up her wallet, and looks at her reservation and balance
+     them), tops up her wallet and pays through Kafka: the seats are SOLD, her
+     balance is debited once, her queue token is used up; the audit agrees
 Everything it started is stopped and its temp dir deleted when it ends, also on
 failure or Ctrl-C.
 
-Needs: cmake, ninja, redis-server, redis-cli, python3 (see scripts/install-deps.sh).
+Needs: what scripts/install-deps.sh installs (it runs first): cmake, ninja,
+redis-server, a JDK with the Kafka jars, python3.
 Environment: CONCERT_BUILD_DIR  build directory (default: build)
 
 Exit status: 0 when the demo ran to the end, non-zero otherwise.
@@ -50,6 +54,8 @@ SERVER_BIN="$BUILD/server/concert-server"
 TMP=""
 REDIS_PID=""
 SERVER_PID=""
+CONSUMER_PID=""
+KAFKA_DIR=""
 
 # Stops one process we started: SIGTERM, up to 5 s, then SIGKILL. Only this pid.
 stop_pid() {
@@ -76,7 +82,10 @@ cleanup() {
       tail -n 8 "$TMP/$f" >&2
     fi
   fi
+  stop_pid "$CONSUMER_PID"
   stop_pid "$SERVER_PID"
+  # kafka.sh stops only the brokers whose pids it wrote into KAFKA_DIR.
+  [[ -n "$KAFKA_DIR" && -d "$KAFKA_DIR" ]] && "$ROOT/scripts/kafka.sh" stop --dir "$KAFKA_DIR" >/dev/null 2>&1
   stop_pid "$REDIS_PID"
   [[ -n "$TMP" && -d "$TMP" ]] && rm -rf -- "$TMP"
   exit "$rc"
@@ -132,20 +141,21 @@ for ((i = 0; ; i++)); do
 done
 note "redis-cli -p $REDIS_PORT ping -> PONG"
 
-# ---- Kafka (payments): NOT USED YET --------------------------------------------
-# When the payment flow lands, start a one-node broker here and hand it to the
-# server and the payment consumer, e.g.:
-#   KAFKA_DIR="$TMP/kafka"; scripts/kafka.sh start --nodes 1 --dir "$KAFKA_DIR"
-#   KAFKA="$(cat "$KAFKA_DIR/bootstrap")"      -> concert-server --kafka "$KAFKA"
-# and stop it in cleanup() (scripts/kafka.sh stop --dir "$KAFKA_DIR").
-KAFKA_ARGS=()
+# ---- Kafka (payments) ------------------------------------------------------------
+section "2b. Start a private one-node Kafka (KRaft) on a free port (data in the temp dir)"
+KAFKA_DIR="$TMP/kafka"
+"$ROOT/scripts/kafka.sh" start --nodes 1 --dir "$KAFKA_DIR" >"$TMP/kafka-start.log" 2>&1 ||
+  { tail -n 5 "$TMP/kafka-start.log" >&2; die "Kafka did not start"; }
+KAFKA="$(cat "$KAFKA_DIR/bootstrap")"
+note "broker ready at $KAFKA"
+KAFKA_ARGS=(--kafka "$KAFKA")
 
 # ---- 3. server ----------------------------------------------------------------
 SERVER_PORT="$(free_port)"
 while [[ "$SERVER_PORT" == "$REDIS_PORT" ]]; do SERVER_PORT="$(free_port)"; done
 export CONCERT_SERVER="127.0.0.1:$SERVER_PORT"
-# This demo runs without Kafka or a metrics port, whatever the caller's environment says.
-unset CONCERT_KAFKA CONCERT_METRICS
+# This demo uses its own Kafka and no metrics port, whatever the caller's environment says.
+unset CONCERT_KAFKA CONCERT_METRICS CONCERT_REDIS CONCERT_GROUP
 # A fresh random admin key each run; concertctl's admin commands read CONCERT_ADMIN_KEY.
 ADMIN_KEY="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 export CONCERT_ADMIN_KEY="$ADMIN_KEY"
@@ -161,6 +171,10 @@ for ((i = 0; ; i++)); do
   sleep 0.1
 done
 note "concertctl finds it through CONCERT_SERVER=$CONCERT_SERVER, the admin key through CONCERT_ADMIN_KEY"
+"$BUILD/consumers/payment-consumer" --redis "redis://127.0.0.1:$REDIS_PORT" --kafka "$KAFKA" \
+  --create-topics 2>"$TMP/consumer.log" &
+CONSUMER_PID=$!
+note "payment-consumer started (consumer group payment-consumer): it settles payments from Kafka"
 ctl health
 
 # ---- 4. catalogue --------------------------------------------------------------
@@ -225,17 +239,20 @@ section "10. zoe tops up her prepaid wallet"
 note "no --key given: concertctl makes one up and prints it; retrying with it charges once"
 ctl wallet charge --user zoe --amount 50000
 
-# ---- Payment (Kafka): NOT USED YET ---------------------------------------------
-# When PaymentService lands, pay here through the broker started above, e.g.:
-#   ctl pay --reservation "$RESERVATION"        -> PENDING, then COMPLETED
-#   ctl booking get --reservation "$RESERVATION" -> PAID; the balance drops by 50000
-
-section "11. Her reservation (held, waiting for payment) and her balance"
+section "11. Her reservation, held and waiting for payment"
 ctl booking get --reservation "$RESERVATION"
+
+section "12. zoe pays: Pay answers once the request is durable in Kafka, the consumer settles it"
+ctl pay --reservation "$RESERVATION" --wait
+note "the same idempotency key again would find this payment, never pay twice"
+
+section "13. Afterwards: balance debited once, seats SOLD, zoe's queue token used up"
 ctl wallet balance --user zoe
+ctl queue status --token "${TOKENS[zoe]}"
 ctl admin stats --concert "$CONCERT"
-note "paying (PaymentService through Kafka) comes with the payment milestone"
+note "the audit proves the invariants (every sold seat paid exactly once, debits = payments)"
+ctl audit --concert "$CONCERT"
 
 section "Done"
 note "Try it yourself: ${CTL#"$ROOT"/} --help"
-note "Stopping concert-server and Redis and deleting $TMP."
+note "Stopping payment-consumer, concert-server, Kafka and Redis and deleting $TMP."
