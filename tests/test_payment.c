@@ -1,0 +1,280 @@
+/* PaymentService through the real server and a real Kafka broker of this binary's
+ * own (it is stopped and restarted here): Kafka down -> Pay answers UNAVAILABLE
+ * before its deadline and nothing is debited; broker back -> a retry with the same
+ * key finds the same payment, which settles once, without restarting anything.
+ * And bad input on Pay, GetPayment and WatchPayment. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "concert/v1/booking.pb-c.h"
+#include "concert/v1/payment.pb-c.h"
+#include "concert/v1/wallet.pb-c.h"
+#include "th.h"
+
+#define KEY "payment-admin-key"
+
+static th_kafka kafka;
+
+ReportHook(PRE_ALL)(struct criterion_test_set *set) {
+    char err[512];
+    if (th_kafka_start(&kafka, 1, NULL, err, sizeof err) < 0) setenv("TH_KAFKA_ERROR", err, 1);
+    else {
+        setenv("TH_KAFKA_BOOTSTRAP", kafka.bootstrap, 1);
+        setenv("TH_KAFKA_DIR", kafka.dir, 1); /* tests run in other processes */
+    }
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats) { th_kafka_stop(&kafka); }
+
+static th_redis redis;
+static th_server server;
+static th_consumer consumer;
+static cc_client *cli;
+
+static const char *brokers(void) {
+    const char *b = getenv("TH_KAFKA_BOOTSTRAP");
+    cr_assert(b && *b, "no Kafka broker: %s", getenv("TH_KAFKA_ERROR") ? getenv("TH_KAFKA_ERROR") : "?");
+    return b;
+}
+
+static void start(void) {
+    memset(&redis, 0, sizeof redis);
+    th_redis_start(&redis);
+    const char *flags[] = {"--admin-key", KEY, "--admit-rate", "1000", "--kafka", brokers(), "--kafka-timeout-ms",
+                           "20000", NULL};
+    th_server_start(&server, redis.url, flags);
+    cli = cc_client_open(server.addr);
+    cr_assert_eq(th_admin_catalogue(cli, KEY, "pay", "d1", 50, 1000), GRPC_STATUS_OK);
+}
+
+static void stop(void) {
+    if (cli) cc_client_close(cli);
+    cli = NULL;
+    if (consumer.pid > 0) th_consumer_kill(&consumer);
+    th_server_stop(&server);
+    th_redis_stop(&redis);
+}
+
+static void end_test(void) {
+    if (cli) cc_client_close(cli);
+    cli = NULL;
+    int rc = th_server_stop(&server);
+    cr_assert_eq(rc, 0, "concert-server exit status (log %s)", server.log);
+    if (consumer.pid > 0) cr_assert_eq(th_consumer_stop(&consumer), 0, "payment-consumer exit status");
+}
+
+static void free_msg(void *m) {
+    if (m) protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* An ACTIVE user with a HELD reservation of `seat` and `money` in the wallet. */
+static void setup_user(const char *user, int seat, int64_t money, char *token, char *rid) {
+    cr_assert_eq(th_active_token(cli, user, "pay", token, 64), 0);
+    if (money) {
+        Concert__V1__ChargeRequest ch = CONCERT__V1__CHARGE_REQUEST__INIT;
+        ch.user_id = (char *)user;
+        ch.amount = money;
+        ch.idempotency_key = "topup";
+        cr_assert_eq(cc_client_unary(cli, "/concert.v1.WalletService/Charge", &ch.base, NULL, NULL, NULL, 0, 5000, NULL),
+                     GRPC_STATUS_OK);
+    }
+    char auth[100];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    cc_md md[] = {{"authorization", auth}};
+    Concert__V1__ReserveSeatsRequest rq = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
+    rq.schedule_id = "d1";
+    rq.n_seat_numbers = 1;
+    rq.seat_numbers = &seat;
+    Concert__V1__Reservation *r = NULL;
+    cr_assert_eq(cc_client_unary(cli, "/concert.v1.BookingService/ReserveSeats", &rq.base,
+                                 &concert__v1__reservation__descriptor, (ProtobufCMessage **)&r, md, 1, 5000, NULL),
+                 GRPC_STATUS_OK);
+    snprintf(rid, 64, "%s", r->reservation_id);
+    free_msg(r);
+}
+
+static grpc_status_code pay(const char *token, const char *rid, const char *key, int timeout_ms,
+                            Concert__V1__Payment **out, cc_status *st) {
+    char auth[100];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    cc_md md[] = {{"authorization", auth}};
+    Concert__V1__PayRequest req = CONCERT__V1__PAY_REQUEST__INIT;
+    req.reservation_id = (char *)rid;
+    req.idempotency_key = (char *)key;
+    return cc_client_unary(cli, "/concert.v1.PaymentService/Pay", &req.base, &concert__v1__payment__descriptor,
+                           (ProtobufCMessage **)out, token ? md : NULL, token ? 1 : 0, timeout_ms, st);
+}
+
+static grpc_status_code get_payment(const char *method, const char *token, const char *pid,
+                                    Concert__V1__Payment **out, cc_status *st) {
+    char auth[100];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    cc_md md[] = {{"authorization", auth}};
+    Concert__V1__GetPaymentRequest req = CONCERT__V1__GET_PAYMENT_REQUEST__INIT;
+    req.payment_id = (char *)pid;
+    return cc_client_unary(cli, method, &req.base, &concert__v1__payment__descriptor, (ProtobufCMessage **)out, md,
+                           1, 5000, st);
+}
+
+static int64_t balance(const char *user) {
+    Concert__V1__GetBalanceRequest req = CONCERT__V1__GET_BALANCE_REQUEST__INIT;
+    req.user_id = (char *)user;
+    Concert__V1__Balance *b = NULL;
+    cr_assert_eq(cc_client_unary(cli, "/concert.v1.WalletService/GetBalance", &req.base, &concert__v1__balance__descriptor,
+                                 (ProtobufCMessage **)&b, NULL, 0, 5000, NULL),
+                 GRPC_STATUS_OK);
+    int64_t v = b->balance;
+    free_msg(b);
+    return v;
+}
+
+typedef struct {
+    const char *token, *pid;
+    int status;
+} pay_wait;
+
+static int settled(void *arg) {
+    pay_wait *w = arg;
+    Concert__V1__Payment *p = NULL;
+    if (get_payment("/concert.v1.PaymentService/GetPayment", w->token, w->pid, &p, NULL) != GRPC_STATUS_OK) return 0;
+    w->status = p->status;
+    free_msg(p);
+    return w->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED ||
+           w->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED;
+}
+
+static int pay_ok(void *arg) {
+    const char **a = arg;
+    Concert__V1__Payment *p = NULL;
+    grpc_status_code c = pay(a[0], a[1], a[2], 3000, &p, NULL);
+    if (c == GRPC_STATUS_OK) {
+        snprintf((char *)a[3], 64, "%s", p->payment_id);
+        free_msg(p);
+    }
+    return c == GRPC_STATUS_OK;
+}
+
+Test(payment, kafka_down_then_back, .init = start, .fini = stop, .timeout = 180) {
+    char token[64], rid[64];
+    setup_user("kim", 5, 5000, token, rid);
+    th_kafka k = {.nodes = 1, .reaper_fd = -1};
+    snprintf(k.dir, sizeof k.dir, "%s", getenv("TH_KAFKA_DIR"));
+    snprintf(k.bootstrap, sizeof k.bootstrap, "%s", brokers());
+    cr_assert_eq(th_kafka_kill_node(&k, 1), 0);
+    cc_status st;
+    Concert__V1__Payment *p = NULL;
+    uint64_t t0 = th_now_ms();
+    grpc_status_code code = pay(token, rid, "kim-1", 2000, &p, &st);
+    uint64_t took = th_now_ms() - t0;
+    cr_assert_eq(code, GRPC_STATUS_UNAVAILABLE, "Kafka down: %s %s", cc_status_name(code), st.message);
+    cr_expect_lt(took, 2000, "UNAVAILABLE must come within the 2 s deadline (took %llu ms)", (unsigned long long)took);
+    cr_expect(strstr(st.message, "idempotency_key"), "the message says how to retry: %s", st.message);
+    cr_expect_eq(balance("kim"), 5000, "nothing was debited");
+    /* Broker back, nothing restarted: the retry finds the same payment. */
+    cr_assert_eq(th_kafka_start_node(&k, 1), 0);
+    char pid[64] = "";
+    const char *args[] = {token, rid, "kim-1", pid};
+    cr_assert(th_wait_for(pay_ok, args, 200, 60000), "Pay never succeeded after the broker came back");
+    th_consumer_start(&consumer, redis.url, brokers(), "test-payment", NULL);
+    pay_wait w = {token, pid, 0};
+    cr_assert(th_wait_for(settled, &w, 50, 60000), "payment %s not settled", pid);
+    cr_expect_eq(w.status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED);
+    cr_expect_eq(balance("kim"), 4000, "debited exactly once although the request may have been sent twice");
+    /* And again with the same key: the real state, no second payment. */
+    cr_assert_eq(pay(token, rid, "kim-1", 5000, &p, &st), GRPC_STATUS_OK, "%s", st.message);
+    cr_expect_str_eq(p->payment_id, pid);
+    cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED);
+    free_msg(p);
+    end_test();
+}
+
+static void expect(grpc_status_code got, const cc_status *st, grpc_status_code want, const char *field, const char *what) {
+    cr_expect_eq(got, want, "%s: want %s, got %s: %s", what, cc_status_name(want), cc_status_name(got), st->message);
+    if (field) cr_expect(strstr(st->message, field) != NULL, "%s: '%s' must name %s", what, st->message, field);
+}
+
+Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
+    char t1[64], r1[64], t2[64], r2[64];
+    setup_user("lee", 1, 5000, t1, r1);
+    setup_user("max", 2, 0, t2, r2);
+    char *digest0 = th_redis_digest(&redis);
+    cc_status st;
+    char big[300];
+    memset(big, 'k', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    expect(pay(t1, "", "k", 5000, NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "reservation_id", "Pay no rid");
+    expect(pay(t1, "nonsense", "k", 5000, NULL, &st), &st, GRPC_STATUS_NOT_FOUND, "reservation_id", "Pay bad rid");
+    expect(pay(t1, "r1.pay.00000000000000000000000000000000", "k", 5000, NULL, &st), &st, GRPC_STATUS_NOT_FOUND,
+           "reservation_id", "Pay unknown rid");
+    expect(pay(t1, r1, "", 5000, NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "idempotency_key", "Pay no key");
+    expect(pay(t1, r1, big, 5000, NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "idempotency_key", "Pay huge key");
+    expect(pay(t1, r1, "a b", 5000, NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "idempotency_key", "Pay bad key");
+    expect(pay(NULL, r1, "k", 5000, NULL, &st), &st, GRPC_STATUS_UNAUTHENTICATED, "authorization", "Pay no token");
+    expect(pay(t2, r1, "k", 5000, NULL, &st), &st, GRPC_STATUS_PERMISSION_DENIED, "reservation_id",
+           "Pay another's reservation");
+    expect(pay(t1, "r1.other.00000000000000000000000000000000", "k", 5000, NULL, &st), &st,
+           GRPC_STATUS_PERMISSION_DENIED, NULL, "Pay another concert");
+    char *digest1 = th_redis_digest(&redis);
+    cr_expect_str_eq(digest1, digest0, "refused payments must not change anything in Redis");
+    free(digest0), free(digest1);
+    /* The key of one payment cannot pay another reservation. */
+    Concert__V1__Payment *p = NULL;
+    cr_assert_eq(pay(t1, r1, "lee-1", 10000, &p, &st), GRPC_STATUS_OK, "%s", st.message);
+    char rid3[64], tok_unused[64];
+    (void)tok_unused;
+    int seat3 = 3;
+    {
+        char auth[100];
+        snprintf(auth, sizeof auth, "Bearer %s", t1);
+        cc_md md[] = {{"authorization", auth}};
+        Concert__V1__ReserveSeatsRequest rq = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
+        rq.schedule_id = "d1";
+        rq.n_seat_numbers = 1;
+        rq.seat_numbers = &seat3;
+        Concert__V1__Reservation *r = NULL;
+        cr_assert_eq(cc_client_unary(cli, "/concert.v1.BookingService/ReserveSeats", &rq.base,
+                                     &concert__v1__reservation__descriptor, (ProtobufCMessage **)&r, md, 1, 5000, NULL),
+                     GRPC_STATUS_OK);
+        snprintf(rid3, sizeof rid3, "%s", r->reservation_id);
+        free_msg(r);
+    }
+    expect(pay(t1, rid3, "lee-1", 5000, NULL, &st), &st, GRPC_STATUS_FAILED_PRECONDITION, "idempotency_key",
+           "Pay key reused");
+    expect(pay(t1, r1, "lee-2", 5000, NULL, &st), &st, GRPC_STATUS_FAILED_PRECONDITION, "reservation_id",
+           "Pay a reservation already being paid");
+    /* GetPayment and WatchPayment. */
+    const char *methods[] = {"/concert.v1.PaymentService/GetPayment", "/concert.v1.PaymentService/WatchPayment"};
+    for (int m = 0; m < 2; m++) {
+        if (m == 0) {
+            expect(get_payment(methods[m], t1, "", NULL, &st), &st, GRPC_STATUS_INVALID_ARGUMENT, "payment_id", "empty");
+            expect(get_payment(methods[m], t1, "junk", NULL, &st), &st, GRPC_STATUS_NOT_FOUND, "payment_id", "junk");
+            expect(get_payment(methods[m], t1, "p1.pay.00000000000000000000000000000000", NULL, &st), &st,
+                   GRPC_STATUS_NOT_FOUND, "payment_id", "unknown");
+            expect(get_payment(methods[m], t2, p->payment_id, NULL, &st), &st, GRPC_STATUS_PERMISSION_DENIED,
+                   "payment_id", "another user's");
+        } else {
+            /* A stream: the error is its final status. */
+            const char *ids[] = {"", "junk", "p1.pay.00000000000000000000000000000000", p->payment_id};
+            const char *toks[] = {t1, t1, t1, t2};
+            grpc_status_code want[] = {GRPC_STATUS_INVALID_ARGUMENT, GRPC_STATUS_NOT_FOUND, GRPC_STATUS_NOT_FOUND,
+                                       GRPC_STATUS_PERMISSION_DENIED};
+            for (int i = 0; i < 4; i++) {
+                char auth[100];
+                snprintf(auth, sizeof auth, "Bearer %s", toks[i]);
+                cc_md md[] = {{"authorization", auth}};
+                Concert__V1__GetPaymentRequest req = CONCERT__V1__GET_PAYMENT_REQUEST__INIT;
+                req.payment_id = (char *)ids[i];
+                cc_stream *s = cc_client_stream(cli, methods[m], &req.base, md, 1, 5000);
+                ProtobufCMessage *msg = NULL;
+                cr_expect_eq(cc_stream_next(s, &concert__v1__payment__descriptor, &msg), 0, "WatchPayment %s: no message", ids[i]);
+                free_msg(msg);
+                cc_stream_close(s, &st);
+                expect(st.code, &st, want[i], "payment_id", "WatchPayment");
+            }
+        }
+    }
+    free_msg(p);
+    end_test();
+}
