@@ -141,6 +141,23 @@ int cc_redis_url_parse(cc_redis_url *out, const char *url, char *err, size_t err
 
 static uint64_t now_ms(cc_redis *r) { return uv_now(r->loop); }
 
+char *cc_redis_script_join(const unsigned char *prelude, size_t prelude_len, const unsigned char *body,
+                           size_t body_len, size_t *len_out) {
+    size_t len = (prelude ? prelude_len + 1 : 0) + body_len;
+    char *text = malloc(len + 1);
+    if (!text) abort();
+    size_t o = 0;
+    if (prelude) {
+        memcpy(text, prelude, prelude_len);
+        text[prelude_len] = '\n';
+        o = prelude_len + 1;
+    }
+    memcpy(text + o, body, body_len);
+    text[len] = '\0';
+    *len_out = len;
+    return text;
+}
+
 void cc_redis_script_init(cc_redis_script *s, const char *name, const char *body, size_t len) {
     s->name = name;
     s->body = body;

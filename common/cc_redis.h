@@ -55,6 +55,12 @@ typedef struct {
     char sha[41];
 } cc_redis_script;
 
+/** Joins `prelude` (may be NULL), a newline and `body` into a new NUL-terminated
+ * string (length in *len_out), for scripts that share helper functions. The caller
+ * owns it; scripts keep theirs for the life of the process. */
+char *cc_redis_script_join(const unsigned char *prelude, size_t prelude_len, const unsigned char *body,
+                           size_t body_len, size_t *len_out);
+
 /** Fills script->sha from its body. */
 void cc_redis_script_init(cc_redis_script *script, const char *name, const char *body, size_t len);
 

@@ -27,17 +27,8 @@ struct pc_redis {
 
 void pc_script_init(pc_script *s, const char *name, const unsigned char *prelude, size_t prelude_len,
                     const unsigned char *body, size_t body_len) {
-    size_t len = (prelude ? prelude_len + 1 : 0) + body_len;
-    char *text = malloc(len + 1);
-    if (!text) abort();
-    size_t o = 0;
-    if (prelude) {
-        memcpy(text, prelude, prelude_len);
-        text[prelude_len] = '\n';
-        o = prelude_len + 1;
-    }
-    memcpy(text + o, body, body_len);
-    text[len] = '\0';
+    size_t len;
+    char *text = cc_redis_script_join(prelude, prelude_len, body, body_len, &len);
     s->name = name;
     s->text = text;
     s->len = len;

@@ -104,17 +104,8 @@ void srv_fail_no_redis(srv_call *call) { srv_call_finish(call, GRPC_STATUS_UNAVA
 
 void srv_script_add(cc_redis_script *s, const char *name, const unsigned char *prelude, size_t prelude_len,
                     const unsigned char *body, size_t body_len) {
-    size_t len = (prelude ? prelude_len + 1 : 0) + body_len;
-    char *text = malloc(len + 1);
-    if (!text) abort();
-    size_t o = 0;
-    if (prelude) {
-        memcpy(text, prelude, prelude_len);
-        text[prelude_len] = '\n';
-        o = prelude_len + 1;
-    }
-    memcpy(text + o, body, body_len);
-    text[len] = '\0';
+    size_t len;
+    char *text = cc_redis_script_join(prelude, prelude_len, body, body_len, &len);
     cc_redis_script_init(s, name, text, len);
     srv_scripts[srv_n_scripts++] = s;
 }

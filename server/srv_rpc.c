@@ -180,6 +180,18 @@ static void on_async(uv_async_t *a) {
 
 /* ---- calls ---- */
 
+/* Discards the stream messages not yet handed to gRPC. */
+static void drop_queue(srv_call *c) {
+    while (c->q_head) {
+        wq *w = c->q_head;
+        c->q_head = w->next;
+        grpc_byte_buffer_destroy(w->bb);
+        free(w);
+        c->n_queued--;
+    }
+    c->q_tail = NULL;
+}
+
 static void call_unref(srv_call *c) {
     if (--c->refs > 0) return;
     srv_rpc *s = c->s;
@@ -190,12 +202,7 @@ static void call_unref(srv_call *c) {
     s->stats.finished++;
     s->stats.active--;
     if (s->shutting_down && s->stats.active == 0) maybe_done(s);
-    while (c->q_head) {
-        wq *w = c->q_head;
-        c->q_head = w->next;
-        grpc_byte_buffer_destroy(w->bb);
-        free(w);
-    }
+    drop_queue(c);
     if (c->req) protobuf_c_message_free_unpacked(c->req, NULL);
     if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
     grpc_metadata_array_destroy(&c->md);
@@ -239,15 +246,7 @@ static void on_write(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_io));
     c->write_busy = 0;
     if (!ok) {
-        /* The stream is broken: drop what is queued. */
-        while (c->q_head) {
-            wq *w = c->q_head;
-            c->q_head = w->next;
-            grpc_byte_buffer_destroy(w->bb);
-            free(w);
-            c->n_queued--;
-        }
-        c->q_tail = NULL;
+        drop_queue(c); /* the stream is broken */
         fire_cancel(c);
     }
     write_next(c);
@@ -631,17 +630,7 @@ void srv_call_finish(srv_call *c, grpc_status_code code, const char *fmt, ...) {
         va_end(ap);
         c->details = strdup(buf);
     }
-    if (code != GRPC_STATUS_OK) {
-        /* Errors discard queued stream messages. */
-        while (c->q_head) {
-            wq *w = c->q_head;
-            c->q_head = w->next;
-            grpc_byte_buffer_destroy(w->bb);
-            free(w);
-            c->n_queued--;
-        }
-        c->q_tail = NULL;
-    }
+    if (code != GRPC_STATUS_OK) drop_queue(c); /* errors discard queued stream messages */
     write_next(c);
     call_unref(c);
 }
