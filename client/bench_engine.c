@@ -45,6 +45,8 @@ struct bench_user {
     uint64_t t_sched;
     grpc_call *call;
     grpc_metadata_array init_md, trail_md;
+    grpc_metadata send_md[2]; /* bench_user_metadata: for the next call, kept until it ends */
+    int n_send_md;
     grpc_byte_buffer *resp;
     grpc_status_code code;
     grpc_slice details;
@@ -355,8 +357,22 @@ static void call_cleanup(bench_user *u) {
     u->details = grpc_empty_slice();
     grpc_metadata_array_destroy(&u->init_md);
     grpc_metadata_array_destroy(&u->trail_md);
+    for (int i = 0; i < u->n_send_md; i++) {
+        grpc_slice_unref(u->send_md[i].key);
+        grpc_slice_unref(u->send_md[i].value);
+    }
+    u->n_send_md = 0;
     if (u->call) grpc_call_unref(u->call);
     u->call = NULL;
+}
+
+int bench_user_metadata(bench_user *u, const char *key, const char *value) {
+    if (u->busy || u->n_send_md >= (int)(sizeof u->send_md / sizeof u->send_md[0])) return -1;
+    grpc_metadata *m = &u->send_md[u->n_send_md++];
+    memset(m, 0, sizeof *m);
+    m->key = grpc_slice_from_copied_string(key);
+    m->value = grpc_slice_from_copied_string(value);
+    return 0;
 }
 
 /* ---- unary calls ---- */
@@ -397,6 +413,8 @@ int bench_user_unary(bench_user *u, int method, grpc_slice req) {
     grpc_op ops[6];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = (size_t)u->n_send_md;
+    ops[0].data.send_initial_metadata.metadata = u->n_send_md ? u->send_md : NULL;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = bb;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -498,6 +516,8 @@ int bench_user_stream(bench_user *u, int method, grpc_slice req) {
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = (size_t)u->n_send_md;
+    ops[0].data.send_initial_metadata.metadata = u->n_send_md ? u->send_md : NULL;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = bb;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

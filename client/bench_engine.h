@@ -105,6 +105,10 @@ void *bench_user_payload(const bench_user *u);
 /** 0 .. users-1, unique within the phase. */
 uint64_t bench_user_id(const bench_user *u);
 
+/** Adds a metadata pair (lower-case key, e.g. "authorization") to the user's NEXT call
+ * only (at most 2; dropped when that call ends or fails to start). Only from `next`,
+ * before bench_user_unary/bench_user_stream. 0 or -1. */
+int bench_user_metadata(bench_user *u, const char *key, const char *value);
 /** Starts a unary call of `method` with the serialised request `req` (the engine
  * takes its own reference; the caller keeps its). Only from `next`. 0 or -1. */
 int bench_user_unary(bench_user *u, int method, grpc_slice req);

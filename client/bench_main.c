@@ -20,7 +20,7 @@ static const bench_scenario *const scenarios[] = {
     &bench_scen_queue,
     &bench_scen_watch,
     &bench_scen_deep_queue,
-    /* &bench_scen_booking: ReserveSeats, Pay, wait until COMPLETED (next milestone) */
+    &bench_scen_booking,
     NULL,
 };
 

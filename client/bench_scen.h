@@ -53,6 +53,7 @@ extern const bench_scenario bench_scen_ping;
 extern const bench_scenario bench_scen_queue;
 extern const bench_scenario bench_scen_watch;
 extern const bench_scenario bench_scen_deep_queue;
+extern const bench_scenario bench_scen_booking;
 
 /** A global integer option's value, or `def` when it was not given. */
 static inline int bench_opt(int64_t v, int def) { return v >= 0 ? (int)v : def; }

@@ -2,8 +2,9 @@
 # bench.sh: reproduces every figure of docs/PERFORMANCE.md with one command. Builds a
 # release concert-bench and concert-server (build-bench/), starts its own redis-server
 # and concert-server on free 127.0.0.1 ports (never 6379) with all state in a temp dir,
-# runs ping, queue, the ghz cross-check, watch and deep-queue (and an h2load ceiling
-# when h2load is installed), samples CPU/RSS of the server and Redis, writes everything
+# runs ping, queue, the ghz cross-check, watch, deep-queue and booking (with its own
+# one-node Kafka and payment-consumer), and an h2load ceiling when h2load is
+# installed, samples CPU/RSS of the server, Redis, consumer and Kafka, writes everything
 # under bench-out/<timestamp>/ with a combined summary.md, checks every report, and
 # stops what it started (by pid only) on exit, failure or Ctrl-C.
 set -euo pipefail
@@ -25,6 +26,10 @@ Runs the whole benchmark against private services and writes bench-out/<timestam
   deep-queue/    concert-bench deep-queue: 1,000,000 waiting users, then the queue
                  measurement on an empty and on the deep concert (server with
                  --admit-rate 0 --idle-timeout-ms 0), Redis memory per waiting user
+  booking/       concert-bench booking: IssueToken -> ACTIVE -> Charge, then
+                 ReserveSeats, Pay, WatchPayment until COMPLETED, through a one-node
+                 Kafka (scripts/kafka.sh) and one payment-consumer; paid
+                 reservations/s and Pay -> COMPLETED latency
   h2load/        (if h2load is installed: apt-get install nghttp2-client) Health/Check
                  under h2load, a client far cheaper than any gRPC stack
   summary.md     every figure in one table, with ratios to ping and the targets
@@ -32,7 +37,7 @@ Each concert-bench folder has report.md, report.json, series-*.tsv, charts.gp an
 PNG charts (when gnuplot is installed: apt-get install gnuplot-nox).
 
 Options:
-  --quick          ~30 s smoke run with small numbers (what the test suite calls)
+  --quick          ~45 s smoke run with small numbers (what the test suite calls)
   --out DIR        write here instead of bench-out/<timestamp>
   --build-dir DIR  build directory (default build-bench, or $CONCERT_BENCH_BUILD_DIR)
   --no-build       use the binaries already in the build directory
@@ -75,9 +80,9 @@ cd "$ROOT"
 
 # ---- sizes: full run vs --quick ---------------------------------------------------
 if ((quick)); then
-  WARMUP=1; DUR="${DUR:-2}"; WATCH_USERS=300; WATCH_DUR=3; FILL=5000; FILL_CONC=256
+  WARMUP=1; DUR="${DUR:-2}"; WATCH_USERS=300; WATCH_DUR=3; FILL=5000; FILL_CONC=256; BOOK_DUR=5
 else
-  WARMUP=2; DUR="${DUR:-10}"; WATCH_USERS=10000; WATCH_DUR=30; FILL=1000000; FILL_CONC=512
+  WARMUP=2; DUR="${DUR:-10}"; WATCH_USERS=10000; WATCH_DUR=30; FILL=1000000; FILL_CONC=512; BOOK_DUR="$DUR"
 fi
 
 if [[ -z "$OUT" ]]; then OUT="$ROOT/bench-out/$(date -u +%Y%m%dT%H%M%SZ)"; fi
@@ -89,6 +94,8 @@ TMP=""
 REDIS_PID=""
 SERVER_PID=""
 CHILD_PID="" # a concert-bench, ghz or h2load run in progress
+CONSUMER_PID=""
+KAFKA_DIR="" # set once scripts/kafka.sh start was called on it
 
 # Stops one process we started: SIGTERM, up to 5 s, then SIGKILL. Only this pid.
 stop_pid() {
@@ -108,6 +115,11 @@ cleanup() {
   trap - EXIT INT TERM
   stop_pid "$CHILD_PID"
   stop_pid "$SERVER_PID"
+  stop_pid "$CONSUMER_PID"
+  if [[ -n "$KAFKA_DIR" && -d "$KAFKA_DIR" ]]; then
+    "$ROOT/scripts/kafka.sh" stop --dir "$KAFKA_DIR" >/dev/null 2>&1 || true
+    cp -f "$KAFKA_DIR"/node1/*.log "$TMP/" 2>/dev/null || true
+  fi
   stop_pid "$REDIS_PID"
   if [[ -n "$TMP" && -d "$TMP" ]]; then
     # Keep the service logs next to the results.
@@ -146,14 +158,15 @@ TMP="$(mktemp -d -t concert-bench.XXXXXX)"
 BENCH="$BUILD/client/concert-bench"
 SERVER_BIN="$BUILD/server/concert-server"
 CTL="$BUILD/client/concertctl"
+CONSUMER_BIN="$BUILD/consumers/payment-consumer"
 if ((build)); then
   say "build (RelWithDebInfo: -O2 -g, the project's release type) in ${BUILD#"$ROOT"/}"
   cmake -S . -B "$BUILD" -G Ninja -DCONCERT_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$TMP/build.log" 2>&1 \
     || { tail -n 30 "$TMP/build.log" >&2; die "cmake failed"; }
-  ninja -C "$BUILD" concert-bench concert-server concertctl >>"$TMP/build.log" 2>&1 \
+  ninja -C "$BUILD" concert-bench concert-server concertctl payment-consumer >>"$TMP/build.log" 2>&1 \
     || { tail -n 30 "$TMP/build.log" >&2; die "build failed"; }
 fi
-for b in "$BENCH" "$SERVER_BIN" "$CTL"; do [[ -x "$b" ]] || die "$b is missing (build first or drop --no-build)"; done
+for b in "$BENCH" "$SERVER_BIN" "$CTL" "$CONSUMER_BIN"; do [[ -x "$b" ]] || die "$b is missing (build first or drop --no-build)"; done
 
 # ---- services ----------------------------------------------------------------------
 REDIS_PORT="$(free_port)"
@@ -288,7 +301,31 @@ else
 fi
 stop_pid "$SERVER_PID"; SERVER_PID=""
 
-# ---- 7. machine facts, summary, validation ----------------------------------------------
+# ---- 7. booking: reservation -> payment through Kafka and payment-consumer ---------------
+KAFKA_DIR="$TMP/kafka"
+say "kafka: one node (scripts/kafka.sh, temp dir)"
+"$ROOT/scripts/kafka.sh" start --nodes 1 --dir "$KAFKA_DIR" >"$TMP/kafka-start.log" 2>&1 \
+  || { tail -n 10 "$TMP/kafka-start.log" >&2; die "scripts/kafka.sh start failed"; }
+BROKERS="$(cat "$KAFKA_DIR/bootstrap")"
+KAFKA_PID="$(cat "$KAFKA_DIR/node1.pid" 2>/dev/null || true)"
+env -u CONCERT_KAFKA -u CONCERT_REDIS "$CONSUMER_BIN" --redis "$REDIS_URL" --kafka "$BROKERS" --create-topics \
+  2>"$TMP/payment-consumer.log" &
+CONSUMER_PID=$!
+sleep 1
+kill -0 "$CONSUMER_PID" 2>/dev/null || { tail -n 5 "$TMP/payment-consumer.log" >&2; die "payment-consumer exited at start"; }
+ADMIN_KEY="bench-$$-$RANDOM"
+start_server --kafka "$BROKERS" --admin-key "$ADMIN_KEY"
+BOOK_WATCH=(--watch-pid "payment-consumer=$CONSUMER_PID")
+[[ -n "$KAFKA_PID" ]] && BOOK_WATCH+=(--watch-pid "kafka=$KAFKA_PID")
+bench booking booking --admin-key "$ADMIN_KEY" --concurrency "$CONC" --warmup "$WARMUP" --duration "$BOOK_DUR" \
+  "${BOOK_WATCH[@]}"
+stop_pid "$SERVER_PID"; SERVER_PID=""
+stop_pid "$CONSUMER_PID"; CONSUMER_PID=""
+"$ROOT/scripts/kafka.sh" stop --dir "$KAFKA_DIR" >/dev/null 2>&1 || true
+cp -f "$KAFKA_DIR"/node1/*.log "$TMP/" 2>/dev/null || true
+KAFKA_DIR=""
+
+# ---- 8. machine facts, summary, validation ----------------------------------------------
 {
   echo "nproc: $(nproc)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
@@ -303,7 +340,7 @@ stop_pid "$SERVER_PID"; SERVER_PID=""
   echo "ghz: ${GHZ:+$("$GHZ" --version 2>&1 | head -1)}"
   echo "h2load: ${H2LOAD:+$("$H2LOAD" --version 2>&1 | head -1)}"
   echo "gnuplot: ${GNUPLOT:+$("$GNUPLOT" --version 2>&1 | head -1)}"
-  echo "mode: $([[ $quick == 1 ]] && echo quick || echo full); concurrency $CONC; warmup ${WARMUP}s; duration ${DUR}s; watch $WATCH_USERS streams ${WATCH_DUR}s; fill $FILL"
+  echo "mode: $([[ $quick == 1 ]] && echo quick || echo full); concurrency $CONC; warmup ${WARMUP}s; duration ${DUR}s; watch $WATCH_USERS streams ${WATCH_DUR}s; fill $FILL; booking ${BOOK_DUR}s"
   echo "wall time: $(($(date +%s) - T_START)) s"
 } >"$OUT/machine.txt"
 
@@ -342,7 +379,7 @@ def load(name):
                 problems.append(f"{name}/{s.get('name')}/{m.get('name')}: implausible percentiles {lat}")
     return d
 
-rep = {n: load(n) for n in ["ping", "queue", "queue-token", "watch", "deep-queue"]}
+rep = {n: load(n) for n in ["ping", "queue", "queue-token", "watch", "deep-queue", "booking"]}
 ghz = None
 if os.path.exists(os.path.join(out, "ghz", "ghz.json")):
     try:
@@ -414,6 +451,27 @@ for i, s in enumerate(deep.get("sections", [])):
 w = sec(rep["watch"])
 if w:
     row("watch (IssueToken + streams)", w, "", "")
+bk = sec(rep["booking"])
+bk_line = ""
+if bk:
+    f = bk.get("findings", {})
+    paid, p99 = f.get("paid reservations/s") or 0, f.get("Pay -> COMPLETED p99 ms")
+    failed = f.get("payments FAILED (measured window)") or 0
+    if not f.get("payments COMPLETED (measured window)"):
+        problems.append("booking: no payment COMPLETED in the measured window")
+    met = paid >= 5000 and p99 is not None and p99 < 100 and failed == 0
+    row("booking, all calls (IssueToken, GetQueueStatus, Charge, ReserveSeats, Pay)", bk,
+        ">= 5,000 paid reservations/s, p99 Pay->COMPLETED < 100 ms", "met" if met else "**missed**")
+    ms = {m["name"]: m for m in bk.get("methods", [])}
+    lat = lambda n, p: (ms.get(n, {}).get("latency_ms") or {}).get(p)
+    bk_line = (f"**booking (Kafka reservation/payment)**: **{fmt(paid)} paid reservations/s**, Pay -> COMPLETED "
+               f"p50 {fmt(f.get('Pay -> COMPLETED p50 ms'), 1)} ms / p99 {fmt(p99, 1)} ms, "
+               f"{fmt(f.get('payments COMPLETED (measured window)'))} COMPLETED, {fmt(failed)} FAILED; "
+               f"ReserveSeats p50/p99 {fmt(lat('ReserveSeats', 'p50'), 2)}/{fmt(lat('ReserveSeats', 'p99'), 2)} ms, "
+               f"Pay p50/p99 {fmt(lat('Pay', 'p50'), 2)}/{fmt(lat('Pay', 'p99'), 2)} ms; each paid reservation also "
+               f"costs a token renewal (IssueToken -> ACTIVE -> Charge, p50 "
+               f"{fmt(f.get('token renewal (IssueToken -> ACTIVE -> Charge) p50 ms'), 1)} ms, not in Pay -> COMPLETED). "
+               f"Target >= 5,000/s and p99 < 100 ms: {'met' if met else '**missed**'}.\n")
 
 lines = []
 lines.append("# concert benchmark summary\n")
@@ -428,6 +486,8 @@ lines.append("| run | OK req/s | vs ping | mean ms | p99 ms | success | server C
 lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
 lines += rows
 lines.append("")
+if bk_line:
+    lines.append(bk_line)
 
 # ghz vs concert-bench on the identical request.
 if ghz and qk:
@@ -464,7 +524,7 @@ if h2:
                  f"{fmt(h2.get('server_cpu'))} %; concert-bench ping: {fmt(ping_rps)} req/s.\n")
 
 # Scenario findings.
-for name in ["queue", "watch", "deep-queue"]:
+for name in ["queue", "watch", "deep-queue", "booking"]:
     d = rep[name]
     if not d:
         continue
