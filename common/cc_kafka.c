@@ -49,7 +49,7 @@ typedef struct {
 /* ---- shared helpers ---- */
 
 /* librdkafka logs from its own threads: one logfmt line each (cc_log is one write). */
-static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+void cc_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
     char msg[512];
     size_t n = 0;
     for (const char *s = buf; *s && n < sizeof msg - 1; s++)
@@ -77,7 +77,7 @@ int cc_kafka_ensure_topics(const char *brokers, int request_partitions, int rf, 
     if (request_partitions < 12) request_partitions = 12;
     if (timeout_ms <= 0) timeout_ms = 10000;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_log_cb(conf, cc_kafka_log_cb);
     if (conf_set(conf, "bootstrap.servers", brokers, err, errlen) < 0 ||
         conf_set(conf, "client.id", "concert-admin", err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
@@ -259,7 +259,7 @@ int cc_kafka_producer_create(cc_kafka_producer **out, uv_loop_t *loop, const cc_
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_stats_cb(conf, on_stats);
-    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_log_cb(conf, cc_kafka_log_cb);
     char why[512];
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
     if (!p->rk) {

@@ -14,6 +14,13 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include <librdkafka/rdkafka.h>
+
+/** librdkafka log callback for every client of the project (rd_kafka_conf_set_log_cb):
+ * one logfmt line per message through cc_log, at most at warn level (errors that
+ * matter also reach the clients' error callbacks). Safe from librdkafka's threads. */
+void cc_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf);
+
 #define CC_TOPIC_PAYMENT_REQUESTS "concert.payment-requests"
 #define CC_TOPIC_PAYMENT_RESULTS "concert.payment-results"
 #define CC_TOPIC_RESERVATION_EVENTS "concert.reservation-events"

@@ -246,17 +246,6 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
             rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
-static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
-    char msg[512];
-    size_t n = 0;
-    for (const char *s = buf; *s && n < sizeof msg - 1; s++)
-        msg[n++] = *s == '"' ? '\'' : *s;
-    msg[n] = '\0';
-    /* Errors that matter also reach the error callback; librdkafka's own log lines
-     * (connection failures are LOG_ERR) are at most warnings here. */
-    cc_log_level lvl = level <= LOG_WARNING ? CC_LOG_WARN : level <= LOG_INFO ? CC_LOG_INFO : CC_LOG_DEBUG;
-    cc_log(lvl, "kafka_log", "client=%s fac=%s msg=\"%s\"", rd_kafka_name(rk), fac, msg);
-}
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     pc *p = opaque;
@@ -297,7 +286,7 @@ static rd_kafka_t *make_consumer(pc *p) {
     rd_kafka_conf_set_opaque(c, p);
     rd_kafka_conf_set_rebalance_cb(c, on_rebalance);
     rd_kafka_conf_set_error_cb(c, on_error);
-    rd_kafka_conf_set_log_cb(c, on_log);
+    rd_kafka_conf_set_log_cb(c, cc_kafka_log_cb);
     char why[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, c, why, sizeof why);
     if (!rk) {
@@ -329,7 +318,7 @@ static rd_kafka_t *make_producer(pc *p) {
     rd_kafka_conf_set_opaque(c, p);
     rd_kafka_conf_set_dr_msg_cb(c, on_delivery);
     rd_kafka_conf_set_error_cb(c, on_error);
-    rd_kafka_conf_set_log_cb(c, on_log);
+    rd_kafka_conf_set_log_cb(c, cc_kafka_log_cb);
     char why[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, why, sizeof why);
     if (!rk) {

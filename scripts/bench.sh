@@ -97,18 +97,9 @@ CHILD_PID="" # a concert-bench, ghz or h2load run in progress
 CONSUMER_PID=""
 KAFKA_DIR="" # set once scripts/kafka.sh start was called on it
 
-# Stops one process we started: SIGTERM, up to 5 s, then SIGKILL. Only this pid.
-stop_pid() {
-  local pid="$1" i
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null || true
-}
+# stop_pid PID: SIGTERM, then SIGKILL after 5 s; only pids we started.
+# shellcheck source=lib/proc.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/proc.sh"
 
 cleanup() {
   local rc=$?
