@@ -125,12 +125,22 @@ static rd_kafka_t *new_client(rd_kafka_type_t type, const char *group_id) {
     return rk;
 }
 
+/* A topic created a moment ago may not be in every broker's metadata yet (seen with
+ * three brokers): ask again every 100 ms, 20 s at most. */
 static int partitions_of(rd_kafka_t *rk, const char *topic) {
     rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
-    const struct rd_kafka_metadata *md = NULL;
-    cr_assert(rd_kafka_metadata(rk, 0, t, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR, "metadata of %s", topic);
-    int n = md->topic_cnt == 1 ? md->topics[0].partition_cnt : 0;
-    rd_kafka_metadata_destroy(md);
+    int n = 0;
+    uint64_t end = th_now_ms() + 20000;
+    for (;;) {
+        const struct rd_kafka_metadata *md = NULL;
+        rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, t, &md, 5000);
+        if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            n = md->topic_cnt == 1 && !md->topics[0].err ? md->topics[0].partition_cnt : 0;
+            rd_kafka_metadata_destroy(md);
+        }
+        if (n > 0 || th_now_ms() >= end) break;
+        th_pause_ms(100);
+    }
     rd_kafka_topic_destroy(t);
     cr_assert(n > 0 && n <= 64, "%s has %d partitions", topic, n);
     return n;
