@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "cc_client.h"
 #include <time.h>
 #include <unistd.h>
 
@@ -411,23 +413,10 @@ int bench_user_unary(bench_user *u, int method, grpc_slice req) {
     u->code = GRPC_STATUS_UNKNOWN;
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&req, 1);
     grpc_op ops[6];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = (size_t)u->n_send_md;
-    ops[0].data.send_initial_metadata.metadata = u->n_send_md ? u->send_md : NULL;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = bb;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &u->init_md;
-    ops[4].op = GRPC_OP_RECV_MESSAGE;
-    ops[4].data.recv_message.recv_message = &u->resp;
-    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[5].data.recv_status_on_client.trailing_metadata = &u->trail_md;
-    ops[5].data.recv_status_on_client.status = &u->code;
-    ops[5].data.recv_status_on_client.status_details = &u->details;
+    size_t n = cc_ops_request(ops, u->send_md, (size_t)u->n_send_md, bb, &u->init_md);
+    n += cc_ops_unary_reply(ops + n, &u->resp, &u->trail_md, &u->code, &u->details);
     u->t_main.fn = on_unary;
-    grpc_call_error ce = grpc_call_start_batch(u->call, ops, 6, &u->t_main, NULL);
+    grpc_call_error ce = grpc_call_start_batch(u->call, ops, n, &u->t_main, NULL);
     grpc_byte_buffer_destroy(bb);
     if (ce != GRPC_CALL_OK) {
         call_cleanup(u);
@@ -514,15 +503,7 @@ int bench_user_stream(bench_user *u, int method, grpc_slice req) {
     u->got_first = 0;
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&req, 1);
     grpc_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = (size_t)u->n_send_md;
-    ops[0].data.send_initial_metadata.metadata = u->n_send_md ? u->send_md : NULL;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = bb;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &u->init_md;
+    cc_ops_request(ops, u->send_md, (size_t)u->n_send_md, bb, &u->init_md);
     u->t_main.fn = on_stream_start;
     u->t_status.fn = on_stream_status;
     u->t_msg.fn = on_stream_msg;

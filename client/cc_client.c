@@ -56,6 +56,32 @@ void cc_client_close(cc_client *c) {
     grpc_shutdown();
 }
 
+size_t cc_ops_request(grpc_op *ops, grpc_metadata *md, size_t n_md, grpc_byte_buffer *req,
+                      grpc_metadata_array *init_md) {
+    memset(ops, 0, 4 * sizeof *ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = n_md;
+    ops[0].data.send_initial_metadata.metadata = n_md ? md : NULL;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = req;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = init_md;
+    return 4;
+}
+
+size_t cc_ops_unary_reply(grpc_op *ops, grpc_byte_buffer **resp, grpc_metadata_array *trail, grpc_status_code *code,
+                          grpc_slice *details) {
+    memset(ops, 0, 2 * sizeof *ops);
+    ops[0].op = GRPC_OP_RECV_MESSAGE;
+    ops[0].data.recv_message.recv_message = resp;
+    ops[1].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[1].data.recv_status_on_client.trailing_metadata = trail;
+    ops[1].data.recv_status_on_client.status = code;
+    ops[1].data.recv_status_on_client.status_details = details;
+    return 2;
+}
+
 static gpr_timespec deadline_in(int timeout_ms) {
     if (timeout_ms <= 0) return gpr_inf_future(GPR_CLOCK_REALTIME);
     return gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
@@ -88,22 +114,9 @@ static int ucall_start(cc_client *c, ucall *u, grpc_completion_queue *cq, const 
     if (n_md > 8) n_md = 8;
     fill_md(u->md, md, n_md);
     grpc_op ops[6];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = (size_t)n_md;
-    ops[0].data.send_initial_metadata.metadata = u->md;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = req;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &u->init_md;
-    ops[4].op = GRPC_OP_RECV_MESSAGE;
-    ops[4].data.recv_message.recv_message = &u->resp;
-    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    ops[5].data.recv_status_on_client.trailing_metadata = &u->trail_md;
-    ops[5].data.recv_status_on_client.status = &u->code;
-    ops[5].data.recv_status_on_client.status_details = &u->details;
-    grpc_call_error e = grpc_call_start_batch(u->call, ops, 6, tag, NULL);
+    size_t n = cc_ops_request(ops, u->md, (size_t)n_md, req, &u->init_md);
+    n += cc_ops_unary_reply(ops + n, &u->resp, &u->trail_md, &u->code, &u->details);
+    grpc_call_error e = grpc_call_start_batch(u->call, ops, n, tag, NULL);
     free_md(u->md, n_md);
     return e == GRPC_CALL_OK ? 0 : -1;
 }
@@ -192,15 +205,7 @@ cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMes
     fill_md(mds, md, n_md);
     grpc_byte_buffer *bb = cc_pb_pack(req);
     grpc_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = (size_t)n_md;
-    ops[0].data.send_initial_metadata.metadata = mds;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = bb;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &s->init_md;
+    cc_ops_request(ops, mds, (size_t)n_md, bb, &s->init_md);
     grpc_call_error e = grpc_call_start_batch(s->call, ops, 4, &s->start_tag, NULL);
     free_md(mds, n_md);
     grpc_byte_buffer_destroy(bb);

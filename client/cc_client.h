@@ -24,6 +24,18 @@ typedef struct {
     char message[512];
 } cc_status;
 
+/** Fills ops[0..3] with the client's half of a call: SEND_INITIAL_METADATA (md),
+ * SEND_MESSAGE (req), SEND_CLOSE_FROM_CLIENT and RECV_INITIAL_METADATA into init_md.
+ * Returns 4. Owns nothing: md and init_md must live until the batch completes; req
+ * may be destroyed once the batch is started. Shared by this file and concert-bench. */
+size_t cc_ops_request(grpc_op *ops, grpc_metadata *md, size_t n_md, grpc_byte_buffer *req,
+                      grpc_metadata_array *init_md);
+
+/** Fills ops[0..1] with RECV_MESSAGE into *resp and RECV_STATUS_ON_CLIENT into
+ * trail/code/details: the rest of a unary call's single batch. Returns 2. */
+size_t cc_ops_unary_reply(grpc_op *ops, grpc_byte_buffer **resp, grpc_metadata_array *trail, grpc_status_code *code,
+                          grpc_slice *details);
+
 /** Opens a channel to `target` (host:port, plaintext). grpc_init() is done here. */
 cc_client *cc_client_open(const char *target);
 void cc_client_close(cc_client *c);
