@@ -1,8 +1,8 @@
 /* srv_admin: AdminService. Every call is checked against --admin-key first (constant
  * time); a server without a key refuses all of them. Catalogue keys live under the
  * concert's hash tag (see srv_booking.c); the list of concerts is one global hash,
- * cc:concerts (id -> "created|name"). Creating a concert also registers it with
- * every server's ticks (cc:queues). */
+ * cc:concerts (id -> "created|name"). A concert exists once created here: only then
+ * may users join its queue (its ticks start with the first user, see srv_queue.c). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +62,6 @@ static void on_concert(redisReply *r, const char *err, void *p) {
         char val[240];
         snprintf(val, sizeof val, "%" PRId64 "|%s", created, a->name);
         cc_redis_command(app->redis, ignore_reply, NULL, "HSET cc:concerts %s %s", a->concert, val);
-        srv_concert_remember(app, a->concert);
         CC_INFO("concert_created", "concert=%s", a->concert);
         Concert__V1__Concert c;
         concert__v1__concert__init(&c);
@@ -356,23 +355,51 @@ void srv_admin_stats(srv_call *call) {
     send_or_fail(a, cc_redis_eval(app->redis, &s_stats, on_stats, a, 1, 2, args, NULL));
 }
 
-/* ---- audit ---- */
+/* ---- audit ----
+ * In bounded steps, one Redis call at a time, so that an audit of a big concert never
+ * holds Redis (or this loop) for long and concurrent calls keep their latency:
+ *  1. 'start': the schedules and their held/sold counters;
+ *  2. 'seats' chunks (HSCAN, AUDIT_CHUNK seats) per schedule; seats are de-duplicated
+ *     in a bitmap (a scan may return one twice) and counted against the counters;
+ *  3. 'pays' chunks (SSCAN) of the concert's payments into rows;
+ *  4. rows sorted (O(n log n)) by payment id (duplicates dropped), by reservation (a
+ *     reservation paid twice) and by user; then wallet_audit.lua once per user in
+ *     that user's slot, at most AUDIT_WINDOW at a time.
+ * The audit reads live data: run it on a quiet concert (after a drill); under traffic
+ * a counter may disagree with the seats for the moment a hold takes. */
 
-/* The audit runs adm_audit.lua in the concert's slot, then wallet_audit.lua once per
- * user in that user's slot, and answers when the last one is back. */
+#define AUDIT_CHUNK "200"
+#define AUDIT_WINDOW 4
+#define AUDIT_MAX_PROBLEMS 100
+
+typedef struct {
+    char *user, *pid, *status, *amount, *rid;
+} pay_row;
+
 typedef struct {
     actx a;
     Concert__V1__AuditReport rep;
     char **problems;
     size_t n_problems, cap_problems;
-    int pending;
-    int failed; /* a Redis failure: answer with it once everything is back */
+    /* schedules */
+    char (*scheds)[SRV_MAX_ID + 1];
+    int64_t *held_counter, *sold_counter;
+    size_t n_sched, cur;
+    uint8_t *seen; /* seat bitmap of the current schedule */
+    int64_t ns, nh;
+    char cursor[32];
+    /* payments */
+    pay_row *rows;
+    size_t n_rows, cap_rows;
+    size_t next_user; /* wallet phase: first row of the next user (rows sorted by user) */
+    int inflight;
+    int failed;
     grpc_status_code fail_code;
     char fail_msg[256];
 } audit_ctx;
 
 static void add_problem(audit_ctx *x, const char *s) {
-    if (x->n_problems >= 100) return;
+    if (!*s || x->n_problems >= AUDIT_MAX_PROBLEMS) return;
     if (x->n_problems == x->cap_problems) {
         x->cap_problems = x->cap_problems ? x->cap_problems * 2 : 16;
         x->problems = realloc(x->problems, x->cap_problems * sizeof *x->problems);
@@ -381,8 +408,19 @@ static void add_problem(audit_ctx *x, const char *s) {
     x->problems[x->n_problems++] = strdup(s);
 }
 
-static void audit_done(audit_ctx *x) {
-    if (--x->pending > 0) return;
+static void audit_free(audit_ctx *x) {
+    for (size_t i = 0; i < x->n_problems; i++) free(x->problems[i]);
+    free(x->problems);
+    for (size_t i = 0; i < x->n_rows; i++) {
+        pay_row *r = &x->rows[i];
+        free(r->user), free(r->pid), free(r->status), free(r->amount), free(r->rid);
+    }
+    free(x->rows);
+    free(x->scheds), free(x->held_counter), free(x->sold_counter), free(x->seen);
+    free(x);
+}
+
+static void audit_answer(audit_ctx *x) {
     if (x->failed) {
         srv_call_finish(x->a.call, x->fail_code, "%s", x->fail_msg);
     } else {
@@ -393,9 +431,7 @@ static void audit_done(audit_ctx *x) {
         if (!x->rep.ok) CC_WARN("audit_problems", "concert=%s problems=%zu", x->a.concert, x->n_problems);
         srv_call_reply(x->a.call, &x->rep.base);
     }
-    for (size_t i = 0; i < x->n_problems; i++) free(x->problems[i]);
-    free(x->problems);
-    free(x);
+    audit_free(x);
 }
 
 static void audit_fail(audit_ctx *x, const redisReply *r, const char *err) {
@@ -406,71 +442,220 @@ static void audit_fail(audit_ctx *x, const redisReply *r, const char *err) {
     }
 }
 
+static int audit_eval(audit_ctx *x, cc_redis_cb cb, const char **argv_tail, int n_tail) {
+    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8];
+    snprintf(key, sizeof key, "cc:{%s}:concert", x->a.concert);
+    snprintf(prefix, sizeof prefix, "cc:{%s}:", x->a.concert);
+    const char *args[8] = {key, argv_tail[0], prefix};
+    for (int i = 1; i < n_tail; i++) args[2 + i] = argv_tail[i];
+    srv_app *app = srv_call_app(x->a.call);
+    return cc_redis_eval(app->redis, &s_audit, cb, x, 1, 2 + n_tail, args, NULL);
+}
+
+static void seats_next(audit_ctx *x);
+static void pays_next(audit_ctx *x);
+static void wallets_next(audit_ctx *x);
+
+static int cmp_str_field(const char *a, const char *b) { return strcmp(a ? a : "", b ? b : ""); }
+static int cmp_pid(const void *a, const void *b) {
+    return cmp_str_field(((const pay_row *)a)->pid, ((const pay_row *)b)->pid);
+}
+static int cmp_user(const void *a, const void *b) {
+    const pay_row *x = a, *y = b;
+    int c = cmp_str_field(x->user, y->user);
+    return c ? c : cmp_str_field(x->pid, y->pid);
+}
+static int cmp_rid_ptr(const void *a, const void *b) {
+    return cmp_str_field((*(pay_row *const *)a)->rid, (*(pay_row *const *)b)->rid);
+}
+
+static void on_audit_seats(redisReply *r, const char *err, void *p) {
+    audit_ctx *x = p;
+    if (!srv_script_ok(x->a.call, r, err)) {
+        audit_free(x);
+        return;
+    }
+    for (size_t i = 2; i + 3 <= r->elements; i += 3) {
+        int64_t seat = srv_int_at(r, i), kind = srv_int_at(r, i + 1);
+        if (seat >= 1 && seat <= MAX_SEATS) {
+            if (x->seen[seat >> 3] & (1u << (seat & 7))) continue; /* returned twice by the scan */
+            x->seen[seat >> 3] |= (uint8_t)(1u << (seat & 7));
+        }
+        if (kind == 2) x->ns++;
+        else if (kind == 1) x->nh++;
+        add_problem(x, srv_str_at(r, i + 2));
+    }
+    snprintf(x->cursor, sizeof x->cursor, "%s", srv_str_at(r, 1));
+    if (strcmp(x->cursor, "0") != 0) {
+        seats_next(x);
+        return;
+    }
+    /* The schedule is done: its counters must agree with its seats. */
+    char msg[200];
+    const char *sched = x->scheds[x->cur];
+    if (x->ns != x->sold_counter[x->cur]) {
+        snprintf(msg, sizeof msg, "%s: %" PRId64 " seats SOLD, counter says %" PRId64, sched, x->ns, x->sold_counter[x->cur]);
+        add_problem(x, msg);
+    }
+    if (x->nh != x->held_counter[x->cur]) {
+        snprintf(msg, sizeof msg, "%s: %" PRId64 " seats held, counter says %" PRId64, sched, x->nh, x->held_counter[x->cur]);
+        add_problem(x, msg);
+    }
+    x->rep.seats_sold += x->ns;
+    x->rep.seats_held += x->nh;
+    x->cur++;
+    x->ns = x->nh = 0;
+    memset(x->seen, 0, MAX_SEATS / 8 + 1);
+    snprintf(x->cursor, sizeof x->cursor, "0");
+    if (x->cur < x->n_sched) seats_next(x);
+    else pays_next(x);
+}
+
+static void seats_next(audit_ctx *x) {
+    const char *tail[] = {"seats", x->scheds[x->cur], x->cursor, AUDIT_CHUNK};
+    if (audit_eval(x, on_audit_seats, tail, 4) < 0) {
+        audit_fail(x, NULL, "not connected");
+        audit_answer(x);
+    }
+}
+
+/* All payments are in: de-duplicate, find reservations paid twice, then the wallets. */
+static void pays_done(audit_ctx *x) {
+    if (x->n_rows) qsort(x->rows, x->n_rows, sizeof *x->rows, cmp_pid);
+    size_t n = 0;
+    for (size_t i = 0; i < x->n_rows; i++) {
+        if (n && !cmp_str_field(x->rows[n - 1].pid, x->rows[i].pid)) {
+            pay_row *d = &x->rows[i];
+            free(d->user), free(d->pid), free(d->status), free(d->amount), free(d->rid);
+            continue;
+        }
+        x->rows[n++] = x->rows[i];
+    }
+    x->n_rows = n;
+    pay_row **completed = calloc(n ? n : 1, sizeof *completed);
+    if (!completed) abort();
+    size_t nc = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *st = x->rows[i].status;
+        if (!strcmp(st, "COMPLETED")) x->rep.payments_completed++, completed[nc++] = &x->rows[i];
+        else if (!strcmp(st, "FAILED")) x->rep.payments_failed++;
+        else x->rep.payments_in_flight++;
+    }
+    qsort(completed, nc, sizeof *completed, cmp_rid_ptr);
+    for (size_t i = 1; i < nc; i++)
+        if (!cmp_str_field(completed[i - 1]->rid, completed[i]->rid)) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "reservation %.100s paid twice", completed[i]->rid);
+            add_problem(x, msg);
+        }
+    free(completed);
+    if (n) qsort(x->rows, n, sizeof *x->rows, cmp_user);
+    x->next_user = 0;
+    wallets_next(x);
+}
+
+static void on_audit_pays(redisReply *r, const char *err, void *p) {
+    audit_ctx *x = p;
+    if (!srv_script_ok(x->a.call, r, err)) {
+        audit_free(x);
+        return;
+    }
+    for (size_t i = 2; i + 6 <= r->elements; i += 6) {
+        if (x->n_rows == x->cap_rows) {
+            x->cap_rows = x->cap_rows ? x->cap_rows * 2 : 1024;
+            x->rows = realloc(x->rows, x->cap_rows * sizeof *x->rows);
+            if (!x->rows) abort();
+        }
+        pay_row *row = &x->rows[x->n_rows++];
+        row->user = strdup(srv_str_at(r, i));
+        row->pid = strdup(srv_str_at(r, i + 1));
+        row->status = strdup(srv_str_at(r, i + 2));
+        row->amount = strdup(srv_str_at(r, i + 3));
+        row->rid = strdup(srv_str_at(r, i + 4));
+        if (!row->user || !row->pid || !row->status || !row->amount || !row->rid) abort();
+        add_problem(x, srv_str_at(r, i + 5));
+    }
+    snprintf(x->cursor, sizeof x->cursor, "%s", srv_str_at(r, 1));
+    if (strcmp(x->cursor, "0") != 0) pays_next(x);
+    else pays_done(x);
+}
+
+static void pays_next(audit_ctx *x) {
+    const char *tail[] = {"pays", x->cursor, AUDIT_CHUNK};
+    if (audit_eval(x, on_audit_pays, tail, 3) < 0) {
+        audit_fail(x, NULL, "not connected");
+        audit_answer(x);
+    }
+}
+
 static void on_wallet_audit(redisReply *r, const char *err, void *p) {
     audit_ctx *x = p;
+    x->inflight--;
     if (!r || r->type != REDIS_REPLY_ARRAY) audit_fail(x, r, err);
     else
         for (size_t i = 0; i < r->elements; i++) add_problem(x, srv_str_at(r, i));
-    audit_done(x);
+    wallets_next(x);
 }
 
-static void on_audit(redisReply *r, const char *err, void *p) {
-    audit_ctx *x = p;
-    if (!srv_script_ok(x->a.call, r, err)) {
-        free(x);
-        return;
-    }
-    x->rep.seats_sold = srv_int_at(r, 1);
-    x->rep.seats_held = srv_int_at(r, 2);
-    x->rep.payments_completed = srv_int_at(r, 3);
-    x->rep.payments_failed = srv_int_at(r, 4);
-    x->rep.payments_in_flight = srv_int_at(r, 5);
-    size_t np = (size_t)srv_int_at(r, 6), i = 7;
-    for (size_t k = 0; k < np; k++) add_problem(x, srv_str_at(r, i++));
-    /* (user, pid, status, amount)*: group the rows by user (insertion sort of their
-     * reply indexes; audits are rare and small). */
-    size_t n = (r->elements - i) / 4;
-    size_t *rows = calloc(n ? n : 1, sizeof *rows);
-    if (!rows) abort();
-    for (size_t k = 0; k < n; k++) rows[k] = i + 4 * k;
-    for (size_t a = 1; a < n; a++)
-        for (size_t b = a; b > 0 && strcmp(srv_str_at(r, rows[b - 1]), srv_str_at(r, rows[b])) > 0; b--) {
-            size_t t = rows[b];
-            rows[b] = rows[b - 1];
-            rows[b - 1] = t;
-        }
+/* Keeps up to AUDIT_WINDOW wallet checks in flight; answers when all are back. */
+static void wallets_next(audit_ctx *x) {
     srv_app *app = srv_call_app(x->a.call);
     char prefix[SRV_MAX_ID + 8];
     snprintf(prefix, sizeof prefix, "p1.%s.", x->a.concert);
-    x->pending = 1; /* held until every user's call is sent */
-    for (size_t k = 0; k < n;) {
-        const char *user = srv_str_at(r, rows[k]);
-        size_t end = k;
-        while (end < n && !strcmp(srv_str_at(r, rows[end]), user)) end++;
+    while (!x->failed && x->inflight < AUDIT_WINDOW && x->next_user < x->n_rows) {
+        size_t k = x->next_user, end = k;
+        const char *user = x->rows[k].user;
+        while (end < x->n_rows && !strcmp(x->rows[end].user, user)) end++;
+        x->next_user = end;
+        if (!srv_valid_user(user)) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "payment %.100s has no valid user", x->rows[k].pid);
+            add_problem(x, msg);
+            continue;
+        }
         size_t nargs = 4 + 3 * (end - k);
         const char **args = calloc(nargs, sizeof *args);
+        if (!args) abort();
         char k1[SRV_MAX_USER + 16], k2[SRV_MAX_USER + 16], k3[SRV_MAX_USER + 16];
         snprintf(k1, sizeof k1, "cc:{w:%s}:bal", user);
         snprintf(k2, sizeof k2, "cc:{w:%s}:pay", user);
         snprintf(k3, sizeof k3, "cc:{w:%s}:refund", user);
         args[0] = k1, args[1] = k2, args[2] = k3, args[3] = prefix;
         for (size_t j = k; j < end; j++) {
-            size_t row = rows[j];
-            args[4 + 3 * (j - k)] = srv_str_at(r, row + 1);
-            args[5 + 3 * (j - k)] = srv_str_at(r, row + 2);
-            args[6 + 3 * (j - k)] = srv_str_at(r, row + 3);
+            args[4 + 3 * (j - k)] = x->rows[j].pid;
+            args[5 + 3 * (j - k)] = x->rows[j].status;
+            args[6 + 3 * (j - k)] = x->rows[j].amount;
         }
-        x->pending++;
         x->rep.users_checked++;
-        if (cc_redis_eval(app->redis, &s_wallet_audit, on_wallet_audit, x, 3, (int)nargs, args, NULL) < 0) {
-            audit_fail(x, NULL, "not connected");
-            x->pending--;
-        }
+        int rc = cc_redis_eval(app->redis, &s_wallet_audit, on_wallet_audit, x, 3, (int)nargs, args, NULL);
         free(args);
-        k = end;
+        if (rc < 0) audit_fail(x, NULL, "not connected");
+        else x->inflight++;
     }
-    free(rows);
-    audit_done(x);
+    if (x->inflight == 0 && (x->failed || x->next_user >= x->n_rows)) audit_answer(x);
+}
+
+static void on_audit_start(redisReply *r, const char *err, void *p) {
+    audit_ctx *x = p;
+    if (!srv_script_ok(x->a.call, r, err)) {
+        audit_free(x);
+        return;
+    }
+    size_t n = (r->elements - 1) / 3;
+    x->scheds = calloc(n ? n : 1, sizeof *x->scheds);
+    x->held_counter = calloc(n ? n : 1, sizeof *x->held_counter);
+    x->sold_counter = calloc(n ? n : 1, sizeof *x->sold_counter);
+    x->seen = calloc(MAX_SEATS / 8 + 1, 1);
+    if (!x->scheds || !x->held_counter || !x->sold_counter || !x->seen) abort();
+    for (size_t i = 0; i < n; i++) {
+        snprintf(x->scheds[i], sizeof x->scheds[i], "%s", srv_str_at(r, 1 + 3 * i));
+        x->held_counter[i] = srv_int_at(r, 2 + 3 * i);
+        x->sold_counter[i] = srv_int_at(r, 3 + 3 * i);
+    }
+    x->n_sched = n;
+    snprintf(x->cursor, sizeof x->cursor, "0");
+    if (n) seats_next(x);
+    else pays_next(x);
 }
 
 void srv_admin_audit(srv_call *call) {
@@ -485,14 +670,10 @@ void srv_admin_audit(srv_call *call) {
     x->a.call = call;
     snprintf(x->a.concert, sizeof x->a.concert, "%s", req->concert_id);
     concert__v1__audit_report__init(&x->rep);
-    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8];
-    snprintf(key, sizeof key, "cc:{%s}:concert", x->a.concert);
-    snprintf(prefix, sizeof prefix, "cc:{%s}:", x->a.concert);
-    const char *args[] = {key, prefix};
-    srv_app *app = srv_call_app(call);
-    if (cc_redis_eval(app->redis, &s_audit, on_audit, x, 1, 2, args, NULL) < 0) {
+    const char *tail[] = {"start"};
+    if (audit_eval(x, on_audit_start, tail, 1) < 0) {
         srv_fail_no_redis(call);
-        free(x);
+        audit_free(x);
     }
 }
 
