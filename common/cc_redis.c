@@ -7,7 +7,6 @@
  * freed from inside one of its own callbacks (hiredis defers that by itself). */
 #include "cc_redis.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,6 +14,7 @@
 #include <string.h>
 
 #include "cc_log.h"
+#include "cc_redis_uv.h"
 #include "cc_sha1.h"
 
 enum { C_DOWN, C_RESOLVING, C_CONNECTING, C_UP };
@@ -318,7 +318,7 @@ static void connect_data(rconn *c) {
         return;
     }
     ac->data = c;
-    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+    if (cc_redis_uv_attach(ac, r->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         conn_down(c, "attach failed");
         return;
@@ -384,7 +384,7 @@ static void sentinel_next(rconn *c) {
     }
     int i = c->sentinel_idx;
     redisAsyncContext *sac = redisAsyncConnect(r->url.host[i], r->url.port[i]);
-    if (!sac || sac->err || redisLibuvAttach(sac, r->loop) != REDIS_OK) {
+    if (!sac || sac->err || cc_redis_uv_attach(sac, r->loop) != REDIS_OK) {
         if (sac) redisAsyncFree(sac);
         c->sentinel_idx++;
         sentinel_next(c);
