@@ -362,21 +362,34 @@ void srv_admin_stats(srv_call *call) {
  *  2. 'seats' chunks (HSCAN, AUDIT_CHUNK seats) per schedule; seats are de-duplicated
  *     in a bitmap (a scan may return one twice) and counted against the counters;
  *  3. 'pays' chunks (SSCAN) of the concert's payments into rows;
- *  4. rows sorted (O(n log n)) by payment id (duplicates dropped), by reservation (a
- *     reservation paid twice) and by user; then wallet_audit.lua once per user in
- *     that user's slot, at most AUDIT_WINDOW at a time.
+ *  4. as each chunk arrives its rows go into hash tables: by payment id (a scan may
+ *     return one twice: dropped), by reservation of the COMPLETED ones (a reservation
+ *     paid twice) and by user (a chain per user) - O(n) in all, spread over the chunks,
+ *     never one long sort on the loop; then wallet_audit.lua once per user in that
+ *     user's slot, at most AUDIT_WINDOW at a time.
+ * It is paced: the audit keeps a Redis call in flight at most AUDIT_DUTY of the time
+ * (it waits between steps otherwise), so that other calls keep their latency.
  * The audit reads live data: run it on a quiet concert (after a drill); under traffic
  * a counter may disagree with the seats for the moment a hold takes. */
 
-#define AUDIT_CHUNK "200"
-#define AUDIT_WINDOW 4
+#define AUDIT_CHUNK "50"
+#define AUDIT_WINDOW 2
+#define AUDIT_DUTY 0.2
 #define AUDIT_MAX_PROBLEMS 100
 
 typedef struct {
     char *user, *pid, *status, *amount, *rid;
+    uint64_t h_user, h_pid, h_rid;
+    uint32_t next_of_user; /* the user's next row + 1; 0 ends the chain */
 } pay_row;
 
+/* An open-addressing table of row indexes (+1; 0 = empty) keyed by one string field. */
 typedef struct {
+    uint32_t *slot;
+    size_t cap, n;
+} rtab;
+
+typedef struct audit_ctx {
     actx a;
     Concert__V1__AuditReport rep;
     char **problems;
@@ -391,11 +404,17 @@ typedef struct {
     /* payments */
     pay_row *rows;
     size_t n_rows, cap_rows;
-    size_t next_user; /* wallet phase: first row of the next user (rows sorted by user) */
+    rtab by_pid, by_rid, by_user; /* by_user holds each user's first row (chain head) */
+    size_t next_slot;             /* wallet phase: the next slot of by_user */
     int inflight;
     int failed;
     grpc_status_code fail_code;
     char fail_msg[256];
+    /* pacing */
+    uv_timer_t pace;
+    void (*next)(struct audit_ctx *x);
+    uint64_t start_ns, busy_ns, busy_since;
+    int busy;
 } audit_ctx;
 
 static void add_problem(audit_ctx *x, const char *s) {
@@ -408,6 +427,8 @@ static void add_problem(audit_ctx *x, const char *s) {
     x->problems[x->n_problems++] = strdup(s);
 }
 
+static void on_audit_closed(uv_handle_t *h) { free(h->data); }
+
 static void audit_free(audit_ctx *x) {
     for (size_t i = 0; i < x->n_problems; i++) free(x->problems[i]);
     free(x->problems);
@@ -416,8 +437,41 @@ static void audit_free(audit_ctx *x) {
         free(r->user), free(r->pid), free(r->status), free(r->amount), free(r->rid);
     }
     free(x->rows);
+    free(x->by_pid.slot), free(x->by_rid.slot), free(x->by_user.slot);
     free(x->scheds), free(x->held_counter), free(x->sold_counter), free(x->seen);
-    free(x);
+    x->pace.data = x;
+    uv_close((uv_handle_t *)&x->pace, on_audit_closed); /* frees x */
+}
+
+/* Occupancy: the time during which at least one audit call is in Redis. */
+static void busy_begin(audit_ctx *x) {
+    if (x->busy++ == 0) x->busy_since = uv_hrtime();
+}
+
+static void busy_end(audit_ctx *x) {
+    if (--x->busy == 0) x->busy_ns += uv_hrtime() - x->busy_since;
+}
+
+/* Milliseconds to wait so that the audit's occupancy stays under AUDIT_DUTY. */
+static uint64_t pause_ms(const audit_ctx *x) {
+    double want_ns = (double)x->busy_ns / AUDIT_DUTY, el = (double)(uv_hrtime() - x->start_ns);
+    return want_ns > el ? (uint64_t)((want_ns - el) / 1e6) + 1 : 0;
+}
+
+static void on_pace(uv_timer_t *t) {
+    audit_ctx *x = t->data;
+    x->next(x);
+}
+
+/* Runs the next step now, or after the pause the duty cycle asks for. */
+static void audit_then(audit_ctx *x, void (*fn)(audit_ctx *x)) {
+    uint64_t ms = pause_ms(x);
+    if (!ms) {
+        fn(x);
+        return;
+    }
+    x->next = fn;
+    uv_timer_start(&x->pace, on_pace, ms, 0);
 }
 
 static void audit_answer(audit_ctx *x) {
@@ -449,28 +503,117 @@ static int audit_eval(audit_ctx *x, cc_redis_cb cb, const char **argv_tail, int 
     const char *args[8] = {key, argv_tail[0], prefix};
     for (int i = 1; i < n_tail; i++) args[2 + i] = argv_tail[i];
     srv_app *app = srv_call_app(x->a.call);
-    return cc_redis_eval(app->redis, &s_audit, cb, x, 1, 2 + n_tail, args, NULL);
+    int rc = cc_redis_eval(app->redis, &s_audit, cb, x, 1, 2 + n_tail, args, NULL);
+    if (rc == 0) busy_begin(x);
+    return rc;
+}
+
+static uint64_t hash_str64(const char *s) {
+    uint64_t h = 1469598103934665603ULL;
+    for (; s && *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
 }
 
 static void seats_next(audit_ctx *x);
 static void pays_next(audit_ctx *x);
 static void wallets_next(audit_ctx *x);
 
-static int cmp_str_field(const char *a, const char *b) { return strcmp(a ? a : "", b ? b : ""); }
-static int cmp_pid(const void *a, const void *b) {
-    return cmp_str_field(((const pay_row *)a)->pid, ((const pay_row *)b)->pid);
+enum { F_PID, F_RID, F_USER };
+
+static const char *row_key(const pay_row *r, int f, uint64_t *h) {
+    *h = f == F_PID ? r->h_pid : f == F_RID ? r->h_rid : r->h_user;
+    return f == F_PID ? r->pid : f == F_RID ? r->rid : r->user;
 }
-static int cmp_user(const void *a, const void *b) {
-    const pay_row *x = a, *y = b;
-    int c = cmp_str_field(x->user, y->user);
-    return c ? c : cmp_str_field(x->pid, y->pid);
+
+static void rtab_grow(rtab *t, const pay_row *rows, int f) {
+    size_t cap = t->cap ? t->cap * 2 : 1024;
+    uint32_t *slot = calloc(cap, sizeof *slot);
+    if (!slot) abort();
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->slot[i]) continue;
+        uint64_t h;
+        row_key(&rows[t->slot[i] - 1], f, &h);
+        size_t j = h & (cap - 1);
+        while (slot[j]) j = (j + 1) & (cap - 1);
+        slot[j] = t->slot[i];
+    }
+    free(t->slot);
+    t->slot = slot;
+    t->cap = cap;
 }
-static int cmp_rid_ptr(const void *a, const void *b) {
-    return cmp_str_field((*(pay_row *const *)a)->rid, (*(pay_row *const *)b)->rid);
+
+/* The slot of the row whose field equals row `idx`'s; inserts `idx` when there is
+ * none (*added = 1). */
+static uint32_t *rtab_put(rtab *t, const pay_row *rows, int f, uint32_t idx, int *added) {
+    if ((t->n + 1) * 2 > t->cap) rtab_grow(t, rows, f);
+    uint64_t h, h2;
+    const char *key = row_key(&rows[idx], f, &h);
+    size_t j = h & (t->cap - 1);
+    while (t->slot[j]) {
+        const char *k2 = row_key(&rows[t->slot[j] - 1], f, &h2);
+        if (h2 == h && !strcmp(k2, key)) {
+            *added = 0;
+            return &t->slot[j];
+        }
+        j = (j + 1) & (t->cap - 1);
+    }
+    t->slot[j] = idx + 1;
+    t->n++;
+    *added = 1;
+    return &t->slot[j];
+}
+
+static void free_row(pay_row *r) { free(r->user), free(r->pid), free(r->status), free(r->amount), free(r->rid); }
+
+/* A payment row from a chunk: counted once, checked for a reservation paid twice and
+ * chained to its user. */
+static void take_row(audit_ctx *x, const redisReply *r, size_t i) {
+    if (x->n_rows == x->cap_rows) {
+        x->cap_rows = x->cap_rows ? x->cap_rows * 2 : 1024;
+        x->rows = realloc(x->rows, x->cap_rows * sizeof *x->rows);
+        if (!x->rows) abort();
+    }
+    uint32_t idx = (uint32_t)x->n_rows;
+    pay_row *row = &x->rows[idx];
+    memset(row, 0, sizeof *row);
+    row->user = strdup(srv_str_at(r, i));
+    row->pid = strdup(srv_str_at(r, i + 1));
+    row->status = strdup(srv_str_at(r, i + 2));
+    row->amount = strdup(srv_str_at(r, i + 3));
+    row->rid = strdup(srv_str_at(r, i + 4));
+    if (!row->user || !row->pid || !row->status || !row->amount || !row->rid) abort();
+    row->h_user = hash_str64(row->user), row->h_pid = hash_str64(row->pid), row->h_rid = hash_str64(row->rid);
+    int added;
+    rtab_put(&x->by_pid, x->rows, F_PID, idx, &added);
+    if (!added) { /* the scan returned it twice */
+        free_row(row);
+        return;
+    }
+    x->n_rows++;
+    add_problem(x, srv_str_at(r, i + 5));
+    if (!strcmp(row->status, "COMPLETED")) {
+        x->rep.payments_completed++;
+        rtab_put(&x->by_rid, x->rows, F_RID, idx, &added);
+        if (!added) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "reservation %.100s paid twice", row->rid);
+            add_problem(x, msg);
+        }
+    } else if (!strcmp(row->status, "FAILED")) {
+        x->rep.payments_failed++;
+    } else {
+        x->rep.payments_in_flight++;
+    }
+    uint32_t *head = rtab_put(&x->by_user, x->rows, F_USER, idx, &added);
+    if (!added) {
+        row->next_of_user = *head;
+        *head = idx + 1;
+    }
 }
 
 static void on_audit_seats(redisReply *r, const char *err, void *p) {
     audit_ctx *x = p;
+    busy_end(x);
     if (!srv_script_ok(x->a.call, r, err)) {
         audit_free(x);
         return;
@@ -487,7 +630,7 @@ static void on_audit_seats(redisReply *r, const char *err, void *p) {
     }
     snprintf(x->cursor, sizeof x->cursor, "%s", srv_str_at(r, 1));
     if (strcmp(x->cursor, "0") != 0) {
-        seats_next(x);
+        audit_then(x, seats_next);
         return;
     }
     /* The schedule is done: its counters must agree with its seats. */
@@ -507,8 +650,7 @@ static void on_audit_seats(redisReply *r, const char *err, void *p) {
     x->ns = x->nh = 0;
     memset(x->seen, 0, MAX_SEATS / 8 + 1);
     snprintf(x->cursor, sizeof x->cursor, "0");
-    if (x->cur < x->n_sched) seats_next(x);
-    else pays_next(x);
+    audit_then(x, x->cur < x->n_sched ? seats_next : pays_next);
 }
 
 static void seats_next(audit_ctx *x) {
@@ -520,64 +662,22 @@ static void seats_next(audit_ctx *x) {
 }
 
 /* All payments are in: de-duplicate, find reservations paid twice, then the wallets. */
+/* All payments are in (counted and de-duplicated as they came): the wallets. */
 static void pays_done(audit_ctx *x) {
-    if (x->n_rows) qsort(x->rows, x->n_rows, sizeof *x->rows, cmp_pid);
-    size_t n = 0;
-    for (size_t i = 0; i < x->n_rows; i++) {
-        if (n && !cmp_str_field(x->rows[n - 1].pid, x->rows[i].pid)) {
-            pay_row *d = &x->rows[i];
-            free(d->user), free(d->pid), free(d->status), free(d->amount), free(d->rid);
-            continue;
-        }
-        x->rows[n++] = x->rows[i];
-    }
-    x->n_rows = n;
-    pay_row **completed = calloc(n ? n : 1, sizeof *completed);
-    if (!completed) abort();
-    size_t nc = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *st = x->rows[i].status;
-        if (!strcmp(st, "COMPLETED")) x->rep.payments_completed++, completed[nc++] = &x->rows[i];
-        else if (!strcmp(st, "FAILED")) x->rep.payments_failed++;
-        else x->rep.payments_in_flight++;
-    }
-    qsort(completed, nc, sizeof *completed, cmp_rid_ptr);
-    for (size_t i = 1; i < nc; i++)
-        if (!cmp_str_field(completed[i - 1]->rid, completed[i]->rid)) {
-            char msg[200];
-            snprintf(msg, sizeof msg, "reservation %.100s paid twice", completed[i]->rid);
-            add_problem(x, msg);
-        }
-    free(completed);
-    if (n) qsort(x->rows, n, sizeof *x->rows, cmp_user);
-    x->next_user = 0;
+    x->next_slot = 0;
     wallets_next(x);
 }
 
 static void on_audit_pays(redisReply *r, const char *err, void *p) {
     audit_ctx *x = p;
+    busy_end(x);
     if (!srv_script_ok(x->a.call, r, err)) {
         audit_free(x);
         return;
     }
-    for (size_t i = 2; i + 6 <= r->elements; i += 6) {
-        if (x->n_rows == x->cap_rows) {
-            x->cap_rows = x->cap_rows ? x->cap_rows * 2 : 1024;
-            x->rows = realloc(x->rows, x->cap_rows * sizeof *x->rows);
-            if (!x->rows) abort();
-        }
-        pay_row *row = &x->rows[x->n_rows++];
-        row->user = strdup(srv_str_at(r, i));
-        row->pid = strdup(srv_str_at(r, i + 1));
-        row->status = strdup(srv_str_at(r, i + 2));
-        row->amount = strdup(srv_str_at(r, i + 3));
-        row->rid = strdup(srv_str_at(r, i + 4));
-        if (!row->user || !row->pid || !row->status || !row->amount || !row->rid) abort();
-        add_problem(x, srv_str_at(r, i + 5));
-    }
+    for (size_t i = 2; i + 6 <= r->elements; i += 6) take_row(x, r, i);
     snprintf(x->cursor, sizeof x->cursor, "%s", srv_str_at(r, 1));
-    if (strcmp(x->cursor, "0") != 0) pays_next(x);
-    else pays_done(x);
+    audit_then(x, strcmp(x->cursor, "0") != 0 ? pays_next : pays_done);
 }
 
 static void pays_next(audit_ctx *x) {
@@ -590,6 +690,7 @@ static void pays_next(audit_ctx *x) {
 
 static void on_wallet_audit(redisReply *r, const char *err, void *p) {
     audit_ctx *x = p;
+    busy_end(x);
     x->inflight--;
     if (!r || r->type != REDIS_REPLY_ARRAY) audit_fail(x, r, err);
     else
@@ -602,18 +703,20 @@ static void wallets_next(audit_ctx *x) {
     srv_app *app = srv_call_app(x->a.call);
     char prefix[SRV_MAX_ID + 8];
     snprintf(prefix, sizeof prefix, "p1.%s.", x->a.concert);
-    while (!x->failed && x->inflight < AUDIT_WINDOW && x->next_user < x->n_rows) {
-        size_t k = x->next_user, end = k;
-        const char *user = x->rows[k].user;
-        while (end < x->n_rows && !strcmp(x->rows[end].user, user)) end++;
-        x->next_user = end;
+    uint64_t wait = 0;
+    while (!x->failed && x->inflight < AUDIT_WINDOW && x->next_slot < x->by_user.cap && !(wait = pause_ms(x))) {
+        uint32_t head = x->by_user.slot[x->next_slot++];
+        if (!head) continue;
+        const char *user = x->rows[head - 1].user;
+        size_t count = 0;
+        for (uint32_t k = head; k; k = x->rows[k - 1].next_of_user) count++;
         if (!srv_valid_user(user)) {
             char msg[200];
-            snprintf(msg, sizeof msg, "payment %.100s has no valid user", x->rows[k].pid);
+            snprintf(msg, sizeof msg, "payment %.100s has no valid user", x->rows[head - 1].pid);
             add_problem(x, msg);
             continue;
         }
-        size_t nargs = 4 + 3 * (end - k);
+        size_t nargs = 4 + 3 * count;
         const char **args = calloc(nargs, sizeof *args);
         if (!args) abort();
         char k1[SRV_MAX_USER + 16], k2[SRV_MAX_USER + 16], k3[SRV_MAX_USER + 16];
@@ -621,22 +724,35 @@ static void wallets_next(audit_ctx *x) {
         snprintf(k2, sizeof k2, "cc:{w:%s}:pay", user);
         snprintf(k3, sizeof k3, "cc:{w:%s}:refund", user);
         args[0] = k1, args[1] = k2, args[2] = k3, args[3] = prefix;
-        for (size_t j = k; j < end; j++) {
-            args[4 + 3 * (j - k)] = x->rows[j].pid;
-            args[5 + 3 * (j - k)] = x->rows[j].status;
-            args[6 + 3 * (j - k)] = x->rows[j].amount;
+        size_t a = 4;
+        for (uint32_t k = head; k; k = x->rows[k - 1].next_of_user) {
+            args[a++] = x->rows[k - 1].pid;
+            args[a++] = x->rows[k - 1].status;
+            args[a++] = x->rows[k - 1].amount;
         }
         x->rep.users_checked++;
         int rc = cc_redis_eval(app->redis, &s_wallet_audit, on_wallet_audit, x, 3, (int)nargs, args, NULL);
         free(args);
-        if (rc < 0) audit_fail(x, NULL, "not connected");
-        else x->inflight++;
+        if (rc < 0) {
+            audit_fail(x, NULL, "not connected");
+        } else {
+            x->inflight++;
+            busy_begin(x);
+        }
     }
-    if (x->inflight == 0 && (x->failed || x->next_user >= x->n_rows)) audit_answer(x);
+    if (x->inflight == 0 && (x->failed || x->next_slot >= x->by_user.cap)) {
+        audit_answer(x);
+        return;
+    }
+    if (x->inflight == 0 && wait) {
+        x->next = wallets_next;
+        uv_timer_start(&x->pace, on_pace, wait, 0);
+    }
 }
 
 static void on_audit_start(redisReply *r, const char *err, void *p) {
     audit_ctx *x = p;
+    busy_end(x);
     if (!srv_script_ok(x->a.call, r, err)) {
         audit_free(x);
         return;
@@ -654,8 +770,7 @@ static void on_audit_start(redisReply *r, const char *err, void *p) {
     }
     x->n_sched = n;
     snprintf(x->cursor, sizeof x->cursor, "0");
-    if (n) seats_next(x);
-    else pays_next(x);
+    audit_then(x, n ? seats_next : pays_next);
 }
 
 void srv_admin_audit(srv_call *call) {
@@ -670,6 +785,10 @@ void srv_admin_audit(srv_call *call) {
     x->a.call = call;
     snprintf(x->a.concert, sizeof x->a.concert, "%s", req->concert_id);
     concert__v1__audit_report__init(&x->rep);
+    srv_app *app = srv_call_app(call);
+    uv_timer_init(app->loop, &x->pace);
+    x->pace.data = x;
+    x->start_ns = uv_hrtime();
     const char *tail[] = {"start"};
     if (audit_eval(x, on_audit_start, tail, 1) < 0) {
         srv_fail_no_redis(call);
