@@ -529,7 +529,7 @@ static void listen_reason(const char *addr, char *out, size_t len) {
     } else if (inet_pton(AF_INET6, h, &a6->sin6_addr) == 1) {
         a6->sin6_family = AF_INET6, a6->sin6_port = htons((uint16_t)port), sl = sizeof *a6;
     } else {
-        snprintf(out, len, "cannot resolve or bind host '%s'", h);
+        snprintf(out, len, "cannot resolve or bind host '%.100s'", h);
         return;
     }
     int fd = socket(ss.ss_family, SOCK_STREAM, 0);

@@ -53,7 +53,7 @@ static void end_test(void) {
 static grpc_status_code reserve(const char *token, const int *seats, size_t n, Concert__V1__Reservation **out,
                                 cc_status *st) {
     char auth[200];
-    snprintf(auth, sizeof auth, "Bearer %s", token);
+    snprintf(auth, sizeof auth, "Bearer %s", token ? token : "");
     cc_md md[] = {{"authorization", auth}};
     Concert__V1__ReserveSeatsRequest req = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
     req.schedule_id = "day1";
