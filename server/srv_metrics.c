@@ -52,6 +52,7 @@ static struct {
     cc_series *calls_active, *redis_up, *redis_cmds, *redis_errors, *redis_timeouts, *redis_reconnects;
     cc_series *redis_used, *redis_max, *kafka_up, *kafka_pending, *concerts;
     cc_metric *payments;
+    cc_series *redir_moved, *redir_ask, *redir_retry, *noscript;
     uv_timer_t info_timer;
     int info_timer_live, info_inflight;
     double used_memory, maxmemory; /* -1: not known yet */
@@ -146,6 +147,10 @@ static void collect(cc_metrics *reg, void *payload) {
     cc_series_set(M.redis_errors, (double)st.errors);
     cc_series_set(M.redis_timeouts, (double)st.timeouts);
     cc_series_set(M.redis_reconnects, (double)st.reconnects);
+    cc_series_set(M.redir_moved, (double)st.moved);
+    cc_series_set(M.redir_ask, (double)st.asks);
+    cc_series_set(M.redir_retry, (double)st.retries);
+    cc_series_set(M.noscript, (double)st.noscript);
     if (M.used_memory >= 0) cc_series_set(M.redis_used, M.used_memory);
     if (M.maxmemory >= 0) cc_series_set(M.redis_max, M.maxmemory);
     if (app->kafka) cc_series_set(M.kafka_pending, cc_kafka_producer_pending(app->kafka));
@@ -200,6 +205,12 @@ int srv_metrics_start(srv_app *app, const char *hostport) {
     M.redis_errors = single(cc_metrics_counter(r, "concert_redis_errors_total", "Redis commands that failed without a reply (disconnects, timeouts).", 0, NULL));
     M.redis_timeouts = single(cc_metrics_counter(r, "concert_redis_timeouts_total", "Redis commands that timed out (--redis-timeout-ms) and dropped their connection.", 0, NULL));
     M.redis_reconnects = single(cc_metrics_counter(r, "concert_redis_reconnects_total", "Redis reconnect attempts.", 0, NULL));
+    const char *lk[] = {"kind"};
+    cc_metric *redir = cc_metrics_counter(r, "concert_redis_cluster_redirects_total", "Redis Cluster replies the pool handled by itself: moved (MOVED, map updated), ask (ASK), tryagain (TRYAGAIN/CLUSTERDOWN, retried with backoff).", 1, lk);
+    M.redir_moved = cc_metric_with(redir, (const char *[]){"moved"});
+    M.redir_ask = cc_metric_with(redir, (const char *[]){"ask"});
+    M.redir_retry = cc_metric_with(redir, (const char *[]){"tryagain"});
+    M.noscript = single(cc_metrics_counter(r, "concert_redis_noscript_resends_total", "Script calls answered NOSCRIPT (flushed cache, new primary): scripts reloaded and the call resent.", 0, NULL));
     M.redis_used = single(cc_metrics_gauge(r, "concert_redis_used_memory_bytes", "Redis used_memory (INFO memory, refreshed every 5 s).", 0, NULL));
     M.redis_max = single(cc_metrics_gauge(r, "concert_redis_maxmemory_bytes", "Redis maxmemory (0: no limit; INFO memory, refreshed every 5 s).", 0, NULL));
     if (app->kafka) {
