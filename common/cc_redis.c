@@ -231,6 +231,8 @@ void cc_redis_script_init(cc_redis_script *s, const char *name, const char *body
     s->name = name;
     s->body = body;
     s->len = len;
+    s->fenced_body = NULL;
+    s->fenced_len = 0;
     cc_sha1_hex(s->sha, body, len);
 }
 
@@ -437,8 +439,10 @@ static int send_internal(rconn *c, cc_redis_cb cb, void *payload, int argc, cons
 static void load_scripts(rconn *c) {
     cc_redis *r = c->pool;
     for (int i = 0; i < r->n_scripts; i++) {
-        const char *argv[] = {"SCRIPT", "LOAD", r->scripts[i]->body};
-        size_t lens[] = {6, 4, r->scripts[i]->len};
+        const cc_redis_script *sc = r->scripts[i];
+        int f = r->url.cluster && sc->fenced_body;
+        const char *argv[] = {"SCRIPT", "LOAD", f ? sc->fenced_body : sc->body};
+        size_t lens[] = {6, 4, f ? sc->fenced_len : sc->len};
         send_internal(c, NULL, NULL, 3, argv, lens);
     }
 }
@@ -1011,11 +1015,10 @@ void cc_redis_set_scripts(cc_redis *r, cc_redis_script **scripts, int n) {
     if (!r->url.cluster) return;
     for (int i = 0; i < n; i++) {
         cc_redis_script *sc = scripts[i];
-        if (!strncmp(sc->body, fence, sizeof fence - 1)) continue; /* a second pool */
-        size_t len;
-        char *text = cc_redis_script_join((const unsigned char *)fence, sizeof fence - 2,
-                                          (const unsigned char *)sc->body, sc->len, &len);
-        cc_redis_script_init(sc, sc->name, text, len); /* kept for the process' life, as the body was */
+        if (sc->fenced_body) continue; /* a second pool */
+        sc->fenced_body = cc_redis_script_join((const unsigned char *)fence, sizeof fence - 2,
+                                               (const unsigned char *)sc->body, sc->len, &sc->fenced_len);
+        cc_sha1_hex(sc->fenced_sha, sc->fenced_body, sc->fenced_len);
     }
 }
 
@@ -1109,7 +1112,7 @@ int cc_redis_eval(cc_redis *r, const cc_redis_script *s, cc_redis_cb cb, void *p
     char nk[16];
     snprintf(nk, sizeof nk, "%d", nkeys);
     argv[0] = "EVALSHA", argvlen[0] = 7;
-    argv[1] = s->sha, argvlen[1] = 40;
+    argv[1] = r->url.cluster && s->fenced_body ? s->fenced_sha : s->sha, argvlen[1] = 40;
     argv[2] = nk, argvlen[2] = strlen(nk);
     for (int i = 0; i < nargs; i++) {
         argv[3 + i] = args[i];

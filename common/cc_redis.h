@@ -62,6 +62,11 @@ typedef struct {
     const char *body;
     size_t len;
     char sha[41];
+    /* Cluster mode: the body behind the migration fence (see cc_redis.c), made by the
+     * first cluster pool the script is given to and kept for the process' life. */
+    char *fenced_body;
+    size_t fenced_len;
+    char fenced_sha[41];
 } cc_redis_script;
 
 /** Joins `prelude` (may be NULL), a newline and `body` into a new NUL-terminated
@@ -79,8 +84,8 @@ int cc_redis_create(cc_redis **out, uv_loop_t *loop, const cc_redis_config *cfg,
 
 /** Scripts loaded (SCRIPT LOAD) on every connection as it comes up. The array must
  * outlive the pool. Call before the first connection is up. In cluster mode each
- * script gets the migration fence prepended (see cc_redis.c): its body and sha are
- * replaced by a new text the pool allocates and never frees. */
+ * script is loaded and called with the migration fence prepended (see cc_redis.c):
+ * the fenced_* fields are filled once and never freed. */
 void cc_redis_set_scripts(cc_redis *r, cc_redis_script **scripts, int n);
 
 void cc_redis_set_state_cb(cc_redis *r, cc_redis_state_cb cb, void *payload);
