@@ -1033,6 +1033,15 @@ int cc_redis_is_cluster(const cc_redis *r) { return r->url.cluster; }
 
 int cc_redis_n_nodes(const cc_redis *r) { return r->url.cluster ? r->n_primaries : 1; }
 
+const char *cc_redis_node_addr(const cc_redis *r, int node, char *buf, size_t len) {
+    buf[0] = '\0';
+    if (node < 0 || node >= cc_redis_n_nodes(r)) return buf;
+    const rnode *n = r->nodes[r->url.cluster ? r->primaries[node] : 0];
+    const rconn *c = &n->conns[0];
+    if (c->host[0]) snprintf(buf, len, "%s:%d", c->host, c->port);
+    return buf;
+}
+
 /* Sends q now, or returns -1 (and frees it) when its target has no connection up. In
  * cluster mode a slot whose primary is down fails at once too: the caller answers
  * UNAVAILABLE rather than waiting out a failover. */

@@ -101,6 +101,10 @@ int cc_redis_is_cluster(const cc_redis *r);
  * (0 before the first map). */
 int cc_redis_n_nodes(const cc_redis *r);
 
+/** "host:port" of primary `node` into buf (Sentinel: the address the first connection
+ * resolved; "" when unknown). Returns buf. */
+const char *cc_redis_node_addr(const cc_redis *r, int node, char *buf, size_t len);
+
 /** Sends a command to primary `node` (0 <= node < cc_redis_n_nodes), for what is per
  * node (SCAN, INFO, DBSIZE). Same contract as cc_redis_command_argv. */
 int cc_redis_command_node(cc_redis *r, int node, cc_redis_cb cb, void *payload, int argc, const char **argv,

@@ -140,6 +140,17 @@ static int promtool(const char *body, char *out, size_t outlen) {
     return st;
 }
 
+/* Redis used/max memory of the (only) primary, labelled with its address. */
+static int memory_known(void *arg) {
+    char *resp = http("GET", "/metrics");
+    char used[96], max[96];
+    snprintf(used, sizeof used, "\nconcert_redis_used_memory_bytes{node=\"127.0.0.1:%d\"} ", redis.port);
+    snprintf(max, sizeof max, "concert_redis_maxmemory_bytes{node=\"127.0.0.1:%d\"} 0", redis.port);
+    int ok = strstr(resp, used) && has_line(resp, max);
+    free(resp);
+    return ok;
+}
+
 Test(server, page_passes_promtool_with_standard_grpc_labels, .init = start, .fini = stop, .timeout = 60) {
     cr_assert_eq(th_admin_catalogue(cli, "mk", "met", "s1", 10, 100), GRPC_STATUS_OK);
     cr_assert_eq(th_issue(cli, "m1", "met", NULL, NULL), GRPC_STATUS_OK);
@@ -167,6 +178,7 @@ Test(server, page_passes_promtool_with_standard_grpc_labels, .init = start, .fin
     cr_expect(has_line(page, want), "%s", want);
     cr_expect(has_line(page, "# TYPE grpc_server_handling_seconds histogram"), "histogram type");
     cr_expect(has_line(page, "concert_redis_up 1"), "redis up");
+    cr_expect(th_wait_for(memory_known, NULL, 50, 3000), "Redis memory per node (INFO memory) on the page");
     cr_expect(has_line(page, "concert_build_info{version=\"" CONCERT_VERSION "\"} 1"), "build info");
     cr_expect(strstr(page, "\nprocess_cpu_seconds_total "), "process cpu");
     cr_expect(strstr(page, "\nprocess_open_fds "), "process fds");
