@@ -688,6 +688,7 @@ static void on_admit(redisReply *r, const char *err, void *p) {
         int64_t admitted = srv_int_at(r, 0), waiting = srv_int_at(r, 1), active = srv_int_at(r, 2);
         int64_t expired = srv_int_at(r, 3), idled = srv_int_at(r, 4), holds = srv_int_at(r, 5);
         int exists = srv_int_at(r, 6) != 0;
+        srv_metrics_queue_tick(c->app, c->id, admitted, waiting, active);
         if (admitted || expired || idled)
             CC_DEBUG("queue_tick", "concert=%s admitted=%" PRId64 " waiting=%" PRId64 " active=%" PRId64
                      " expired=%" PRId64 " idled=%" PRId64, c->id, admitted, waiting, active, expired, idled);

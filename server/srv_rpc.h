@@ -55,6 +55,11 @@ typedef struct {
      * (re-arming a request failed): the process should stop with an error. */
     void (*on_fatal)(const char *reason, void *payload);
     void *fatal_payload;
+    /* Optional observer of every call (metrics), run on the loop: `on_call_start` when
+     * a call is accepted, `on_call_end` when its status is sent, with the seconds in
+     * between. `method` is the index in `methods`, n_methods for an unknown method. */
+    void (*on_call_start)(void *app, int method);
+    void (*on_call_end)(void *app, int method, grpc_status_code code, double seconds);
 } srv_rpc_config;
 
 /** Creates, binds and starts the server. `methods` must outlive it; `app` is handed

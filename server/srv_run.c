@@ -19,6 +19,8 @@ static uv_signal_t sig_term, sig_int;
 
 static void on_redis_state(int up, void *payload) { srv_health_changed(payload); }
 
+static void on_kafka_state(int up, void *payload) { srv_metrics_kafka_state(payload, up); }
+
 static void on_sig_closed(uv_handle_t *h) {}
 
 static void on_rpc_done(void *payload) {
@@ -97,6 +99,7 @@ int srv_run(const srv_config *cfg) {
             fprintf(stderr, "concert-server: kafka: %s\n", err);
             srv_stop(app, SRV_EXIT_USAGE, "kafka producer");
         }
+        cc_kafka_producer_set_state_cb(app->kafka, on_kafka_state, app);
     }
     cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
 
@@ -108,6 +111,10 @@ int srv_run(const srv_config *cfg) {
                              .decode = srv_decode_request,
                              .on_fatal = on_rpc_fatal,
                              .fatal_payload = app};
+        if (cfg->metrics && *cfg->metrics) {
+            sc.on_call_start = srv_metrics_call_start;
+            sc.on_call_end = srv_metrics_call_end;
+        }
         int port = 0;
         if (srv_rpc_start(&app->rpc, app->loop, &sc, srv_methods, srv_n_methods, app, &port) < 0) {
             app->rpc = NULL;
@@ -118,8 +125,7 @@ int srv_run(const srv_config *cfg) {
         }
     }
     if (!app->shutting_down && cfg->metrics && *cfg->metrics && srv_metrics_start(app, cfg->metrics) < 0) {
-        CC_ERROR("metrics_listen_failed", "addr=%s reason=\"cannot bind (in use, or not an IPv4 HOST:PORT)\"",
-                 cfg->metrics);
+        CC_ERROR("metrics_listen_failed", "addr=%s", cfg->metrics); /* the reason: srv_metrics' line above */
         srv_stop(app, SRV_EXIT_LISTEN, "cannot serve metrics");
     }
     if (!app->shutting_down) {
