@@ -112,25 +112,12 @@ static void mint_py(const char *keyfile, const char *sub, int ttl, char *out, si
     out[strcspn(out, "\n")] = '\0';
 }
 
-static void b64url(const unsigned char *in, size_t len, char *out) {
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
-        out[o++] = t[v >> 18 & 63];
-        out[o++] = t[v >> 12 & 63];
-        if (i + 1 < len) out[o++] = t[v >> 6 & 63];
-        if (i + 2 < len) out[o++] = t[v & 63];
-    }
-    out[o] = '\0';
-}
-
 /* A JWT from raw header and payload JSON, signed "EdDSA" (Ed25519 private key),
  * "HS256" (key bytes) or not at all ("none"). */
 static void mint_c(const char *how, const void *key, size_t keylen, const char *header, const char *payload, char *out) {
     char h[512], p[1024];
-    b64url((const unsigned char *)header, strlen(header), h);
-    b64url((const unsigned char *)payload, strlen(payload), p);
+    th_b64url((const unsigned char *)header, strlen(header), h);
+    th_b64url((const unsigned char *)payload, strlen(payload), p);
     char input[1600];
     snprintf(input, sizeof input, "%s.%s", h, p);
     unsigned char sig[128];
@@ -151,7 +138,7 @@ static void mint_c(const char *how, const void *key, size_t keylen, const char *
         EVP_PKEY_free(k);
     }
     char s64[200];
-    b64url(sig, sl, s64);
+    th_b64url(sig, sl, s64);
     sprintf(out, "%s.%s", input, s64);
 }
 

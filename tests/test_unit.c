@@ -175,7 +175,6 @@ Test(valid, secret_compare) {
 }
 
 /* ---- issue 9: the string rule, the wire check, rate-limit buckets, JWTs ---- */
-#include <openssl/hmac.h>
 #include <signal.h>
 
 #include "concert/v1/admin.pb-c.h"
@@ -184,6 +183,7 @@ Test(valid, secret_compare) {
 #include "srv_app.h"
 #include "srv_ident.h"
 #include "srv_limit.h"
+#include "th.h"
 
 static srv_str_rc vs(const char *s) { return srv_valid_string(s, strlen(s), 1024); }
 
@@ -297,32 +297,10 @@ Test(limits, buckets) {
     srv_limit_free(l);
 }
 
-static void b64u(const unsigned char *in, size_t len, char *out) {
-    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
-        out[o++] = t[v >> 18 & 63];
-        out[o++] = t[v >> 12 & 63];
-        if (i + 1 < len) out[o++] = t[v >> 6 & 63];
-        if (i + 2 < len) out[o++] = t[v & 63];
-    }
-    out[o] = 0;
-}
-
 static const char jwt_secret[] = "a-test-secret-of-at-least-32-bytes-long";
 
 static void hs256(const char *header, const char *payload, char *out) {
-    char h[512], p[1024], s[64];
-    b64u((const unsigned char *)header, strlen(header), h);
-    b64u((const unsigned char *)payload, strlen(payload), p);
-    char input[1600];
-    snprintf(input, sizeof input, "%s.%s", h, p);
-    unsigned char mac[32];
-    unsigned int ml;
-    HMAC(EVP_sha256(), jwt_secret, (int)strlen(jwt_secret), (const unsigned char *)input, strlen(input), mac, &ml);
-    b64u(mac, ml, s);
-    sprintf(out, "%s.%s", input, s);
+    th_jwt_hs256(jwt_secret, strlen(jwt_secret), header, payload, out);
 }
 
 Test(jwt, hs256_claims) {

@@ -235,15 +235,9 @@ int th_server_wait_exit(th_server *s, int limit_ms) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-int th_server_log_has(const th_server *s, const char *needle) {
-    FILE *f = fopen(s->log, "r");
-    if (!f) return 0;
-    char line[4096];
-    int found = 0;
-    while (!found && fgets(line, sizeof line, f)) found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
+static int file_has(const char *path, const char *needle);
+
+int th_server_log_has(const th_server *s, const char *needle) { return file_has(s->log, needle); }
 
 void th_server_start(th_server *s, const char *redis_url, const char *const *extra) {
     char listen[64];
@@ -336,12 +330,8 @@ grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const c
                                     int seats, int64_t price) {
     cc_md md[] = {{"x-admin-key", admin_key}};
     cc_status st;
-    Concert__V1__CreateConcertRequest cr = CONCERT__V1__CREATE_CONCERT_REQUEST__INIT;
-    cr.concert_id = (char *)concert;
-    cr.name = "Test concert";
-    grpc_status_code code =
-        cc_client_unary(c, "/concert.v1.AdminService/CreateConcert", &cr.base, NULL, NULL, md, 1, 5000, &st);
-    if (code != GRPC_STATUS_OK && code != GRPC_STATUS_ALREADY_EXISTS) return code;
+    grpc_status_code code = th_admin_concert(c, admin_key, concert);
+    if (code != GRPC_STATUS_OK) return code;
     Concert__V1__SeatRange range = CONCERT__V1__SEAT_RANGE__INIT, *ranges[] = {&range};
     range.first_seat = 1;
     range.last_seat = seats;
@@ -938,4 +928,35 @@ char *th_http(int port, const char *method, const char *path) {
     buf[len] = '\0';
     close(fd);
     return buf;
+}
+
+/* ---- JWTs ---- */
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+void th_b64url(const unsigned char *in, size_t len, char *out) {
+    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
+        out[o++] = t[v >> 18 & 63];
+        out[o++] = t[v >> 12 & 63];
+        if (i + 1 < len) out[o++] = t[v >> 6 & 63];
+        if (i + 2 < len) out[o++] = t[v & 63];
+    }
+    out[o] = '\0';
+}
+
+void th_jwt_hs256(const void *key, size_t keylen, const char *header, const char *payload, char *out) {
+    size_t hl = strlen(header), pl = strlen(payload);
+    th_b64url((const unsigned char *)header, hl, out);
+    size_t o = strlen(out);
+    out[o++] = '.';
+    th_b64url((const unsigned char *)payload, pl, out + o);
+    o += strlen(out + o);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int ml = 0;
+    HMAC(EVP_sha256(), key, (int)keylen, (const unsigned char *)out, o, mac, &ml);
+    out[o++] = '.';
+    th_b64url(mac, ml, out + o);
 }

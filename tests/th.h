@@ -107,6 +107,14 @@ grpc_status_code th_raw_unary_pb(th_raw *t, const char *method, const ProtobufCM
 int th_raw_bidi(th_raw *t, const char *method, grpc_byte_buffer *const *msgs, int n, grpc_byte_buffer **out,
                 int max_out, int timeout_ms, cc_status *st);
 
+/* ---- JWTs for identity mode ---- */
+
+/** Base64url without padding (RFC 4648 section 5) of len bytes into out (4*len/3+4). */
+void th_b64url(const unsigned char *in, size_t len, char *out);
+/** A compact JWT: header and payload JSON as given, signed HS256 with `key`, into out
+ * (at least 2 * (strlen(header) + strlen(payload)) + 64 bytes). */
+void th_jwt_hs256(const void *key, size_t keylen, const char *header, const char *payload, char *out);
+
 /* ---- QueueService helpers ---- */
 #include "concert/v1/queue.pb-c.h"
 
