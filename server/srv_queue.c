@@ -73,8 +73,18 @@ typedef struct {
     char k[K_N][SRV_MAX_ID + 24];
 } queue_keys;
 
+/* "cc:{<concert>}:<suffix>" for every key, by copying (this runs for every queue call:
+ * snprintf here was a tenth of the server's instructions on the GetQueueStatus path). */
 static void make_keys(queue_keys *qk, const char *concert) {
-    for (int i = 0; i < K_N; i++) snprintf(qk->k[i], sizeof qk->k[i], "cc:{%s}:%s", concert, key_suffix[i]);
+    size_t cl = strnlen(concert, SRV_MAX_ID);
+    for (int i = 0; i < K_N; i++) {
+        char *p = qk->k[i];
+        memcpy(p, "cc:{", 4);
+        memcpy(p + 4, concert, cl);
+        p[4 + cl] = '}', p[5 + cl] = ':';
+        size_t sl = strlen(key_suffix[i]);
+        memcpy(p + 6 + cl, key_suffix[i], sl + 1);
+    }
 }
 
 /* ---- registry ---- */
@@ -214,7 +224,7 @@ static int take_token(srv_call *call, qctx *q, const char *token) {
 
 static void user_key(char *out, size_t len, const char *user) { snprintf(out, len, "cc:{w:%s}:queues", user); }
 
-/* 'set' or 'del' one (concert, token) of the user's record; not awaited. */
+/* 'del' one (concert, token) of the user's record; not awaited. */
 static void user_record(srv_app *app, const char *user, const char *concert, const char *token, const char *mode) {
     char key[SRV_MAX_USER + 24];
     user_key(key, sizeof key, user);
@@ -223,11 +233,13 @@ static void user_record(srv_app *app, const char *user, const char *concert, con
 }
 
 /* ---- IssueToken ----
- * 1. queue_user 'check' (user slot): may this user join one more concert? If the
- *    record is full, each recorded token is looked at in its own concert (queue_watch)
- *    and the dead ones are removed before a second, final check.
- * 2. queue_issue (concert slot): NOT_FOUND unless an admin created the concert.
- * 3. queue_user 'set' when the token is not recorded yet (not awaited). */
+ * 1. queue_issue (concert slot): NOT_FOUND unless an admin created the concert; an
+ *    existing WAITING or ACTIVE token is answered at once (one round trip, as ever).
+ * 2. For a new token only: queue_user 'add' (user slot) records it unless the user
+ *    already waits in --max-queues-per-user concerts. When full, each recorded token is
+ *    looked at in its own concert (queue_watch) and the dead ones are pruned before a
+ *    second, final 'add'; still full, the new token is given up (queue_leave) and the
+ *    call answers RESOURCE_EXHAUSTED. */
 
 #define MAX_CAP_ENTRIES 1000
 
@@ -238,9 +250,9 @@ typedef struct {
 } cap_entry;
 
 typedef struct {
-    qctx q;
+    qctx q; /* q.token: the fresh token, then the one issued */
     char user[SRV_MAX_USER + 1];
-    char recorded[SRV_TOKEN_MAX + 1];
+    Concert__V1__QueueStatus st; /* the answer, sent once the token is recorded */
     int pruned;
     int pending;
     int failed;
@@ -253,22 +265,46 @@ static void ictx_free(ictx *x) {
     free(x);
 }
 
-static void send_check(ictx *x);
+static void send_add(ictx *x);
+
+static void answer_issued(ictx *x) {
+    x->st.token = x->q.token;
+    x->st.concert_id = x->q.concert;
+    srv_call_reply(x->q.call, &x->st.base);
+    concert_note(x->q.app, x->q.concert);
+}
+
+static void on_undo(redisReply *r, const char *err, void *p) {}
+
+/* Over the cap: the token just made is given up, then the call refused. */
+static void refuse_over_cap(ictx *x) {
+    queue_keys qk;
+    make_keys(&qk, x->q.concert);
+    const char *args[] = {qk.k[K_USERS],  qk.k[K_TOK],  qk.k[K_WAIT],    qk.k[K_SEEN],
+                          qk.k[K_ACTIVE], qk.k[K_GONE], qk.k[K_CONCERT], x->q.token};
+    cc_redis_eval(x->q.app->redis, &s_leave, on_undo, NULL, 7, 8, args, NULL);
+    srv_call_finish(x->q.call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                    "concert_id: user_id already waits in %" PRId64 " concerts, the most at once; leave one first",
+                    x->q.app->cfg.max_queues_per_user);
+    ictx_free(x);
+}
 
 static void on_issue(redisReply *r, const char *err, void *p) {
     ictx *x = p;
     qctx *q = &x->q;
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 5) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 6) {
         srv_fail_redis(q->call, r, err);
     } else if (srv_int_at(r, 1) < 0) {
         finish_no_concert(q->call, "concert_id", q->concert);
     } else {
-        Concert__V1__QueueStatus st;
         const char *tok = r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str : "";
-        fill_status(&st, tok, q->concert, (int)srv_int_at(r, 1), srv_int_at(r, 2), srv_int_at(r, 3), srv_int_at(r, 4));
-        srv_call_reply(q->call, &st.base);
-        if (strcmp(tok, x->recorded) != 0) user_record(q->app, x->user, q->concert, tok, "set");
-        concert_note(q->app, q->concert);
+        fill_status(&x->st, NULL, NULL, (int)srv_int_at(r, 1), srv_int_at(r, 2), srv_int_at(r, 3), srv_int_at(r, 4));
+        snprintf(q->token, sizeof q->token, "%s", tok);
+        if (srv_int_at(r, 5)) {
+            send_add(x); /* a new token: counted against the cap first */
+            return;
+        }
+        answer_issued(x);
     }
     ictx_free(x);
 }
@@ -294,6 +330,11 @@ typedef struct {
     size_t i;
 } probe_arg;
 
+static void probes_done(ictx *x) {
+    if (x->failed) ictx_free(x);
+    else send_add(x);
+}
+
 static void on_probe(redisReply *r, const char *err, void *p) {
     probe_arg *a = p;
     ictx *x = a->x;
@@ -305,9 +346,7 @@ static void on_probe(redisReply *r, const char *err, void *p) {
         srv_fail_redis(x->q.call, r, err);
     }
     free(a);
-    if (--x->pending > 0) return;
-    if (x->failed) ictx_free(x);
-    else send_check(x);
+    if (--x->pending == 0) probes_done(x);
 }
 
 static void probe_entries(ictx *x) {
@@ -339,12 +378,10 @@ static void probe_entries(ictx *x) {
             }
         }
     }
-    if (--x->pending > 0) return;
-    if (x->failed) ictx_free(x);
-    else send_check(x);
+    if (--x->pending == 0) probes_done(x);
 }
 
-static void on_check(redisReply *r, const char *err, void *p) {
+static void on_add(redisReply *r, const char *err, void *p) {
     ictx *x = p;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         srv_fail_redis(x->q.call, r, err);
@@ -352,15 +389,12 @@ static void on_check(redisReply *r, const char *err, void *p) {
         return;
     }
     if (srv_int_at(r, 0) == 0) {
-        snprintf(x->recorded, sizeof x->recorded, "%s", srv_str_at(r, 1));
-        send_issue(x);
+        answer_issued(x);
+        ictx_free(x);
         return;
     }
     if (x->pruned) {
-        srv_call_finish(x->q.call, GRPC_STATUS_RESOURCE_EXHAUSTED,
-                        "concert_id: user_id already waits in %" PRId64 " concerts, the most at once; leave one first",
-                        x->q.app->cfg.max_queues_per_user);
-        ictx_free(x);
+        refuse_over_cap(x);
         return;
     }
     /* Full: find out which of the recorded tokens still live. */
@@ -377,20 +411,20 @@ static void on_check(redisReply *r, const char *err, void *p) {
     probe_entries(x);
 }
 
-static void send_check(ictx *x) {
+static void send_add(ictx *x) {
     srv_app *app = x->q.app;
     char key[SRV_MAX_USER + 24], cap[24];
     user_key(key, sizeof key, x->user);
     snprintf(cap, sizeof cap, "%" PRId64, app->cfg.max_queues_per_user);
     size_t n_dead = 0;
     for (size_t i = 0; i < x->n_entries; i++) n_dead += x->entries[i].dead;
-    const char **args = calloc(4 + 2 * n_dead, sizeof *args);
+    const char **args = calloc(5 + 2 * n_dead, sizeof *args);
     if (!args) abort();
-    args[0] = key, args[1] = "check", args[2] = x->q.concert, args[3] = cap;
-    size_t k = 4;
+    args[0] = key, args[1] = "add", args[2] = x->q.concert, args[3] = x->q.token, args[4] = cap;
+    size_t k = 5;
     for (size_t i = 0; i < x->n_entries; i++)
         if (x->entries[i].dead) args[k++] = x->entries[i].concert, args[k++] = x->entries[i].token;
-    int rc = cc_redis_eval(app->redis, &s_user, on_check, x, 1, (int)k, args, NULL);
+    int rc = cc_redis_eval(app->redis, &s_user, on_add, x, 1, (int)k, args, NULL);
     free(args);
     if (rc < 0) {
         srv_fail_no_redis(x->q.call);
@@ -422,7 +456,7 @@ void srv_queue_issue_token(srv_call *call) {
         srv_call_finish(call, GRPC_STATUS_INTERNAL, "no randomness available");
         return;
     }
-    send_check(x);
+    send_issue(x);
 }
 
 /* ---- GetQueueStatus ---- */

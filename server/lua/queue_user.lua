@@ -6,25 +6,22 @@
 -- No TTL: under memory pressure nothing of a user's may be evicted.
 -- KEYS: 1 cc:{w:<user>}:queues
 -- ARGV: 1 mode
---   'check', 2 concert, 3 cap, 4.. (concert, token) pairs found dead, removed first:
---     {0, token recorded for this concert or ''} may join; {1, concert, token, ...} full
---   'set', 2 concert, 3 token: records the token; {0}
+--   'add', 2 concert, 3 token, 4 cap, 5.. (concert, token) pairs found dead, removed
+--     first: records the token and answers {0} if the concert is recorded already or
+--     fewer than cap are; else {1, concert, token, ...} (the record, nothing added)
 --   'del', 2 concert, 3 token: forgets it if it is still the one recorded; {0}
 local mode = ARGV[1]
-if mode == 'set' then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-  return {0}
-end
 if mode == 'del' then
   if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[2]) end
   return {0}
 end
-for i = 4, #ARGV - 1, 2 do
+for i = 5, #ARGV - 1, 2 do
   if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
 end
-local mine = redis.call('HGET', KEYS[1], ARGV[2])
-if mine then return {0, mine} end
-if redis.call('HLEN', KEYS[1]) < tonumber(ARGV[3]) then return {0, ''} end
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+  return {0}
+end
 local out = {1}
 for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
 return out
