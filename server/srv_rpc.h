@@ -36,6 +36,7 @@ typedef struct {
     const char *listen;   /* host:port; port 0 picks one */
     int requests_per_method; /* armed requests per method (default 16) */
     int max_message_bytes;   /* largest request accepted (default 1 MiB) */
+    grpc_server_credentials *creds; /* taken and released by srv_rpc_start; NULL = plaintext */
 } srv_rpc_config;
 
 /** Creates, binds and starts the server. `methods` must outlive it; `app` is handed
