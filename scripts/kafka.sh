@@ -67,7 +67,11 @@ log() { echo "kafka.sh: $*" >&2; }
 CMD="${1:-}"
 [[ -n "$CMD" ]] || { usage >&2; exit 2; }
 shift
-case "$CMD" in -h|--help|help) usage; exit 0 ;; esac
+case "$CMD" in
+  -h|--help|help) usage; exit 0 ;;
+  start|stop|kill-node|start-node|create-topic|status|bootstrap|tool) ;;
+  *) echo "kafka.sh: unknown command '$CMD' (see --help)" >&2; exit 2 ;;
+esac
 
 DIR="" NODES="" NODE="" TOPIC="" PARTITIONS="" RF="" TOPIC_CONFIGS=() TOOL_ARGS=()
 if [[ "$CMD" == tool ]]; then

@@ -9,7 +9,7 @@ set -uo pipefail
 OPS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD="${CONCERT_BUILD_DIR:-$OPS_ROOT/build}"
 CONCERT_VENV="${CONCERT_VENV:-$HOME/.cache/concert/venv}"
-export PATH="$HOME/go/bin:$PATH"
+export PATH="${GOBIN:-$HOME/go/bin}:$PATH"
 # Nothing from the caller's environment may point a binary elsewhere.
 unset CONCERT_SERVER CONCERT_REDIS CONCERT_KAFKA CONCERT_METRICS CONCERT_ADMIN_KEY CONCERT_TOKEN CONCERT_GROUP \
   CONCERT_TLS CONCERT_TLS_CA CONCERT_TLS_CERT CONCERT_TLS_KEY CONCERT_TLS_CLIENT_CA CONCERT_TLS_CLIENT_CERT \
