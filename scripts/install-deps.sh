@@ -7,17 +7,19 @@
 # Python venv (install-python.sh). Used by the README commands, .ci/run and the
 # Dockerfile. Safe to run again.
 #   scripts/install-deps.sh            # everything
-#   scripts/install-deps.sh --debian   # only the Debian packages (the Dockerfile's build stage)
+#   scripts/install-deps.sh --debian   # only the Debian packages
+#   scripts/install-deps.sh --build    # only what compiling needs (the Dockerfile's build stage)
 #   scripts/install-deps.sh --help
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
-only_debian=0
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+only_debian=0 build_only=0
 for a in "$@"; do
   case "$a" in
     -h|--help) usage; exit 0 ;;
     --debian) only_debian=1 ;;
+    --build) only_debian=1 build_only=1 ;;
     *) echo "install-deps: unknown argument: $a" >&2; exit 2 ;;
   esac
 done
@@ -26,14 +28,20 @@ pkgs=(build-essential cmake ninja-build pkg-config git python3
       libgrpc-dev protobuf-compiler libprotobuf-c-dev protobuf-c-compiler
       libhiredis-dev librdkafka-dev libuv1-dev libcriterion-dev
       redis-server redis-sentinel gnuplot-nox procps
-      prometheus python3-venv openssl util-linux ca-certificates)
+      prometheus python3-venv openssl libssl-dev util-linux ca-certificates)
+if [ "$build_only" -eq 1 ]; then
+  pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates libgrpc-dev protobuf-compiler
+        libprotobuf-c-dev protobuf-c-compiler libhiredis-dev librdkafka-dev libuv1-dev libssl-dev)
+fi
 # A JDK 17+ and Maven for Kafka (jars from Maven Central) and the Java client check,
 # from Debian only when none is on PATH.
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1; }
-if ! command -v javac >/dev/null 2>&1 || [ "$(java_major || echo 0)" -lt 17 ] 2>/dev/null; then
-  pkgs+=(openjdk-17-jdk-headless)
+need_jdk=0
+if ! command -v javac >/dev/null 2>&1; then need_jdk=1
+else v="$(java_major)"; [ "${v:-0}" -ge 17 ] || need_jdk=1
 fi
-command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
+[ "$build_only" -eq 0 ] && [ "$need_jdk" -eq 1 ] && pkgs+=(openjdk-17-jdk-headless)
+[ "$build_only" -eq 1 ] || command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
 
 missing=()
 for p in "${pkgs[@]}"; do
