@@ -28,7 +28,7 @@ pkgs=(build-essential cmake ninja-build pkg-config git python3
       libgrpc-dev protobuf-compiler libprotobuf-c-dev protobuf-c-compiler
       libhiredis-dev librdkafka-dev libuv1-dev libcriterion-dev
       redis-server redis-sentinel gnuplot-nox procps
-      prometheus python3-venv openssl libssl-dev util-linux ca-certificates)
+      prometheus python3-venv openssl libssl-dev util-linux ca-certificates jq)
 if [ "$build_only" -eq 1 ]; then
   pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates libgrpc-dev protobuf-compiler
         libprotobuf-c-dev protobuf-c-compiler libhiredis-dev librdkafka-dev libuv1-dev libssl-dev)
