@@ -29,6 +29,7 @@ pkgs=(build-essential cmake ninja-build pkg-config git python3
       libhiredis-dev librdkafka-dev libuv1-dev libcriterion-dev
       redis-server redis-sentinel gnuplot-nox procps
       prometheus python3-venv openssl libssl-dev util-linux ca-certificates jq)
+# prometheus: promtool, which checks our /metrics pages and alert rules
 if [ "$build_only" -eq 1 ]; then
   pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates libgrpc-dev protobuf-compiler
         libprotobuf-c-dev protobuf-c-compiler libhiredis-dev librdkafka-dev libuv1-dev libssl-dev)

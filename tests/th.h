@@ -130,4 +130,28 @@ int th_consumer_log_has(th_consumer *c, const char *needle, int limit_ms);
 int th_consumer_stop(th_consumer *c);
 /** SIGKILL, reaps it. */
 void th_consumer_kill(th_consumer *c);
+
+/* ---- Redis Cluster (scripts/redis-cluster.sh) ---- */
+
+typedef struct {
+    char dir[256];    /* redis-cluster.sh --dir */
+    char seeds[512];  /* host:port,host:port,... (every node) */
+    char url[600];    /* redis-cluster://<seeds> */
+    int nodes;
+    int reaper_fd;
+    pid_t reaper;
+} th_rcluster;
+
+/** Starts a cluster of `primaries` primaries with `replicas` replicas each (scripts/
+ * redis-cluster.sh start) in a new temp folder and waits for cluster_state:ok; forks a
+ * reaper as th_kafka_start does. Returns 0, or -1 with the reason in err. */
+int th_rcluster_start(th_rcluster *c, int primaries, int replicas, char *err, size_t errlen);
+/** Stops every node, removes the folder, dismisses the reaper. */
+void th_rcluster_stop(th_rcluster *c);
+/** SIGKILLs node n (1-based); 0 or the script's exit status. */
+int th_rcluster_kill_node(th_rcluster *c, int node);
+/** Restarts node n; 0 or the script's exit status. */
+int th_rcluster_start_node(th_rcluster *c, int node);
+/** Node n's port (0 if unknown). */
+int th_rcluster_port(th_rcluster *c, int node);
 #endif

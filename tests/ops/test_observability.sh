@@ -6,7 +6,7 @@
 #  - every Grafana panel query is valid PromQL (checked as recording rules by promtool)
 #    on the provisioned datasource, and the dashboard shows admission, queue depth,
 #    latency, payments by outcome and consumer lag;
-#  - every metric the bundle uses is one of the shared names (README, "Operations");
+#  - every metric the bundle uses is one of the shared names (README, "Metrics");
 #  - every alert has a runbook section in docs/RUNBOOK.md;
 #  - against a live concert-server (and payment-consumer) with --metrics: every name
 #    the bundle uses for that process is served (skipped, and said so, while the binary
@@ -51,7 +51,7 @@ for want in concert_queue_admitted_total concert_queue_waiting grpc_server_handl
   check "the dashboard shows $want" grep -q "$want" "$D/grafana/dashboards/concert.json"
 done
 
-# The shared metric names (the team brief; README, "Operations"). Anything else used by
+# The shared metric names (the team brief; README, "Metrics"). Anything else used by
 # the bundle is a typo the scrape would never match.
 NAMES="grpc_server_started_total grpc_server_handled_total grpc_server_handling_seconds
 concert_queue_waiting concert_queue_active concert_queue_admitted_total concert_redis_up concert_kafka_up
