@@ -7,10 +7,8 @@
 #    on the provisioned datasource, and the dashboard shows admission, queue depth,
 #    latency, payments by outcome and consumer lag;
 #  - every metric the bundle uses is one of the shared names (README, "Metrics");
-#  - every alert has a runbook section in docs/RUNBOOK.md;
-#  - against a live concert-server (and payment-consumer) with --metrics: every name
-#    the bundle uses for that process is served (skipped, and said so, while the binary
-#    does not serve the shared names yet).
+#  - every alert has a runbook section in docs/RUNBOOK.md.
+# That the running binaries serve these names is checked by test_examples.
 source "$(dirname "$0")/lib.sh"
 need promtool python3
 D="$OPS_ROOT/deploy"
@@ -97,32 +95,6 @@ for r in rules:
 if bad: sys.exit("\n".join(bad))
 PY
 
-# Live: the names the bundle uses for each job are served.
-served_check() { # JOB URL
-  local job="$1" url="$2" f="$OPS_TMP/scrape-$1.txt"
-  python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('$url', timeout=5).read().decode())" >"$f" || return 1
-  local prefix; [[ $job == server ]] && prefix='grpc_server_|concert_' || prefix='payment_consumer_'
-  local missing=""
-  for n in $(grep -v '^ *#' "$D/prometheus/alerts.yml" "$D/grafana/dashboards/concert.json" | grep -ohE "\\b($prefix)[a-z_]+" | sed 's/_bucket$//' | sort -u); do
-    grep -qE "^# TYPE $n |^$n(\\{| )|^${n}_bucket" "$f" || missing="$missing $n"
-  done
-  [[ -z "$missing" ]] || { echo "not served by $job:$missing"; return 1; }
-}
-need redis-server redis-cli
-start_redis
-MP="$(free_port)"
-start_server live --redis "$REDIS_URL" --metrics "127.0.0.1:$MP" || die "concert-server did not start"
-"$BUILD/client/concertctl" --server "$SERVER_ADDR" queue join --user u1 --concert c1 >/dev/null 2>&1 || true
-python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$MP/metrics', timeout=5).read().decode())" >"$OPS_TMP/probe.txt" 2>/dev/null || true
-if grep -q '^grpc_server_handled_total' "$OPS_TMP/probe.txt" || grep -q '^# TYPE grpc_server_handled_total' "$OPS_TMP/probe.txt"; then
-  check "concert-server serves every name the bundle uses for it" served_check server "http://127.0.0.1:$MP/metrics"
-else
-  echo "# SKIP live concert-server names: this build does not serve grpc_server_handled_total yet (the shared metric names are not merged)"
-fi
-check "concert-server stops with exit 0" stop_server
-if "$BUILD/consumers/payment-consumer" --help 2>&1 | grep -q -- '--metrics'; then
-  echo "# payment-consumer has --metrics: checked by test_runbook_drills/test_python_flow runs with a broker"
-else
-  echo "# SKIP live payment-consumer names: payment-consumer has no --metrics yet"
-fi
+# Live: the names used are served by the real binaries: tests/ops/test_examples.sh
+# (a server with Kafka and a consumer, after a full flow).
 ops_done
