@@ -25,6 +25,14 @@ commands:
   start-node --dir DIR --node N
         Restart node N with its nodes.conf and data; waits until the cluster is ok
         again from that node's point of view.
+  move-slot --dir DIR --slot S --to-node N [--batch K] [--pause-ms MS]
+        Live resharding of one slot to node N (a primary) while clients run: the
+        steps of `redis-cli --cluster reshard` (SETSLOT IMPORTING/MIGRATING,
+        MIGRATE in batches of K keys (default 100) with MS between batches
+        (default 0), SETSLOT NODE everywhere), plus a fence: while the slot moves,
+        every concert-server/payment-consumer Lua script on a hash tag of that slot
+        answers TRYAGAIN (the clients retry), because our scripts touch keys they do
+        not declare and would otherwise see half-moved data. See docs/DATA.md.
   status --dir DIR
         One line per node: N, port, pid or "down", role (master/slave) as it says.
   seeds --dir DIR
@@ -53,7 +61,7 @@ CMD="${1:-}"
 shift
 case "$CMD" in -h|--help|help) usage; exit 0 ;; esac
 
-DIR="" PRIMARIES=3 REPLICAS=1 NODE="" NODE_TIMEOUT=1000 MAXMEM=""
+DIR="" PRIMARIES=3 REPLICAS=1 NODE="" NODE_TIMEOUT=1000 MAXMEM="" SLOT="" BATCH=100 PAUSE_MS=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
@@ -62,6 +70,10 @@ while [[ $# -gt 0 ]]; do
     --node) NODE="${2:?--node needs a value}"; shift 2 ;;
     --node-timeout-ms) NODE_TIMEOUT="${2:?--node-timeout-ms needs a value}"; shift 2 ;;
     --maxmemory) MAXMEM="${2:?--maxmemory needs a value}"; shift 2 ;;
+    --slot) SLOT="${2:?--slot needs a value}"; shift 2 ;;
+    --to-node) NODE="${2:?--to-node needs a value}"; shift 2 ;;
+    --batch) BATCH="${2:?--batch needs a value}"; shift 2 ;;
+    --pause-ms) PAUSE_MS="${2:?--pause-ms needs a value}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -218,8 +230,70 @@ cmd_stop() {
   return 0
 }
 
+# The port of the primary serving SLOT now, from any running node's CLUSTER NODES:
+# "<id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges...>".
+slot_owner() {
+  local n port
+  for ((n = 1; n <= $(node_count); n++)); do
+    node_pid "$n" >/dev/null || continue
+    port="$(cli "$(node_port "$n")" CLUSTER NODES 2>/dev/null | tr -d '\r' | awk -v s="$1" '
+      $3 ~ /master/ && $3 !~ /fail/ {
+        for (i = 9; i <= NF; i++) {
+          if ($i ~ /^\[/) continue
+          split($i, r, "-"); lo = r[1] + 0; hi = (r[2] == "" ? lo : r[2] + 0)
+          if (s >= lo && s <= hi) { split($2, a, "[:@]"); print a[2]; exit }
+        }
+      }')"
+    [[ -n "$port" ]] && { echo "$port"; return 0; }
+  done
+  return 1
+}
+
+cmd_move_slot() {
+  [[ "$SLOT" =~ ^[0-9]+$ && "$SLOT" -lt 16384 ]] || die "--slot must be 0..16383"
+  need_node
+  local dst src src_id dst_id
+  dst="$(node_port "$NODE")"
+  src="$(slot_owner "$SLOT")" || die "no node serves slot $SLOT"
+  [[ "$src" != "$dst" ]] || { log "slot $SLOT is already on node $NODE"; return 0; }
+  src_id="$(cli "$src" CLUSTER MYID | tr -d '\r')"
+  dst_id="$(cli "$dst" CLUSTER MYID | tr -d '\r')"
+  # Every hash tag of ours in the slot gets a fence on both sides before anything moves.
+  local tags
+  tags="$(cli "$src" --raw CLUSTER GETKEYSINSLOT "$SLOT" 1000000 | sed -n 's/^\(cc:{[^}]*}:\).*/\1/p' | sort -u)"
+  local t
+  for t in $tags; do cli "$src" SET "${t}frozen" 1 >/dev/null; done
+  cli "$dst" CLUSTER SETSLOT "$SLOT" IMPORTING "$src_id" >/dev/null
+  for t in $tags; do printf 'ASKING\nSET %s 1\n' "${t}frozen" | cli "$dst" >/dev/null; done
+  cli "$src" CLUSTER SETSLOT "$SLOT" MIGRATING "$dst_id" >/dev/null
+  local keys moved=0
+  while :; do
+    mapfile -t keys < <(cli "$src" --raw CLUSTER GETKEYSINSLOT "$SLOT" $((BATCH + 64)) | grep -v ':frozen$' | head -n "$BATCH")
+    [[ "${#keys[@]}" -gt 0 && -n "${keys[0]}" ]] || break
+    local out
+    out="$(cli "$src" MIGRATE 127.0.0.1 "$dst" "" 0 5000 KEYS "${keys[@]}")"
+    [[ "$out" == OK || "$out" == NOKEY ]] || die "MIGRATE failed: $out"
+    moved=$((moved + ${#keys[@]}))
+    if [[ "$PAUSE_MS" -gt 0 ]]; then sleep "$(awk -v m="$PAUSE_MS" 'BEGIN { printf "%.3f", m / 1000 }')"; fi
+  done
+  for t in $tags; do cli "$src" DEL "${t}frozen" >/dev/null; done
+  cli "$dst" CLUSTER SETSLOT "$SLOT" NODE "$dst_id" >/dev/null
+  cli "$src" CLUSTER SETSLOT "$SLOT" NODE "$dst_id" >/dev/null
+  local n p
+  for ((n = 1; n <= $(node_count); n++)); do
+    p="$(node_port "$n")"
+    [[ "$p" == "$src" || "$p" == "$dst" ]] && continue
+    node_pid "$n" >/dev/null || continue
+    [[ "$(cli "$p" ROLE | head -1 | tr -d '\r')" == master ]] || continue
+    cli "$p" CLUSTER SETSLOT "$SLOT" NODE "$dst_id" >/dev/null
+  done
+  for t in $tags; do cli "$dst" DEL "${t}frozen" >/dev/null; done
+  log "slot $SLOT moved from 127.0.0.1:$src to 127.0.0.1:$dst ($moved keys, fenced tags: $(echo $tags | wc -w))"
+}
+
 case "$CMD" in
   start) cmd_start ;;
+  move-slot) cmd_move_slot ;;
   stop) cmd_stop ;;
   kill-node)
     need_node

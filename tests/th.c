@@ -650,3 +650,51 @@ int th_rcluster_port(th_rcluster *c, int node) {
     if (rcluster_sh(c, args, out, sizeof out) != 0) return 0;
     return atoi(out);
 }
+
+/* ---- metrics endpoint ---- */
+
+static int logged_metrics_port(void *arg) {
+    th_server *s = arg;
+    FILE *fp = fopen(s->log, "r");
+    if (!fp) return 0;
+    char line[1024];
+    int port = 0;
+    while (fgets(line, sizeof line, fp)) {
+        const char *p = strstr(line, "event=metrics_listening");
+        if (p && (p = strstr(p, " port="))) port = atoi(p + 6);
+    }
+    fclose(fp);
+    s->metrics_port = port;
+    return port > 0;
+}
+
+int th_metrics_port(th_server *s) {
+    s->metrics_port = 0;
+    th_wait_for(logged_metrics_port, s, 10, 5000);
+    return s->metrics_port;
+}
+
+char *th_http(int port, const char *method, const char *path) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert(connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "connect to 127.0.0.1:%d", port);
+    char req[256];
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\n\r\n", method, path);
+    cr_assert(write(fd, req, (size_t)n) == n);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    cr_assert(buf);
+    ssize_t r;
+    while ((r = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)r;
+        if (cap - len < 4096) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            cr_assert(buf);
+        }
+    }
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}

@@ -24,6 +24,7 @@ typedef struct {
     int port;
     char addr[64];
     char log[300];
+    int metrics_port; /* filled by th_metrics_port */
 } th_server;
 
 /** A free TCP port on 127.0.0.1 (bound and released). */
@@ -49,6 +50,13 @@ redisContext *th_redis_connect(const th_redis *r);
 void th_server_start(th_server *s, const char *redis_url, const char *const *extra);
 /** SIGTERM, waits; returns its exit status (or -1 if it had to be killed). */
 int th_server_stop(th_server *s);
+
+/** The port a server started with `--metrics HOST:0` bound, from its
+ * `event=metrics_listening ... port=N` log line (waits up to 5 s); 0 if none. */
+int th_metrics_port(th_server *s);
+/** One HTTP/1.1 request to 127.0.0.1:port; the whole response (headers and body),
+ * caller frees. */
+char *th_http(int port, const char *method, const char *path);
 
 /** Starts argv[0] (PATH lookup) with stdout and stderr appended to `log` (NULL:
  * /dev/null); it gets SIGKILL when this process dies. */
