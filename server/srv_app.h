@@ -33,6 +33,7 @@ typedef struct {
     int64_t sweep_interval_ms;  /* how often lapsed holds are expired and reported */
     int64_t kafka_timeout_ms;   /* how long the producer retries a payment request */
     int64_t payment_watch_interval_ms;
+    const char *tls_cert, *tls_key, *tls_client_ca; /* srv_tls.h; unset = plaintext */
 } srv_config;
 
 typedef struct srv_concert srv_concert;
