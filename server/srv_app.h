@@ -40,6 +40,7 @@ typedef struct {
     const char *rate_peer;       /* per peer address and method */
     int64_t max_queues_per_user; /* concerts one user may wait in (or be ACTIVE in) at once */
     int64_t seat_cache_ms;       /* how old a seat map served by ListSeats may be */
+    const char *tls_cert, *tls_key, *tls_client_ca; /* srv_tls.h; unset = plaintext */
 } srv_config;
 
 typedef struct srv_concert srv_concert;

@@ -612,11 +612,12 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
             0);
         if (!regs[i]) {
             CC_ERROR("grpc_register_failed", "method=%s", methods[i].path);
+            if (cfg->creds) grpc_server_credentials_release(cfg->creds); /* taken, as on success */
             free_unstarted(s, regs);
             return -1;
         }
     }
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = cfg->creds ? cfg->creds : grpc_insecure_server_credentials_create();
     int port = grpc_server_add_http2_port(s->server, cfg->listen, creds);
     grpc_server_credentials_release(creds);
     if (port == 0) {

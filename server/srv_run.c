@@ -13,6 +13,7 @@
 
 #include "cc_kafka.h"
 #include "cc_log.h"
+#include "srv_tls.h"
 #include "srv_valid.h"
 
 static uv_signal_t sig_term, sig_int;
@@ -104,9 +105,19 @@ int srv_run(const srv_config *cfg) {
     cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
 
     grpc_init();
+    const char *tls_mode = "plaintext";
+    grpc_server_credentials *creds = NULL;
+    if (!app->shutting_down) {
+        creds = srv_tls_credentials(cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, &tls_mode, err, sizeof err);
+        if (!creds) {
+            fprintf(stderr, "concert-server: %s\n", err);
+            srv_stop(app, SRV_EXIT_USAGE, err);
+        }
+    }
     if (!app->shutting_down) {
         srv_rpc_config sc = {.listen = cfg->listen,
                              .requests_per_method = (int)cfg->requests_per_method,
+                             .creds = creds, /* taken by srv_rpc_start, also when it fails */
                              .reuse_port = cfg->reuse_port,
                              .decode = srv_decode_request,
                              .on_fatal = on_rpc_fatal,
@@ -120,8 +131,8 @@ int srv_run(const srv_config *cfg) {
             app->rpc = NULL;
             srv_stop(app, SRV_EXIT_LISTEN, "cannot listen on the gRPC address");
         } else {
-            CC_INFO("listening", "addr=%s port=%d redis=%s methods=%d reuse_port=%d", cfg->listen, port,
-                    cfg->redis_url, srv_n_methods, cfg->reuse_port);
+            CC_INFO("listening", "addr=%s port=%d redis=%s methods=%d tls=%s reuse_port=%d", cfg->listen, port,
+                    cfg->redis_url, srv_n_methods, tls_mode, cfg->reuse_port);
         }
     }
     if (!app->shutting_down && cfg->metrics && *cfg->metrics && srv_metrics_start(app, cfg->metrics) < 0) {
