@@ -42,13 +42,29 @@ Test(valid, users) {
 }
 
 Test(token, round_trip_and_uniqueness) {
-    char a[SRV_TOKEN_MAX + 1], b[SRV_TOKEN_MAX + 1], concert[SRV_MAX_ID + 1];
-    cr_assert(srv_token_new(a, "c1") == 0);
-    cr_assert(srv_token_new(b, "c1") == 0);
-    cr_expect_str_neq(a, b, "two tokens must differ");
-    cr_expect_eq(strlen(a), 3 + 2 + 1 + 32, "token %s has 128 bits in 32 hex digits", a);
+    char a[SRV_TOKEN_MAX + 1], b[SRV_TOKEN_MAX + 1], ha[33], hb[33], concert[SRV_MAX_ID + 1];
+    unsigned char ia[16], ib[16];
+    cr_assert(srv_token_id_new(ia, ha) == 0);
+    cr_assert(srv_token_id_new(ib, hb) == 0);
+    cr_expect_str_neq(ha, hb, "two token ids must differ");
+    size_t la = srv_token_format(a, "c1", 42, ha);
+    srv_token_format(b, "c1", 9007199254740991LL, hb);
+    cr_expect_eq(la, strlen(a));
+    cr_expect_eq(strlen(a), 3 + 2 + 1 + 2 + 1 + 32, "token %s: concert, n, 128 bits in 32 hex digits", a);
+    srv_token_parts p;
+    cr_assert(srv_token_split(a, strlen(a), &p) == 0);
+    cr_expect_str_eq(p.concert, "c1");
+    cr_expect_eq(p.n, 42);
+    cr_expect(!memcmp(p.id, ia, 16));
+    cr_assert(srv_token_split(b, strlen(b), &p) == 0, "%s", b);
+    cr_expect_eq(p.n, 9007199254740991LL);
     cr_assert(srv_token_parse(a, strlen(a), concert) == 0);
     cr_expect_str_eq(concert, "c1");
+    /* The layout before (v1) still parses, as a token of its concert with n = 0. */
+    const char *v1 = "v1.c-1.0123456789abcdef0123456789abcdef";
+    cr_assert(srv_token_split(v1, strlen(v1), &p) == 0);
+    cr_expect_str_eq(p.concert, "c-1");
+    cr_expect_eq(p.n, 0);
 }
 
 Test(token, forged_shapes_are_refused) {
@@ -56,7 +72,13 @@ Test(token, forged_shapes_are_refused) {
     const char *bad[] = {"", "v1.c1", "v2.c1.0123456789abcdef0123456789abcdef",
                          "v1.c1.0123456789abcdef0123456789abcdeF", "v1.c1.0123456789abcdef0123456789abcde",
                          "v1.c 1.0123456789abcdef0123456789abcdef", "v1..0123456789abcdef0123456789abcdef",
-                         "v1.c1x0123456789abcdef0123456789abcdef"};
+                         "v1.c1x0123456789abcdef0123456789abcdef", "v2.c1.0.0123456789abcdef0123456789abcdef",
+                         "v2.c1.07.0123456789abcdef0123456789abcdef", "v2.c1.-7.0123456789abcdef0123456789abcdef",
+                         "v2.c1.12345678901234567.0123456789abcdef0123456789abcdef",
+                         "v2.c1.9007199254740992.0123456789abcdef0123456789abcdef",
+                         "v2..7.0123456789abcdef0123456789abcdef", "v2.7.0123456789abcdef0123456789abcdef",
+                         "v2.c.1.7.0123456789abcdef0123456789abcdef", "v3.c1.7.0123456789abcdef0123456789abcdef",
+                         "v2.c1.7.0123456789abcdef0123456789abcdef0"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         cr_expect(srv_token_parse(bad[i], strlen(bad[i]), concert) < 0, "'%s' must not parse", bad[i]);
 }

@@ -375,11 +375,13 @@ char *th_redis_digest(const th_redis *r) {
     redisReply *keys = redisCommand(rc, "KEYS *");
     size_t cap = 64 + keys->elements * 96, used = 0;
     char *out = calloc(1, cap);
-    /* Sorted for a stable digest; admission bookkeeping (q:adm) ticks on its own. */
+    /* Sorted for a stable digest; admission bookkeeping (q:adm) and the idle sweep's
+     * cursor (q:ep) tick on their own. */
     char **names = calloc(keys->elements + 1, sizeof *names);
     size_t n = 0;
     for (size_t i = 0; i < keys->elements; i++)
-        if (!strstr(keys->element[i]->str, ":q:adm")) names[n++] = keys->element[i]->str;
+        if (!strstr(keys->element[i]->str, ":q:adm") && !strstr(keys->element[i]->str, ":q:ep"))
+            names[n++] = keys->element[i]->str;
     for (size_t i = 1; i < n; i++)
         for (size_t j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
             char *t = names[j];

@@ -33,5 +33,6 @@ redis.call('HSET', P .. 'p:' .. newpid, 'rid', rid, 'user', user, 'amount', f[4]
   'status', 'SUBMITTING', 'reason', '', 'created', now, 'updated', now, 'token', tok)
 redis.call('HSET', P .. 'pk:' .. user, key, newpid)
 redis.call('SADD', P .. 'pays', newpid)
+redis.call('ZADD', P .. 'pend', now, newpid) -- unsettled payments, read by ADAPTIVE admission (queue_admit)
 redis.call('HSET', r, 'payment', newpid)
 return pay_reply(P, newpid, 1)
