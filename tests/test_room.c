@@ -5,7 +5,7 @@
  * input on every new policy field (INVALID_ARGUMENT naming the field, nothing changed
  * in Redis). The adaptive controller is in test_adaptive.c (it needs Kafka), the
  * invariants with two servers under every method in test_admission.c, the Python
- * verification recipes in tests/ops/test_room.sh. */
+ * verification recipes in tests/ops/test_room_recipes.sh. */
 #include <criterion/criterion.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
