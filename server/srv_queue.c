@@ -6,8 +6,9 @@
  * the sorted set q:wait (token id + user, scored by the join number n the token
  * carries) and one field of q:users (user -> n), plus bits in per-chunk bitmaps for the
  * idle timeout; ACTIVE and ended tokens are keyed by token (q:tok, q:active, q:gone,
- * q:since) as the booking and payment scripts expect. cc:{w:U}:queues (the user's
- * concerts, for the cap) and cc:queues (concerts with live users) as before.
+ * q:since) as the booking and payment scripts expect. cc:{uq:<b>}:users (the users'
+ * concerts, for the cap; in 65536 small buckets, see queue_user.lua) and cc:queues
+ * (concerts with live users).
  *
  * Work is proportional to live state, never to ids a stranger made up: IssueToken,
  * GetQueueStatus, WatchQueueStatus and LeaveQueue on a concert no admin created answer
@@ -288,14 +289,22 @@ static int base_args(const srv_app *app, const srv_queue_keys *k, const char *co
 
 /* ---- the per-user record (cap on concerts waited in at once) ---- */
 
-static void user_key(char *out, size_t len, const char *user) { snprintf(out, len, "cc:{w:%s}:queues", user); }
+#define USER_BUCKETS 65536 /* queue_user.lua: records in small hashes (listpacks) */
 
-/* 'del' one (concert, token) of the user's record; not awaited. */
-static void user_record(srv_app *app, const char *user, const char *concert, const char *token, const char *mode) {
-    char key[SRV_MAX_USER + 24];
+/* The bucket of a user's record: "cc:{uq:<FNV-1a(user) mod 65536>}:users". */
+static void user_key(char *out, size_t len, const char *user) {
+    snprintf(out, len, "cc:{uq:%u}:users", (unsigned)(hash_str(user) % USER_BUCKETS));
+}
+
+/* 'del' the (concert, token) entry of the user's record; not awaited. */
+static void user_record(srv_app *app, const char *user, const char *concert, const char *token) {
+    srv_token_parts tp;
+    if (srv_token_split(token, strlen(token), &tp) < 0) return;
+    char key[48], n[24];
     user_key(key, sizeof key, user);
-    const char *args[] = {key, mode, concert, token};
-    cc_redis_eval(app->redis, &s_user, ignore_reply, NULL, 1, 4, args, NULL);
+    snprintf(n, sizeof n, "%" PRId64, tp.n);
+    const char *args[] = {key, "del", user, concert, n};
+    cc_redis_eval(app->redis, &s_user, ignore_reply, NULL, 1, 5, args, NULL);
 }
 
 /* ---- IssueToken ----
@@ -606,19 +615,30 @@ static void on_add(redisReply *r, const char *err, void *p) {
 
 static void send_add(ictx *x) {
     srv_app *app = x->q.app;
-    char key[SRV_MAX_USER + 24], cap[24];
+    char key[48], cap[24];
     user_key(key, sizeof key, x->user);
     snprintf(cap, sizeof cap, "%" PRId64, app->cfg.max_queues_per_user);
     size_t n_dead = 0;
     for (size_t i = 0; i < x->n_entries; i++) n_dead += x->entries[i].dead;
-    const char **args = calloc(5 + 2 * n_dead, sizeof *args);
-    if (!args) abort();
-    args[0] = key, args[1] = "add", args[2] = x->q.concert, args[3] = x->q.token, args[4] = cap;
-    size_t k = 5;
-    for (size_t i = 0; i < x->n_entries; i++)
-        if (x->entries[i].dead) args[k++] = x->entries[i].concert, args[k++] = x->entries[i].token;
-    int rc = cc_redis_eval(app->redis, &s_user, on_add, x, 1, (int)k, args, NULL);
+    const char **args = calloc(7 + 2 * n_dead, sizeof *args);
+    size_t *lens = calloc(7 + 2 * n_dead, sizeof *lens);
+    char(*nums)[24] = calloc(n_dead + 1, sizeof *nums);
+    if (!args || !lens || !nums) abort();
+    args[0] = key, args[1] = "add", args[2] = x->user, args[3] = x->q.concert, args[4] = x->q.n;
+    args[5] = (const char *)x->q.id, args[6] = cap;
+    size_t k = 7, d = 0;
+    for (size_t i = 0; i < x->n_entries; i++) {
+        srv_token_parts tp;
+        if (!x->entries[i].dead) continue;
+        if (srv_token_split(x->entries[i].token, strlen(x->entries[i].token), &tp) < 0) tp.n = 0;
+        snprintf(nums[d], sizeof nums[d], "%" PRId64, tp.n);
+        args[k++] = x->entries[i].concert, args[k++] = nums[d++];
+    }
+    for (size_t i = 0; i < k; i++) lens[i] = i == 5 ? 16 : strlen(args[i]);
+    int rc = cc_redis_eval(app->redis, &s_user, on_add, x, 1, (int)k, args, lens);
     free(args);
+    free(lens);
+    free(nums);
     if (rc < 0) {
         srv_fail_no_redis(x->q.call);
         ictx_free(x);
@@ -841,7 +861,7 @@ static void on_leave(redisReply *r, const char *err, void *p) {
         resp.previous_state = (Concert__V1__QueueState)prev;
         srv_call_reply(q->call, &resp.base);
         const char *user = srv_str_at(r, 1);
-        if (*user && srv_valid_user(user)) user_record(q->app, user, q->concert, q->token, "del");
+        if (*user && srv_valid_user(user)) user_record(q->app, user, q->concert, q->token);
     }
     free(q);
 }
@@ -1099,7 +1119,7 @@ static void on_admit(redisReply *r, const char *err, void *p) {
         /* Ended tokens the queue forgot: out of their users' records too. */
         for (size_t i = 13; i + 1 < r->elements; i += 2) {
             const char *user = srv_str_at(r, i);
-            if (srv_valid_user(user)) user_record(app, user, c->id, srv_str_at(r, i + 1), "del");
+            if (srv_valid_user(user)) user_record(app, user, c->id, srv_str_at(r, i + 1));
         }
         int empty = !exists || (waiting == 0 && active == 0 && holds == 0);
         if (!empty) {
