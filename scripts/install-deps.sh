@@ -20,7 +20,8 @@ done
 pkgs=(build-essential cmake ninja-build pkg-config git python3
       libgrpc-dev protobuf-compiler libprotobuf-c-dev protobuf-c-compiler
       libhiredis-dev librdkafka-dev libuv1-dev libcriterion-dev
-      redis-server redis-sentinel gnuplot-nox procps)
+      redis-server redis-sentinel gnuplot-nox procps
+      prometheus)  # prometheus: promtool, which checks our /metrics pages and alert rules
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -106,9 +106,20 @@ void srv_payment_pay(srv_call *c);
 void srv_payment_get(srv_call *c);
 void srv_payment_watch(srv_call *c);
 
-/** Serves Prometheus text on HOST:PORT (IPv4); 0 or -1. */
+/** Serves Prometheus metrics on HOST:PORT (GET /metrics; port 0 picks one and the
+ * `metrics_listening` log line names it); 0, or -1 with the reason on stderr. */
 int srv_metrics_start(srv_app *app, const char *hostport);
 void srv_metrics_stop(srv_app *app);
+/** srv_rpc call observer (srv_rpc_config.on_call_start / on_call_end). */
+void srv_metrics_call_start(void *app, int method);
+void srv_metrics_call_end(void *app, int method, grpc_status_code code, double seconds);
+/** One admission tick's reply for `concert` (queue gauges, admitted counter). */
+void srv_metrics_queue_tick(srv_app *app, const char *concert, int64_t admitted, int64_t waiting, int64_t active);
+/** Counts one Pay answer by `outcome` (pending, completed, failed, unavailable, rejected). */
+void srv_metrics_payment(srv_app *app, const char *outcome);
+/** The Kafka producer's state changed. */
+void srv_metrics_kafka_state(srv_app *app, int up);
+/* Every srv_metrics_* call is a no-op without --metrics. */
 
 void srv_wallet_init(srv_app *app);
 void srv_wallet_balance(srv_call *c);

@@ -1,176 +1,238 @@
-/* srv_metrics: a tiny HTTP endpoint (--metrics HOST:PORT) on the server's loop that
- * answers any GET with Prometheus text: calls by method and code, active calls and
- * streams, Redis and Kafka health. One short-lived connection per scrape; nothing
- * here blocks. */
+/* srv_metrics: concert-server's Prometheus metrics (--metrics HOST:PORT), on the
+ * shared registry and HTTP endpoint of common/cc_metrics.
+ *
+ * Families (names shared with the dashboards and alerts in deploy/):
+ * - gRPC, as the go-grpc-prometheus convention names them: grpc_server_started_total,
+ *   grpc_server_handled_total, grpc_server_handling_seconds (histogram), labels
+ *   grpc_service / grpc_method / grpc_type (/ grpc_code), fed by srv_rpc's call
+ *   observer with series handles cached per method (no lookup per call);
+ * - the queue per concert: concert_queue_waiting, concert_queue_active (gauges, as
+ *   this server's last admission tick saw them) and concert_queue_admitted_total
+ *   (admissions this server's ticks made; sum over servers for the concert's total);
+ * - Redis and Kafka health: up gauges, command counters, and Redis memory
+ *   (used_memory, maxmemory) from an `INFO memory` every few seconds;
+ * - process_* and concert_build_info, from cc_metrics.
+ * Owns the registry (static: one per process). Must not block the loop or call Redis
+ * per scrape. */
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cc_kafka.h"
 #include "cc_log.h"
+#include "cc_metrics.h"
 #include "srv_app.h"
 
-static uv_tcp_t listener;
-static int listening;
+#ifndef CONCERT_VERSION
+#define CONCERT_VERSION "dev"
+#endif
 
-typedef struct {
-    uv_tcp_t tcp;
-    uv_write_t wr;
-    srv_app *app;
-    char in[2048];
-    size_t in_len;
-    char *out;
-    int replied;
-} mconn;
+#define REDIS_INFO_INTERVAL_MS 5000
 
 static const char *const code_names[] = {
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+    "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
+    "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated",
 };
 
 typedef struct {
-    char *buf;
-    size_t len, cap;
-} sbuf;
+    char service[128], method[96];
+    const char *type;
+    cc_series *started, *seconds;
+    cc_series *handled[17];
+} method_series;
 
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...) {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = b->cap * 2 + (size_t)(n > 0 ? n : 64);
-        b->buf = realloc(b->buf, b->cap);
-        if (!b->buf) abort();
+static struct {
+    cc_metrics *reg;
+    srv_app *app;
+    method_series *methods; /* srv_n_methods + 1 (unknown) */
+    cc_metric *started, *handled, *seconds;
+    cc_metric *q_waiting, *q_active, *q_admitted;
+    cc_series *calls_active, *redis_up, *redis_cmds, *redis_errors, *redis_timeouts, *redis_reconnects;
+    cc_series *redis_used, *redis_max, *kafka_up, *kafka_pending, *concerts;
+    cc_metric *payments;
+    uv_timer_t info_timer;
+    int info_timer_live, info_inflight;
+    double used_memory, maxmemory; /* -1: not known yet */
+} M;
+
+/* "/pkg.Service/Method" -> service "pkg.Service", method "Method". */
+static void split_path(const char *path, method_series *ms) {
+    const char *p = path[0] == '/' ? path + 1 : path;
+    const char *slash = strrchr(p, '/');
+    if (!slash) {
+        snprintf(ms->service, sizeof ms->service, "unknown");
+        snprintf(ms->method, sizeof ms->method, "%s", p);
+        return;
     }
+    snprintf(ms->service, sizeof ms->service, "%.*s", (int)(slash - p), p);
+    snprintf(ms->method, sizeof ms->method, "%s", slash + 1);
+}
+
+static method_series *series_of(int method) {
+    if (!M.methods || method < 0 || method > srv_n_methods) return NULL;
+    return &M.methods[method];
+}
+
+void srv_metrics_call_start(void *app, int method) {
+    method_series *ms = series_of(method);
+    if (ms) cc_series_add(ms->started, 1);
+}
+
+void srv_metrics_call_end(void *app, int method, grpc_status_code code, double seconds) {
+    method_series *ms = series_of(method);
+    if (!ms) return;
+    if ((int)code < 0 || (int)code > 16) code = GRPC_STATUS_UNKNOWN;
+    if (!ms->handled[code]) {
+        const char *v[] = {ms->type, ms->service, ms->method, code_names[code]};
+        ms->handled[code] = cc_metric_with(M.handled, v);
+    }
+    cc_series_add(ms->handled[code], 1);
+    cc_series_observe(ms->seconds, seconds);
+}
+
+void srv_metrics_queue_tick(srv_app *app, const char *concert, int64_t admitted, int64_t waiting, int64_t active) {
+    if (!M.reg) return;
+    const char *v[] = {concert};
+    cc_series_set(cc_metric_with(M.q_waiting, v), (double)waiting);
+    cc_series_set(cc_metric_with(M.q_active, v), (double)active);
+    cc_series *a = cc_metric_with(M.q_admitted, v);
+    if (admitted > 0) cc_series_add(a, (double)admitted);
+}
+
+void srv_metrics_payment(srv_app *app, const char *outcome) {
+    if (!M.reg) return;
+    const char *v[] = {outcome};
+    cc_series_add(cc_metric_with(M.payments, v), 1);
+}
+
+void srv_metrics_kafka_state(srv_app *app, int up) {
+    if (M.reg) cc_series_set(M.kafka_up, up);
+}
+
+/* ---- Redis memory, every few seconds (never per scrape) ---- */
+
+static double info_field(const char *info, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = info; (p = strstr(p, name)); p += n)
+        if ((p == info || p[-1] == '\n') && p[n] == ':') return strtod(p + n + 1, NULL);
+    return -1;
+}
+
+static void on_info(redisReply *r, const char *err, void *payload) {
+    M.info_inflight = 0;
+    if (!M.reg || !r || r->type != REDIS_REPLY_STRING) return;
+    M.used_memory = info_field(r->str, "used_memory");
+    M.maxmemory = info_field(r->str, "maxmemory");
+}
+
+static void on_info_timer(uv_timer_t *t) {
+    if (M.info_inflight || !M.app || !cc_redis_is_up(M.app->redis)) return;
+    if (cc_redis_command(M.app->redis, on_info, NULL, "INFO memory") == 0) M.info_inflight = 1;
 }
 
 static void count_concert(srv_app *app, const char *concert, void *arg) { ++*(int *)arg; }
 
-/** Renders the metrics page (caller frees *out). */
-static size_t render(srv_app *app, char **out) {
-    sbuf b = {malloc(8192), 0, 8192};
-    if (!b.buf) abort();
+static void collect(cc_metrics *reg, void *payload) {
+    srv_app *app = payload;
     srv_rpc_stats rs;
     srv_rpc_get_stats(app->rpc, &rs);
-    sb_printf(&b, "# HELP concert_grpc_calls_total Finished gRPC calls by method and status code.\n"
-                  "# TYPE concert_grpc_calls_total counter\n");
-    for (int m = 0; m <= srv_n_methods; m++)
-        for (int code = 0; code <= 16; code++) {
-            uint64_t v = srv_rpc_calls(app->rpc, m, (grpc_status_code)code);
-            if (!v) continue;
-            sb_printf(&b, "concert_grpc_calls_total{method=\"%s\",code=\"%s\"} %" PRIu64 "\n",
-                      m < srv_n_methods ? srv_methods[m].path : "unknown", code_names[code], v);
-        }
-    sb_printf(&b, "# TYPE concert_grpc_calls_active gauge\nconcert_grpc_calls_active %" PRIu64 "\n", rs.active);
-    sb_printf(&b, "# TYPE concert_grpc_calls_accepted_total counter\nconcert_grpc_calls_accepted_total %" PRIu64 "\n",
-              rs.accepted);
+    cc_series_set(M.calls_active, (double)rs.active);
     cc_redis_stats st;
     cc_redis_get_stats(app->redis, &st);
-    sb_printf(&b,
-              "# TYPE concert_redis_up gauge\nconcert_redis_up %d\n"
-              "# TYPE concert_redis_commands_total counter\nconcert_redis_commands_total %" PRIu64 "\n"
-              "# TYPE concert_redis_errors_total counter\nconcert_redis_errors_total %" PRIu64 "\n"
-              "# TYPE concert_redis_timeouts_total counter\nconcert_redis_timeouts_total %" PRIu64 "\n"
-              "# TYPE concert_redis_reconnects_total counter\nconcert_redis_reconnects_total %" PRIu64 "\n",
-              cc_redis_is_up(app->redis), st.sent, st.errors, st.timeouts, st.reconnects);
-    if (app->kafka)
-        sb_printf(&b, "# TYPE concert_kafka_pending_messages gauge\nconcert_kafka_pending_messages %d\n",
-                  cc_kafka_producer_pending(app->kafka));
-    int concerts = 0;
-    srv_concerts_foreach(app, count_concert, &concerts);
-    sb_printf(&b, "# TYPE concert_concerts_known gauge\nconcert_concerts_known %d\n", concerts);
-    *out = b.buf;
-    return b.len;
+    cc_series_set(M.redis_up, cc_redis_is_up(app->redis));
+    cc_series_set(M.redis_cmds, (double)st.sent);
+    cc_series_set(M.redis_errors, (double)st.errors);
+    cc_series_set(M.redis_timeouts, (double)st.timeouts);
+    cc_series_set(M.redis_reconnects, (double)st.reconnects);
+    if (M.used_memory >= 0) cc_series_set(M.redis_used, M.used_memory);
+    if (M.maxmemory >= 0) cc_series_set(M.redis_max, M.maxmemory);
+    if (app->kafka) cc_series_set(M.kafka_pending, cc_kafka_producer_pending(app->kafka));
+    int n = 0;
+    srv_concerts_foreach(app, count_concert, &n);
+    cc_series_set(M.concerts, n);
 }
 
-static void on_closed(uv_handle_t *h) {
-    mconn *c = h->data;
-    free(c->out);
-    free(c);
-}
-
-static void on_written(uv_write_t *w, int status) {
-    mconn *c = w->data;
-    uv_close((uv_handle_t *)&c->tcp, on_closed);
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-    mconn *c = h->data;
-    buf->base = c->in + c->in_len;
-    buf->len = sizeof c->in - 1 - c->in_len;
-}
-
-static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-    mconn *c = s->data;
-    if (n < 0 || c->in_len + (size_t)(n > 0 ? n : 0) >= sizeof c->in - 1) {
-        if (!c->replied) uv_close((uv_handle_t *)&c->tcp, on_closed);
-        return;
-    }
-    c->in_len += (size_t)n;
-    c->in[c->in_len] = '\0';
-    if (c->replied || !strstr(c->in, "\r\n\r\n")) return;
-    c->replied = 1;
-    uv_read_stop(s);
-    char *body = NULL;
-    size_t blen = render(c->app, &body);
-    size_t cap = blen + 256;
-    c->out = malloc(cap);
-    if (!c->out) abort();
-    int hl = snprintf(c->out, cap,
-                      "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: %zu\r\n"
-                      "Connection: close\r\n\r\n",
-                      blen);
-    memcpy(c->out + hl, body, blen);
-    free(body);
-    uv_buf_t out = uv_buf_init(c->out, (unsigned)(hl + (int)blen));
-    c->wr.data = c;
-    uv_write(&c->wr, s, &out, 1, on_written);
-}
-
-static void on_connection(uv_stream_t *server, int status) {
-    if (status < 0) return;
-    mconn *c = calloc(1, sizeof *c);
-    if (!c) abort();
-    c->app = server->data;
-    uv_tcp_init(server->loop, &c->tcp);
-    c->tcp.data = c;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
-        uv_close((uv_handle_t *)&c->tcp, on_closed);
-        return;
-    }
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-}
+static cc_series *single(cc_metric *f) { return cc_metric_with(f, NULL); }
 
 int srv_metrics_start(srv_app *app, const char *hostport) {
-    char host[256];
-    const char *colon = strrchr(hostport, ':');
-    if (!colon || colon == hostport || (size_t)(colon - hostport) >= sizeof host) return -1;
-    memcpy(host, hostport, (size_t)(colon - hostport));
-    host[colon - hostport] = '\0';
-    struct sockaddr_in addr;
-    if (uv_ip4_addr(host, atoi(colon + 1), &addr) != 0) return -1;
-    uv_tcp_init(app->loop, &listener);
-    listener.data = app;
-    if (uv_tcp_bind(&listener, (const struct sockaddr *)&addr, 0) != 0 ||
-        uv_listen((uv_stream_t *)&listener, 64, on_connection) != 0) {
-        uv_close((uv_handle_t *)&listener, NULL);
+    M.reg = cc_metrics_new("concert", CONCERT_VERSION);
+    M.app = app;
+    M.used_memory = M.maxmemory = -1;
+    cc_metrics *r = M.reg;
+    const char *lm[] = {"grpc_type", "grpc_service", "grpc_method", "grpc_code"};
+    M.started = cc_metrics_counter(r, "grpc_server_started_total", "Total number of RPCs started on the server.", 3, lm);
+    M.handled = cc_metrics_counter(r, "grpc_server_handled_total",
+                                   "Total number of RPCs completed on the server, regardless of success or failure.",
+                                   4, lm);
+    M.seconds = cc_metrics_histogram(r, "grpc_server_handling_seconds",
+                                     "Histogram of response latency (seconds) of gRPC that had been application-level "
+                                     "handled by the server (streams: until their status).",
+                                     3, lm, cc_metrics_latency_bounds, cc_metrics_n_latency_bounds);
+    M.methods = calloc((size_t)srv_n_methods + 1, sizeof *M.methods);
+    if (!M.methods) abort();
+    for (int i = 0; i <= srv_n_methods; i++) {
+        method_series *ms = &M.methods[i];
+        if (i < srv_n_methods) {
+            split_path(srv_methods[i].path, ms);
+            ms->type = srv_methods[i].kind == SRV_UNARY           ? "unary"
+                       : srv_methods[i].kind == SRV_SERVER_STREAM ? "server_stream"
+                                                                  : "bidi_stream";
+        } else {
+            snprintf(ms->service, sizeof ms->service, "unknown");
+            snprintf(ms->method, sizeof ms->method, "unknown");
+            ms->type = "unary";
+        }
+        const char *v[] = {ms->type, ms->service, ms->method};
+        ms->started = cc_metric_with(M.started, v);
+        ms->seconds = cc_metric_with(M.seconds, v);
+    }
+    M.calls_active = single(cc_metrics_gauge(r, "concert_grpc_calls_active", "gRPC calls in progress (streams included).", 0, NULL));
+    const char *lc[] = {"concert"};
+    M.q_waiting = cc_metrics_gauge(r, "concert_queue_waiting", "Users waiting in the concert's queue, as this server's last admission tick saw it.", 1, lc);
+    M.q_active = cc_metrics_gauge(r, "concert_queue_active", "ACTIVE users of the concert, as this server's last admission tick saw it.", 1, lc);
+    M.q_admitted = cc_metrics_counter(r, "concert_queue_admitted_total", "Users this server's admission ticks moved from WAITING to ACTIVE (sum over servers for the concert).", 1, lc);
+    const char *lo[] = {"outcome"};
+    M.payments = cc_metrics_counter(r, "concert_payments_total", "Pay calls by how they were answered (pending, completed, failed, unavailable, rejected).", 1, lo);
+    M.redis_up = single(cc_metrics_gauge(r, "concert_redis_up", "1 while at least one Redis connection is up.", 0, NULL));
+    M.redis_cmds = single(cc_metrics_counter(r, "concert_redis_commands_total", "Redis commands sent.", 0, NULL));
+    M.redis_errors = single(cc_metrics_counter(r, "concert_redis_errors_total", "Redis commands that failed without a reply (disconnects, timeouts).", 0, NULL));
+    M.redis_timeouts = single(cc_metrics_counter(r, "concert_redis_timeouts_total", "Redis commands that timed out (--redis-timeout-ms) and dropped their connection.", 0, NULL));
+    M.redis_reconnects = single(cc_metrics_counter(r, "concert_redis_reconnects_total", "Redis reconnect attempts.", 0, NULL));
+    M.redis_used = single(cc_metrics_gauge(r, "concert_redis_used_memory_bytes", "Redis used_memory (INFO memory, refreshed every 5 s).", 0, NULL));
+    M.redis_max = single(cc_metrics_gauge(r, "concert_redis_maxmemory_bytes", "Redis maxmemory (0: no limit; INFO memory, refreshed every 5 s).", 0, NULL));
+    if (app->kafka) {
+        M.kafka_up = single(cc_metrics_gauge(r, "concert_kafka_up", "1 while the Kafka producer reaches a broker (payments).", 0, NULL));
+        cc_series_set(M.kafka_up, 1);
+        M.kafka_pending = single(cc_metrics_gauge(r, "concert_kafka_pending_messages", "Payment requests queued in the producer and not yet acknowledged.", 0, NULL));
+    }
+    M.concerts = single(cc_metrics_gauge(r, "concert_concerts_known", "Concerts this server ticks (admission, watchers, hold sweep).", 0, NULL));
+    cc_metrics_on_collect(r, collect, app);
+
+    char err[256];
+    int port = 0;
+    if (cc_metrics_serve(r, app->loop, hostport, &port, err, sizeof err) < 0) {
+        fprintf(stderr, "concert-server: --metrics: %s\n", err);
+        cc_metrics_close(r);
+        M.reg = NULL;
         return -1;
     }
-    listening = 1;
-    CC_INFO("metrics_listening", "addr=%s", hostport);
+    uv_timer_init(app->loop, &M.info_timer);
+    M.info_timer_live = 1;
+    uv_timer_start(&M.info_timer, on_info_timer, 0, REDIS_INFO_INTERVAL_MS);
     return 0;
 }
 
+static void on_timer_closed(uv_handle_t *h) {}
+
 void srv_metrics_stop(srv_app *app) {
-    if (listening) uv_close((uv_handle_t *)&listener, NULL);
-    listening = 0;
+    if (M.info_timer_live) {
+        M.info_timer_live = 0;
+        uv_close((uv_handle_t *)&M.info_timer, on_timer_closed);
+    }
+    if (M.reg) cc_metrics_close(M.reg);
+    M.reg = NULL;
+    free(M.methods);
+    M.methods = NULL;
 }

@@ -450,6 +450,7 @@ static void on_admit(redisReply *r, const char *err, void *p) {
     c->admit_inflight = 0;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 5) {
         int64_t admitted = srv_int_at(r, 0), expired = srv_int_at(r, 3), idled = srv_int_at(r, 4);
+        srv_metrics_queue_tick(c->app, c->id, admitted, srv_int_at(r, 1), srv_int_at(r, 2));
         if (admitted || expired || idled)
             CC_DEBUG("queue_tick", "concert=%s admitted=%" PRId64 " waiting=%" PRId64 " active=%" PRId64
                      " expired=%" PRId64 " idled=%" PRId64, c->id, admitted, srv_int_at(r, 1), srv_int_at(r, 2),

@@ -72,6 +72,7 @@ struct srv_call {
     int in_list;
     srv_call *prev, *next; /* all live calls, for shutdown */
     int sent_initial_md;
+    uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
 };
 
 struct srv_rpc {
@@ -288,6 +289,8 @@ static void count_code(srv_call *c, grpc_status_code code) {
     int m = c->m ? (int)(c->m - s->methods) : s->n_methods;
     if ((int)code < 0 || (int)code > 16) code = GRPC_STATUS_UNKNOWN;
     s->by_code[m * 17 + (int)code]++;
+    if (s->cfg.on_call_end)
+        s->cfg.on_call_end(s->app, m, code, (double)(uv_hrtime() - c->started_ns) / 1e9);
 }
 
 static void send_status(srv_call *c) {
@@ -340,6 +343,10 @@ static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_
     c->in_list = 1;
     s->stats.accepted++;
     s->stats.active++;
+    if (s->cfg.on_call_start) {
+        c->started_ns = uv_hrtime();
+        s->cfg.on_call_start(s->app, m ? (int)(m - s->methods) : s->n_methods);
+    }
     if (m && m->kind != SRV_UNARY) {
         /* Streams: RECV_CLOSE_ON_SERVER from the start, to learn of cancellation at
          * once. Unary calls fold it into their single final batch instead. */

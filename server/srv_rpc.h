@@ -36,6 +36,11 @@ typedef struct {
     const char *listen;   /* host:port; port 0 picks one */
     int requests_per_method; /* armed requests per method (default 16) */
     int max_message_bytes;   /* largest request accepted (default 1 MiB) */
+    /* Optional observer of every call (metrics), run on the loop: `on_call_start` when
+     * a call is accepted, `on_call_end` when its status is sent, with the seconds in
+     * between. `method` is the index in `methods`, n_methods for an unknown method. */
+    void (*on_call_start)(void *app, int method);
+    void (*on_call_end)(void *app, int method, grpc_status_code code, double seconds);
 } srv_rpc_config;
 
 /** Creates, binds and starts the server. `methods` must outlive it; `app` is handed

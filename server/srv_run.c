@@ -16,6 +16,8 @@ static int exit_code;
 
 static void on_redis_state(int up, void *payload) { srv_health_changed(payload); }
 
+static void on_kafka_state(int up, void *payload) { srv_metrics_kafka_state(payload, up); }
+
 static void on_sig_closed(uv_handle_t *h) {}
 
 static void on_rpc_done(void *payload) {
@@ -74,11 +76,16 @@ int srv_run(const srv_config *cfg) {
             fprintf(stderr, "concert-server: kafka: %s\n", err);
             return 2;
         }
+        cc_kafka_producer_set_state_cb(app->kafka, on_kafka_state, app);
     }
     cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
 
     grpc_init();
     srv_rpc_config sc = {.listen = cfg->listen, .requests_per_method = (int)cfg->requests_per_method};
+    if (cfg->metrics && *cfg->metrics) {
+        sc.on_call_start = srv_metrics_call_start;
+        sc.on_call_end = srv_metrics_call_end;
+    }
     int port = 0;
     if (srv_rpc_start(&app->rpc, app->loop, &sc, srv_methods, srv_n_methods, app, &port) < 0) {
         fprintf(stderr, "concert-server: cannot listen on %s\n", cfg->listen);
@@ -86,10 +93,7 @@ int srv_run(const srv_config *cfg) {
     }
     CC_INFO("listening", "addr=%s port=%d redis=%s methods=%d", cfg->listen, port, cfg->redis_url, srv_n_methods);
 
-    if (cfg->metrics && *cfg->metrics && srv_metrics_start(app, cfg->metrics) < 0) {
-        fprintf(stderr, "concert-server: cannot serve metrics on %s (want IPv4 HOST:PORT)\n", cfg->metrics);
-        return 1;
-    }
+    if (cfg->metrics && *cfg->metrics && srv_metrics_start(app, cfg->metrics) < 0) return 1;
 
     uv_signal_init(app->loop, &sig_term);
     uv_signal_init(app->loop, &sig_int);

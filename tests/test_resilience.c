@@ -1,6 +1,6 @@
 /* Redis failures: calls fail UNAVAILABLE within their deadline (never hang), health
  * turns NOT_SERVING, and the server recovers by itself when Redis returns. SIGTERM
- * ends watch streams and exits 0. */
+ * ends watch streams and exits 0. (Metrics: test_metrics.c.) */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
@@ -135,52 +135,3 @@ Test(shutdown, sigterm_ends_watches_and_exits_zero, .init = start, .fini = stop,
     cr_expect_neq(fin.code, GRPC_STATUS_OK, "the stream ends with an error status, got %s", cc_status_name(fin.code));
 }
 
-/* ---- metrics ---- */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-static char metrics_addr[64];
-static int metrics_port;
-
-static void start_metrics(void) {
-    memset(&redis, 0, sizeof redis);
-    th_redis_start(&redis);
-    metrics_port = th_free_port();
-    snprintf(metrics_addr, sizeof metrics_addr, "127.0.0.1:%d", metrics_port);
-    const char *flags[] = {"--metrics", metrics_addr, NULL};
-    th_server_start(&server, redis.url, flags);
-    cli = cc_client_open(server.addr);
-}
-
-static char *scrape(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)metrics_port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert(connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "metrics port");
-    const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
-    cr_assert(write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1));
-    size_t cap = 1 << 16, len = 0;
-    char *buf = calloc(1, cap);
-    ssize_t n;
-    while ((n = read(fd, buf + len, cap - len - 1)) > 0) len += (size_t)n;
-    close(fd);
-    return buf;
-}
-
-Test(metrics, counts_calls_by_method_and_code, .init = start_metrics, .fini = stop) {
-    cr_assert_eq(th_issue(cli, "m1", "met", NULL, NULL), GRPC_STATUS_OK);
-    cr_assert_eq(th_issue(cli, "m2", "met", NULL, NULL), GRPC_STATUS_OK);
-    cr_assert_eq(th_issue(cli, "", "met", NULL, NULL), GRPC_STATUS_INVALID_ARGUMENT);
-    char *page = scrape();
-    cr_expect(strstr(page, "HTTP/1.1 200 OK"), "%s", page);
-    cr_expect(strstr(page, "concert_grpc_calls_total{method=\"/concert.v1.QueueService/IssueToken\",code=\"OK\"} 2"),
-              "%s", page);
-    cr_expect(strstr(page, "concert_grpc_calls_total{method=\"/concert.v1.QueueService/IssueToken\","
-                           "code=\"INVALID_ARGUMENT\"} 1"),
-              "%s", page);
-    cr_expect(strstr(page, "concert_redis_up 1"), "%s", page);
-    free(page);
-    end_test();
-}
