@@ -32,7 +32,6 @@ typedef struct {
     int64_t max_seats_per_user; /* default cap of seats one user holds at once */
     int64_t sweep_interval_ms;  /* how often lapsed holds are expired and reported */
     int64_t kafka_timeout_ms;   /* how long the producer retries a payment request */
-    int64_t payment_watch_interval_ms;
 } srv_config;
 
 typedef struct srv_concert srv_concert;
@@ -101,6 +100,8 @@ void srv_booking_get(srv_call *c);
 void srv_booking_cancel(srv_call *c);
 
 void srv_payment_init(srv_app *app);
+/** Starts reading concert.payment-results for WatchPayment (with --kafka); 0 or -1. */
+int srv_payment_start_feed(srv_app *app, char *err, size_t errlen);
 void srv_payment_shutdown(srv_app *app);
 void srv_payment_pay(srv_call *c);
 void srv_payment_get(srv_call *c);
