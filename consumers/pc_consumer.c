@@ -783,7 +783,8 @@ static void dispatch(pc *p, int n) {
 
 static void take_tokens(pc *p) {
     uint64_t now = now_ms(p);
-    double cap = p->cfg.batch > p->cfg.max_rate / 10 ? p->cfg.batch : p->cfg.max_rate / 10;
+    /* A burst of at most 100 ms worth: an idle consumer does not save up. */
+    double cap = p->cfg.max_rate / 10 > 1 ? p->cfg.max_rate / 10 : 1;
     p->tokens += (double)(now - p->tokens_at) * p->cfg.max_rate / 1000.0;
     if (p->tokens > cap) p->tokens = cap;
     p->tokens_at = now;

@@ -4,6 +4,7 @@
  * key finds the same payment, which settles once, without restarting anything.
  * And bad input on Pay, GetPayment and WatchPayment. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +50,11 @@ static void start(void) {
     cr_assert_eq(th_admin_catalogue(cli, KEY, "pay", "d1", 50, 1000), GRPC_STATUS_OK);
 }
 
+static pid_t stalled_broker; /* a test's SIGSTOPped broker: resumed whatever happens */
+
 static void stop(void) {
+    if (stalled_broker > 0) kill(stalled_broker, SIGCONT);
+    stalled_broker = 0;
     if (cli) cc_client_close(cli);
     cli = NULL;
     if (consumer.pid > 0) th_consumer_kill(&consumer);
@@ -276,5 +281,103 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
         }
     }
     free_msg(p);
+    end_test();
+}
+
+/* ---- issue 9 item 4: Pay answers UNAVAILABLE, then the payment is never debited ----
+ * The broker is stalled (SIGSTOP): it holds the produce requests without answering.
+ * Five Pay calls answer UNAVAILABLE within their deadline. The broker resumes and
+ * acknowledges them after all: payment-consumer fails all five without a debit, and a
+ * retry with the same key reports that real state. A sixth, retried with its key once
+ * the broker is back but before any consumer saw it, is submitted again and pays once. */
+static pid_t broker_pid(void) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/node1.pid", getenv("TH_KAFKA_DIR"));
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    int pid = 0;
+    cr_assert(fscanf(f, "%d", &pid) == 1 && pid > 0);
+    fclose(f);
+    return (pid_t)pid;
+}
+
+/* The payment id a user's idempotency key made, and its status, straight from Redis. */
+static void pid_of(const char *user, const char *key, char *pid, size_t len, char *status, size_t slen) {
+    redisContext *rc = th_redis_connect(&redis);
+    cr_assert(rc, "connect to redis");
+    redisReply *r = redisCommand(rc, "HGET cc:{pay}:pk:%s %s", user, key);
+    cr_assert(r && r->type == REDIS_REPLY_STRING, "no payment for %s/%s", user, key);
+    snprintf(pid, len, "%s", r->str);
+    freeReplyObject(r);
+    r = redisCommand(rc, "HGET cc:{pay}:p:%s status", pid);
+    snprintf(status, slen, "%s", r && r->type == REDIS_REPLY_STRING ? r->str : "");
+    if (r) freeReplyObject(r);
+    redisFree(rc);
+}
+
+typedef struct {
+    const char *token, *pid;
+} failed_wait;
+
+static int failed_now(void *arg) {
+    failed_wait *w = arg;
+    Concert__V1__Payment *p = NULL;
+    if (get_payment("/concert.v1.PaymentService/GetPayment", w->token, w->pid, &p, NULL) != GRPC_STATUS_OK) return 0;
+    int ok = p->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED;
+    free_msg(p);
+    return ok;
+}
+
+Test(payment, unavailable_means_never_debited, .init = start, .fini = stop, .timeout = 180) {
+    enum { N = 5 };
+    char users[N + 1][16], tokens[N + 1][64], rids[N + 1][64], keys[N + 1][32], pids[N + 1][64];
+    for (int i = 0; i <= N; i++) {
+        snprintf(users[i], sizeof users[i], "stall-%d", i);
+        snprintf(keys[i], sizeof keys[i], "stall-key-%d", i);
+        setup_user(users[i], 10 + i, 5000, tokens[i], rids[i]);
+    }
+    pid_t broker = broker_pid();
+    stalled_broker = broker;
+    cr_assert_eq(kill(broker, SIGSTOP), 0, "SIGSTOP the broker");
+    for (int i = 0; i <= N; i++) {
+        cc_status st;
+        Concert__V1__Payment *p = NULL;
+        uint64_t t0 = th_now_ms();
+        grpc_status_code code = pay(tokens[i], rids[i], keys[i], 2000, &p, &st);
+        uint64_t took = th_now_ms() - t0;
+        free_msg(p);
+        if (code != GRPC_STATUS_UNAVAILABLE) kill(broker, SIGCONT);
+        cr_assert_eq(code, GRPC_STATUS_UNAVAILABLE, "stalled broker, Pay %d: %s %s", i, cc_status_name(code),
+                     st.message);
+        cr_expect_lt(took, 2000, "UNAVAILABLE within the 2 s deadline (took %llu ms)", (unsigned long long)took);
+        cr_expect(strstr(st.message, "will not be debited"), "the message says nothing is debited: %s", st.message);
+        char status[32];
+        pid_of(users[i], keys[i], pids[i], sizeof pids[i], status, sizeof status);
+        cr_expect_str_eq(status, "ABANDONED", "payment %d, abandoned before Pay answered", i);
+    }
+    cr_assert_eq(kill(broker, SIGCONT), 0, "SIGCONT the broker");
+    /* The sixth: retried with its key once the broker answers again, before any consumer ran. */
+    const char *args[] = {tokens[N], rids[N], keys[N], pids[N]};
+    cr_assert(th_wait_for(pay_ok, args, 200, 60000), "Pay never succeeded after the broker came back");
+    th_consumer_start(&consumer, redis.url, brokers(), "test-payment-stall", NULL);
+    pay_wait w6 = {tokens[N], pids[N], 0};
+    cr_assert(th_wait_for(settled, &w6, 50, 60000), "payment %s not settled", pids[N]);
+    cr_expect_eq(w6.status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED, "the retried one pays");
+    cr_expect_eq(balance(users[N]), 4000, "debited exactly once although sent twice");
+    /* The five reached Kafka after all (the broker acknowledged them on resuming): the
+     * consumer fails them without a debit, and a retry with the same key reports that. */
+    for (int i = 0; i < N; i++) {
+        failed_wait fw = {tokens[i], pids[i]};
+        cr_assert(th_wait_for(failed_now, &fw, 50, 60000), "payment of %s never failed", users[i]);
+        cr_expect_eq(balance(users[i]), 5000, "%s: nothing debited", users[i]);
+        cc_status st;
+        Concert__V1__Payment *p = NULL;
+        cr_assert_eq(pay(tokens[i], rids[i], keys[i], 5000, &p, &st), GRPC_STATUS_OK, "retry: %s", st.message);
+        cr_expect_str_eq(p->payment_id, pids[i], "the same payment");
+        cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED, "its real state");
+        cr_expect(strstr(p->reason, "Pay answered UNAVAILABLE"), "reason: %s", p->reason);
+        free_msg(p);
+        cr_expect_eq(balance(users[i]), 5000, "%s: still nothing debited", users[i]);
+    }
     end_test();
 }

@@ -576,3 +576,48 @@ void th_consumer_kill(th_consumer *c) {
     waitpid(c->pid, NULL, 0);
     c->pid = 0;
 }
+
+/* ---- HTTP (metrics endpoints) ---- */
+
+char *th_http(int port, const char *method, const char *path) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    char req[256];
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\n\r\n", method, path);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 1 << 16, len = 0;
+    char *buf = calloc(1, cap);
+    ssize_t r;
+    while ((r = read(fd, buf + len, cap - len - 1)) > 0) {
+        len += (size_t)r;
+        if (cap - len < 4096) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+    }
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+int th_log_port(const char *log, const char *event) {
+    FILE *fp = fopen(log, "r");
+    if (!fp) return 0;
+    char line[2048], want[128];
+    snprintf(want, sizeof want, "event=%s", event);
+    int port = 0;
+    while (fgets(line, sizeof line, fp)) {
+        const char *p = strstr(line, want);
+        if (p && (p = strstr(p, " port="))) port = atoi(p + 6);
+    }
+    fclose(fp);
+    return port;
+}

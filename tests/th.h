@@ -130,4 +130,12 @@ int th_consumer_log_has(th_consumer *c, const char *needle, int limit_ms);
 int th_consumer_stop(th_consumer *c);
 /** SIGKILL, reaps it. */
 void th_consumer_kill(th_consumer *c);
+
+/* ---- HTTP ---- */
+
+/** One HTTP/1.1 request to 127.0.0.1:port; the whole response (headers and body,
+ * NUL-terminated; caller frees), or NULL if it cannot connect. */
+char *th_http(int port, const char *method, const char *path);
+/** The port of the last `event=<event> ... port=N` line in `log` (0 if none). */
+int th_log_port(const char *log, const char *event);
 #endif
