@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "cc_pay.h"
 #include "concert/v1/booking.pb-c.h"
 #include "concert/v1/payment.pb-c.h"
 #include "concert/v1/wallet.pb-c.h"
@@ -379,5 +381,111 @@ Test(payment, unavailable_means_never_debited, .init = start, .fini = stop, .tim
         free_msg(p);
         cr_expect_eq(balance(users[i]), 5000, "%s: still nothing debited", users[i]);
     }
+    end_test();
+}
+
+/* ---- WatchPayment is pushed: every server's watchers, no Redis call per tick ---- */
+
+/* EVALSHA calls of `sha` seen by MONITOR over `ms`. */
+static int monitor_count(const char *sha, int ms) {
+    redisContext *rc = th_redis_connect(&redis);
+    cr_assert(rc);
+    struct timeval tv = {0, 50 * 1000};
+    redisSetTimeout(rc, tv);
+    redisReply *r = redisCommand(rc, "MONITOR");
+    cr_assert(r && r->type == REDIS_REPLY_STATUS, "MONITOR");
+    freeReplyObject(r);
+    int n = 0;
+    uint64_t end = th_now_ms() + (uint64_t)ms;
+    while (th_now_ms() < end) {
+        r = NULL;
+        if (redisGetReply(rc, (void **)&r) != REDIS_OK) {
+            /* A read timeout leaves the context unusable: reconnect and go on. */
+            redisFree(rc);
+            rc = th_redis_connect(&redis);
+            redisSetTimeout(rc, tv);
+            freeReplyObject(redisCommand(rc, "MONITOR"));
+            continue;
+        }
+        if (r->type == REDIS_REPLY_STATUS && strstr(r->str, sha)) n++;
+        freeReplyObject(r);
+    }
+    redisFree(rc);
+    return n;
+}
+
+static int64_t wall_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int feed_live(void *arg) {
+    const th_server *s = arg;
+    FILE *f = fopen(s->log, "r");
+    if (!f) return 0;
+    char line[2048];
+    int live = 0;
+    while (!live && fgets(line, sizeof line, f))
+        live = strstr(line, "event=payment_feed_live") != NULL;
+    fclose(f);
+    return live;
+}
+
+Test(payment, watchers_on_every_server_are_pushed, .init = start, .fini = stop, .timeout = 120) {
+    char token[64], rid[64];
+    setup_user("wendy", 30, 5000, token, rid);
+    th_server b;
+    const char *flags[] = {"--kafka", brokers(), NULL};
+    th_server_start(&b, redis.url, flags);
+    /* Once a feed is live a watcher needs no second read (one comes when it goes live). */
+    cr_assert(th_wait_for(feed_live, &server, 20, 30000), "server A's results feed is not live (log %s)", server.log);
+    cr_assert(th_wait_for(feed_live, &b, 20, 30000), "server B's results feed is not live (log %s)", b.log);
+    cc_status st;
+    Concert__V1__Payment *p = NULL;
+    cr_assert_eq(pay(token, rid, "wendy-1", 10000, &p, &st), GRPC_STATUS_OK, "Pay: %s", st.message);
+    cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_PENDING);
+    char pid[64];
+    snprintf(pid, sizeof pid, "%s", p->payment_id);
+    free_msg(p);
+    /* Three watchers of the payment: two on this server, one on the other. */
+    cc_client *cb = cc_client_open(b.addr);
+    cc_client *clients[3] = {cli, cli, cb};
+    cc_stream *s[3];
+    char auth[100];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    cc_md md[] = {{"authorization", auth}};
+    Concert__V1__GetPaymentRequest req = CONCERT__V1__GET_PAYMENT_REQUEST__INIT;
+    req.payment_id = pid;
+    for (int i = 0; i < 3; i++) {
+        s[i] = cc_client_stream(clients[i], "/concert.v1.PaymentService/WatchPayment", &req.base, md, 1, 60000);
+        ProtobufCMessage *m = NULL;
+        cr_assert_eq(cc_stream_next(s[i], &concert__v1__payment__descriptor, &m), 1, "watcher %d: first message", i);
+        cr_expect_eq(((Concert__V1__Payment *)m)->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_PENDING);
+        free_msg(m);
+    }
+    /* While they wait, nobody reads the payment again and again. */
+    int polls = monitor_count(cc_pay_scripts()[CC_PAY_S_GET].sha, 1000);
+    cr_expect_eq(polls, 0, "%d pay_get calls in 1 s with 3 watchers waiting: polling", polls);
+    th_consumer_start(&consumer, redis.url, brokers(), "test-payment-watch", NULL);
+    for (int i = 0; i < 3; i++) {
+        ProtobufCMessage *m = NULL;
+        cr_assert_eq(cc_stream_next(s[i], &concert__v1__payment__descriptor, &m), 1, "watcher %d: no outcome", i);
+        Concert__V1__Payment *pm = (Concert__V1__Payment *)m;
+        int64_t lag = wall_now_ms() - pm->updated_at_unix_ms;
+        fprintf(stderr, "watcher %d: COMPLETED %lld ms after it was settled\n", i, (long long)lag);
+        cr_expect_eq(pm->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED, "watcher %d", i);
+        cr_expect_lt(lag, 3000, "watcher %d told %lld ms after the settlement", i, (long long)lag);
+        free_msg(m);
+        cr_expect_eq(cc_stream_next(s[i], &concert__v1__payment__descriptor, &m), 0, "the stream ends");
+        cc_stream_close(s[i], &st);
+        cr_expect_eq(st.code, GRPC_STATUS_OK, "watcher %d ends OK: %s", i, st.message);
+    }
+    /* GetPayment agrees. */
+    cr_assert_eq(get_payment("/concert.v1.PaymentService/GetPayment", token, pid, &p, &st), GRPC_STATUS_OK);
+    cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED);
+    free_msg(p);
+    cc_client_close(cb);
+    cr_expect_eq(th_server_stop(&b), 0, "second server exit status (log %s)", b.log);
     end_test();
 }
