@@ -1208,7 +1208,7 @@ int pc_run(const pc_config *cfg_in) {
     if (cfg->session_timeout_ms <= 0) cfg->session_timeout_ms = 10000;
     if (cfg->lag_interval_ms <= 0) cfg->lag_interval_ms = 10000;
     if (cfg->commit_interval_ms < 0) cfg->commit_interval_ms = 100;
-    if (cfg->fetch_wait_ms <= 0) cfg->fetch_wait_ms = 10;
+    if (cfg->fetch_wait_ms <= 0) cfg->fetch_wait_ms = 500;
     if (cfg->fetch_min_bytes <= 0) cfg->fetch_min_bytes = 1;
     if (!cfg->brokers || !*cfg->brokers) {
         fprintf(stderr, "payment-consumer: --kafka BROKERS is required\n");

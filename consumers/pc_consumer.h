@@ -35,7 +35,7 @@ typedef struct {
     int session_timeout_ms;    /* Kafka group session timeout, default 10000 */
     int lag_interval_ms;       /* how often the lag is logged, default 10000 */
     int commit_interval_ms;    /* offsets committed at most this often, default 100 */
-    int fetch_wait_ms;         /* fetch.wait.max.ms, default 10 */
+    int fetch_wait_ms;         /* fetch.wait.max.ms, default 500 */
     int fetch_min_bytes;       /* fetch.min.bytes, default 1 */
     int linger_ms;             /* results producer linger.ms, default 2 */
     int max_rate;              /* payments per second at most (0: no limit) */

@@ -32,6 +32,9 @@ typedef struct {
     int64_t max_seats_per_user; /* default cap of seats one user holds at once */
     int64_t sweep_interval_ms;  /* how often lapsed holds are expired and reported */
     int64_t kafka_timeout_ms;   /* how long the producer retries a payment request */
+    int64_t kafka_linger_ms;    /* payment requests producer: linger.ms */
+    int64_t kafka_fetch_wait_ms;   /* results feed: fetch.wait.max.ms */
+    int64_t kafka_fetch_min_bytes; /* results feed: fetch.min.bytes */
 } srv_config;
 
 typedef struct srv_concert srv_concert;

@@ -680,10 +680,14 @@ void srv_payment_init(srv_app *app) {
 }
 
 int srv_payment_start_feed(srv_app *app, char *err, size_t errlen) {
-    /* Latency first: the broker answers a fetch as soon as a result is there, and
-     * waits at most fetch.wait.max.ms when there is none. */
-    static const char *const settings[] = {
-        "fetch.wait.max.ms", "10", "fetch.min.bytes", "1", "enable.partition.eof", "false",
+    /* The broker answers a fetch as soon as fetch.min.bytes of results are there, or
+     * after fetch.wait.max.ms: with min 1 every result is pushed at once, and an idle
+     * feed costs the broker one fetch per wait (docs/PERFORMANCE.md, Kafka settings). */
+    char wait[16], min[16];
+    snprintf(wait, sizeof wait, "%lld", (long long)app->cfg.kafka_fetch_wait_ms);
+    snprintf(min, sizeof min, "%lld", (long long)app->cfg.kafka_fetch_min_bytes);
+    const char *settings[] = {
+        "fetch.wait.max.ms", wait, "fetch.min.bytes", min, "enable.partition.eof", "false",
         "auto.offset.reset", "latest", NULL,
     };
     cc_kafka_consumer_config kc = {.brokers = app->cfg.kafka, .group = NULL, .client_id = "concert-server-results",

@@ -77,7 +77,8 @@ int srv_run(const srv_config *cfg) {
          * producer and the results feed reconnect by themselves). */
         cc_kafka_ensure_topics_async(app->loop, cfg->kafka, 12, -1, 10000, on_topics, app);
         cc_kafka_producer_config kc = {.brokers = cfg->kafka, .message_timeout_ms = (int)cfg->kafka_timeout_ms,
-                                       .client_id = "concert-server"};
+                                       .client_id = "concert-server",
+                                       .linger_ms = cfg->kafka_linger_ms > 0 ? (int)cfg->kafka_linger_ms : -1};
         if (cc_kafka_producer_create(&app->kafka, app->loop, &kc, err, sizeof err) < 0) {
             fprintf(stderr, "concert-server: kafka: %s\n", err);
             return 2;
