@@ -29,6 +29,8 @@ usage: scripts/bench-booking.sh [--build-dir DIR] [--ab DIR] [--concurrency LIST
   --warmup S          seconds not measured (default 2)
   --duration S        measured seconds per run (default 10)
   --rounds N          repeat every A/B pair N times (default 1)
+  --warmup-run S      seconds of the unrecorded first run that warms the broker and
+                      its JIT (default 8; 0: none)
   --out DIR           results here (default bench-out/booking-<timestamp>)
   --no-build          use the binaries already in --build-dir
   --consumer-args A   extra flags for payment-consumer (both builds), one string
@@ -47,6 +49,7 @@ RATES=""
 WARMUP=2
 DUR=10
 ROUNDS=1
+WARMUP_RUN=8
 OUT=""
 build=1
 CONSUMER_ARGS=""
@@ -62,6 +65,7 @@ while [[ $# -gt 0 ]]; do
     --warmup) need "$@"; WARMUP="$2"; shift ;;
     --duration) need "$@"; DUR="$2"; shift ;;
     --rounds) need "$@"; ROUNDS="$2"; shift ;;
+    --warmup-run) need "$@"; WARMUP_RUN="$2"; shift ;;
     --out) need "$@"; OUT="$2"; shift ;;
     --no-build) build=0 ;;
     --consumer-args) need "$@"; CONSUMER_ARGS="$2"; shift ;;
@@ -70,7 +74,7 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
-for v in "$WARMUP" "$DUR" "$ROUNDS"; do
+for v in "$WARMUP" "$DUR" "$ROUNDS" "$WARMUP_RUN"; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench-booking.sh: --warmup/--duration/--rounds take numbers" >&2; exit 2; }
 done
 [[ "$CONCS$RATES" =~ ^[0-9,]*$ ]] || { echo "bench-booking.sh: --concurrency/--rate take comma-separated numbers" >&2; exit 2; }
@@ -216,8 +220,10 @@ run_one() {
 # A cold broker needs seconds before it grants the first idempotent producer id and
 # loads the group coordinator, and its JIT needs load to compile the hot paths: one
 # short run, not recorded, so that measured runs start warm.
-run_one "$BUILD" A warmup --concurrency 64 --warmup 0 --duration 8
-rm -rf "$OUT/warmup-A"
+if ((WARMUP_RUN > 0)); then
+  run_one "$BUILD" A warmup --concurrency 64 --warmup 0 --duration "$WARMUP_RUN"
+  rm -rf "$OUT/warmup-A"
+fi
 
 IFS=, read -r -a CLIST <<<"$CONCS"
 IFS=, read -r -a RLIST <<<"$RATES"

@@ -29,7 +29,10 @@ Runs the whole benchmark against private services and writes bench-out/<timestam
   booking/       concert-bench booking: IssueToken -> ACTIVE -> Charge, then
                  ReserveSeats, Pay, WatchPayment until COMPLETED, through a one-node
                  Kafka (scripts/kafka.sh) and one payment-consumer; paid
-                 reservations/s and Pay -> COMPLETED latency
+                 reservations/s and Pay -> COMPLETED latency (the run at
+                 --concurrency; booking-runs/ has every run of scripts/bench-booking.sh:
+                 64 and 512 users, then the open-loop ramp 1,000..3,000 buyers/s,
+                 with CPU per paid reservation of every process in its summary.md)
   h2load/        (if h2load is installed: apt-get install nghttp2-client) Health/Check
                  under h2load, a client far cheaper than any gRPC stack
   summary.md     every figure in one table, with ratios to ping and the targets
@@ -94,8 +97,6 @@ TMP=""
 REDIS_PID=""
 SERVER_PID=""
 CHILD_PID="" # a concert-bench, ghz or h2load run in progress
-CONSUMER_PID=""
-KAFKA_DIR="" # set once scripts/kafka.sh start was called on it
 
 # stop_pid PID: SIGTERM, then SIGKILL after 5 s; only pids we started.
 # shellcheck source=lib/proc.sh
@@ -106,11 +107,6 @@ cleanup() {
   trap - EXIT INT TERM
   stop_pid "$CHILD_PID"
   stop_pid "$SERVER_PID"
-  stop_pid "$CONSUMER_PID"
-  if [[ -n "$KAFKA_DIR" && -d "$KAFKA_DIR" ]]; then
-    "$ROOT/scripts/kafka.sh" stop --dir "$KAFKA_DIR" >/dev/null 2>&1 || true
-    cp -f "$KAFKA_DIR"/node1/*.log "$TMP/" 2>/dev/null || true
-  fi
   stop_pid "$REDIS_PID"
   if [[ -n "$TMP" && -d "$TMP" ]]; then
     # Keep the service logs next to the results.
@@ -293,28 +289,18 @@ fi
 stop_pid "$SERVER_PID"; SERVER_PID=""
 
 # ---- 7. booking: reservation -> payment through Kafka and payment-consumer ---------------
-KAFKA_DIR="$TMP/kafka"
-say "kafka: one node (scripts/kafka.sh, temp dir)"
-"$ROOT/scripts/kafka.sh" start --nodes 1 --dir "$KAFKA_DIR" >"$TMP/kafka-start.log" 2>&1 \
-  || { tail -n 10 "$TMP/kafka-start.log" >&2; die "scripts/kafka.sh start failed"; }
-BROKERS="$(cat "$KAFKA_DIR/bootstrap")"
-KAFKA_PID="$(cat "$KAFKA_DIR/node1.pid" 2>/dev/null || true)"
-env -u CONCERT_KAFKA -u CONCERT_REDIS "$CONSUMER_BIN" --redis "$REDIS_URL" --kafka "$BROKERS" --create-topics \
-  2>"$TMP/payment-consumer.log" &
-CONSUMER_PID=$!
-sleep 1
-kill -0 "$CONSUMER_PID" 2>/dev/null || { tail -n 5 "$TMP/payment-consumer.log" >&2; die "payment-consumer exited at start"; }
-ADMIN_KEY="bench-$$-$RANDOM"
-start_server --kafka "$BROKERS" --admin-key "$ADMIN_KEY"
-BOOK_WATCH=(--watch-pid "payment-consumer=$CONSUMER_PID")
-[[ -n "$KAFKA_PID" ]] && BOOK_WATCH+=(--watch-pid "kafka=$KAFKA_PID")
-bench booking booking --admin-key "$ADMIN_KEY" --concurrency "$CONC" --warmup "$WARMUP" --duration "$BOOK_DUR" \
-  "${BOOK_WATCH[@]}"
-stop_pid "$SERVER_PID"; SERVER_PID=""
-stop_pid "$CONSUMER_PID"; CONSUMER_PID=""
-"$ROOT/scripts/kafka.sh" stop --dir "$KAFKA_DIR" >/dev/null 2>&1 || true
-cp -f "$KAFKA_DIR"/node1/*.log "$TMP/" 2>/dev/null || true
-KAFKA_DIR=""
+# scripts/bench-booking.sh owns this one (its own Redis, one-node Kafka, a fresh server and
+# consumer per run): closed loop at 64 (and 512) users, then (full run) the open-loop
+# ramp. The summary's booking row is the run at --concurrency.
+if ((quick)); then BOOK_ARGS=(--concurrency "$CONC" --warmup-run 3); else BOOK_ARGS=(--concurrency "$CONC,512" --rate 1000,1500,2000,2500,3000); fi
+say "booking: scripts/bench-booking.sh ${BOOK_ARGS[*]}"
+"$ROOT/scripts/bench-booking.sh" --no-build --build-dir "$BUILD" --out "$OUT/booking-runs" --warmup "$WARMUP" \
+  --duration "$BOOK_DUR" "${BOOK_ARGS[@]}" >"$TMP/bench-booking.log" 2>&1 &
+CHILD_PID=$!
+rc=0; wait "$CHILD_PID" || rc=$?; CHILD_PID=""
+((rc == 0)) || { tail -n 15 "$TMP/bench-booking.log" >&2; die "booking: scripts/bench-booking.sh exited $rc"; }
+mkdir -p "$OUT/booking"
+cp -f "$OUT/booking-runs/c$CONC-r1-A/"* "$OUT/booking/"
 
 # ---- 8. machine facts, summary, validation ----------------------------------------------
 {
