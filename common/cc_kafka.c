@@ -55,6 +55,20 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, 
     return 0;
 }
 
+/* rd_kafka_new with the project's log callback; on failure the conf is destroyed and
+ * err says why ("kafka <what>: ..."). */
+static rd_kafka_t *rk_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, const char *what, char *err,
+                          size_t errlen) {
+    char why[512];
+    rd_kafka_conf_set_log_cb(conf, cc_kafka_log_cb);
+    rd_kafka_t *rk = rd_kafka_new(type, conf, why, sizeof why);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, errlen, "kafka %s: %s", what, why);
+    }
+    return rk;
+}
+
 /* ---- kq: a librdkafka queue served on the loop ---- */
 
 typedef struct {
@@ -195,20 +209,15 @@ static int topics_send(topics_req *t, const char *brokers, int request_partition
     memset(t, 0, sizeof *t);
     if (request_partitions < 12) request_partitions = 12;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set_log_cb(conf, cc_kafka_log_cb);
     if (conf_set(conf, "bootstrap.servers", brokers, err, errlen) < 0 ||
         conf_set(conf, "client.id", "concert-admin", err, errlen) < 0 ||
         conf_set(conf, "reconnect.backoff.max.ms", "1000", err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
     }
+    t->rk = rk_new(RD_KAFKA_PRODUCER, conf, "admin client", err, errlen);
+    if (!t->rk) return -1;
     char why[512];
-    t->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
-    if (!t->rk) {
-        rd_kafka_conf_destroy(conf);
-        snprintf(err, errlen, "kafka admin client: %s", why);
-        return -1;
-    }
     const char *names[3] = {CC_TOPIC_PAYMENT_REQUESTS, CC_TOPIC_PAYMENT_RESULTS, CC_TOPIC_RESERVATION_EVENTS};
     int parts[3] = {request_partitions, 6, 6};
     for (int i = 0; i < 3; i++) {
@@ -468,13 +477,9 @@ int cc_kafka_producer_create(cc_kafka_producer **out, uv_loop_t *loop, const cc_
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_stats_cb(conf, on_stats);
-    rd_kafka_conf_set_log_cb(conf, cc_kafka_log_cb);
-    char why[512];
-    p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
+    p->rk = rk_new(RD_KAFKA_PRODUCER, conf, "producer", err, errlen);
     if (!p->rk) {
-        rd_kafka_conf_destroy(conf);
         free(p);
-        snprintf(err, errlen, "kafka producer: %s", why);
         return -1;
     }
     if (kq_start(&p->w, loop, rd_kafka_queue_get_main(p->rk), producer_serve, p, err, errlen) < 0) {
@@ -710,13 +715,9 @@ int cc_kafka_consumer_create(cc_kafka_consumer **out, uv_loop_t *loop, const cc_
     if (c->grouped) rd_kafka_conf_set_rebalance_cb(conf, consumer_rebalance);
     rd_kafka_conf_set_offset_commit_cb(conf, consumer_committed);
     rd_kafka_conf_set_error_cb(conf, consumer_error);
-    rd_kafka_conf_set_log_cb(conf, cc_kafka_log_cb);
-    char why[512];
-    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
+    c->rk = rk_new(RD_KAFKA_CONSUMER, conf, "consumer", err, errlen);
     if (!c->rk) {
-        rd_kafka_conf_destroy(conf);
         free(c);
-        snprintf(err, errlen, "kafka consumer: %s", why);
         return -1;
     }
     /* One queue for everything: the main queue (errors, commits, rebalances) is

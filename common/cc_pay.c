@@ -12,11 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const unsigned char lua_bk_lib[], cc_lua_pay_lib[], cc_lua_pay_begin[], cc_lua_pay_accepted[],
-    cc_lua_pay_abandon[], cc_lua_pay_get[], cc_lua_pay_claim[], cc_lua_pay_debit[], cc_lua_pay_commit[],
+extern const unsigned char lua_bk_lib[], cc_lua_pay_lib[], cc_lua_pay_begin[], cc_lua_pay_submitted[],
+    cc_lua_pay_get[], cc_lua_pay_claim[], cc_lua_pay_debit[], cc_lua_pay_commit[],
     cc_lua_pay_refund[];
-extern const size_t lua_bk_lib_len, cc_lua_pay_lib_len, cc_lua_pay_begin_len, cc_lua_pay_accepted_len,
-    cc_lua_pay_abandon_len, cc_lua_pay_get_len, cc_lua_pay_claim_len, cc_lua_pay_debit_len, cc_lua_pay_commit_len,
+extern const size_t lua_bk_lib_len, cc_lua_pay_lib_len, cc_lua_pay_begin_len, cc_lua_pay_submitted_len,
+    cc_lua_pay_get_len, cc_lua_pay_claim_len, cc_lua_pay_debit_len, cc_lua_pay_commit_len,
     cc_lua_pay_refund_len;
 
 /* ---- states ---- */
@@ -62,8 +62,7 @@ cc_redis_script *cc_pay_scripts(void) {
     unsigned char *pre = (unsigned char *)cc_redis_script_join(lua_bk_lib, lua_bk_lib_len, cc_lua_pay_lib,
                                                                cc_lua_pay_lib_len, &plen);
     build(CC_PAY_S_BEGIN, "pay_begin", pre, plen, cc_lua_pay_begin, cc_lua_pay_begin_len);
-    build(CC_PAY_S_ACCEPTED, "pay_accepted", pre, plen, cc_lua_pay_accepted, cc_lua_pay_accepted_len);
-    build(CC_PAY_S_ABANDON, "pay_abandon", pre, plen, cc_lua_pay_abandon, cc_lua_pay_abandon_len);
+    build(CC_PAY_S_SUBMITTED, "pay_submitted", pre, plen, cc_lua_pay_submitted, cc_lua_pay_submitted_len);
     build(CC_PAY_S_GET, "pay_get", pre, plen, cc_lua_pay_get, cc_lua_pay_get_len);
     build(CC_PAY_S_CLAIM, "pay_claim", pre, plen, cc_lua_pay_claim, cc_lua_pay_claim_len);
     build(CC_PAY_S_COMMIT, "pay_commit", pre, plen, cc_lua_pay_commit, cc_lua_pay_commit_len);
@@ -84,8 +83,8 @@ static int pick(cc_redis_script **out, int max, const cc_pay_script_id *ids, int
 }
 
 int cc_pay_scripts_server(cc_redis_script **out, int max) {
-    static const cc_pay_script_id ids[] = {CC_PAY_S_BEGIN, CC_PAY_S_ACCEPTED, CC_PAY_S_ABANDON, CC_PAY_S_GET};
-    return pick(out, max, ids, 4);
+    static const cc_pay_script_id ids[] = {CC_PAY_S_BEGIN, CC_PAY_S_SUBMITTED, CC_PAY_S_GET};
+    return pick(out, max, ids, 3);
 }
 
 int cc_pay_scripts_consumer(cc_redis_script **out, int max) {
@@ -137,20 +136,20 @@ int cc_pay_begin(cc_redis *r, const char *concert, const char *token, const char
     return eval(r, -1, CC_PAY_S_BEGIN, cb, payload, 1, 6, args);
 }
 
-static int by_pid(cc_redis *r, cc_pay_script_id id, const char *concert, const char *pid, cc_redis_cb cb,
-                  void *payload) {
+static int submitted(cc_redis *r, const char *concert, const char *pid, const char *to, cc_redis_cb cb,
+                     void *payload) {
     concert_keys k;
     if (concert_of(&k, concert) < 0) return -1;
-    const char *args[] = {k.tag, k.prefix, pid};
-    return eval(r, -1, id, cb, payload, 1, 3, args);
+    const char *args[] = {k.tag, k.prefix, pid, to};
+    return eval(r, -1, CC_PAY_S_SUBMITTED, cb, payload, 1, 4, args);
 }
 
 int cc_pay_accepted(cc_redis *r, const char *concert, const char *pid, cc_redis_cb cb, void *payload) {
-    return by_pid(r, CC_PAY_S_ACCEPTED, concert, pid, cb, payload);
+    return submitted(r, concert, pid, "PENDING", cb, payload);
 }
 
 int cc_pay_abandon(cc_redis *r, const char *concert, const char *pid, cc_redis_cb cb, void *payload) {
-    return by_pid(r, CC_PAY_S_ABANDON, concert, pid, cb, payload);
+    return submitted(r, concert, pid, "ABANDONED", cb, payload);
 }
 
 int cc_pay_get(cc_redis *r, const char *concert, const char *token, const char *pid, cc_redis_cb cb,

@@ -11,8 +11,8 @@
  * gRPC calls or consumer batches.
  *
  * Payment life cycle (status in p:<pid>):
- *   SUBMITTING --Kafka ack (pay_accepted) or seen in Kafka (pay_claim)--> PENDING
- *   SUBMITTING --Pay's deadline first (pay_abandon)--> ABANDONED: Pay answers
+ *   SUBMITTING --Kafka ack (pay_submitted) or seen in Kafka (pay_claim)--> PENDING
+ *   SUBMITTING --Pay's deadline first (pay_submitted)--> ABANDONED: Pay answers
  *       UNAVAILABLE; never debited: payment-consumer fails it (pay_claim), and only a
  *       retry of Pay with the same key submits it again (pay_begin)
  *   PENDING --pay_debit, pay_commit--> COMPLETED | FAILED (pay_refund gives back a debit)
@@ -53,8 +53,7 @@ Concert__V1__PaymentStatus cc_pay_state_api(cc_pay_state s);
 
 typedef enum {
     CC_PAY_S_BEGIN,    /* server: Pay's record (SUBMITTING) or the key's payment */
-    CC_PAY_S_ACCEPTED, /* server: Kafka acked: SUBMITTING -> PENDING */
-    CC_PAY_S_ABANDON,  /* server: Pay's deadline first: SUBMITTING -> ABANDONED */
+    CC_PAY_S_SUBMITTED, /* server: Kafka acked (-> PENDING) or Pay's deadline first (-> ABANDONED) */
     CC_PAY_S_GET,      /* server: the owner's payment */
     CC_PAY_S_CLAIM,    /* consumer: seen in Kafka: SUBMITTING -> PENDING, ABANDONED -> FAILED */
     CC_PAY_S_DEBIT,    /* consumer: the wallet debit, once per payment id */
@@ -67,8 +66,8 @@ typedef enum {
  * table; pass &table[i] to cc_redis_set_scripts (each executable registers the ones
  * it runs, see cc_pay_scripts_server / _consumer). Not thread-safe on first call. */
 cc_redis_script *cc_pay_scripts(void);
-/** Pointers to the scripts concert-server runs (begin, accepted, abandon, get):
- * fills out[0..n) and returns n (4); `max` must be at least 4. */
+/** Pointers to the scripts concert-server runs (begin, submitted, get): fills
+ * out[0..n) and returns n (3); `max` must be at least 4. */
 int cc_pay_scripts_server(cc_redis_script **out, int max);
 /** The scripts payment-consumer runs (claim, debit, commit, refund): returns 4. */
 int cc_pay_scripts_consumer(cc_redis_script **out, int max);
@@ -80,7 +79,10 @@ int cc_pay_scripts_consumer(cc_redis_script **out, int max);
  * the payment of (token's user, idempotency key). Reply: a record, or a {code, msg}. */
 int cc_pay_begin(cc_redis *r, const char *concert, const char *token, const char *rid, const char *key,
                  const char *new_pid, cc_redis_cb cb, void *payload);
+/** Kafka acknowledged the request: SUBMITTING -> PENDING (pay_submitted). Reply: the record. */
 int cc_pay_accepted(cc_redis *r, const char *concert, const char *pid, cc_redis_cb cb, void *payload);
+/** Pay's deadline came first: SUBMITTING -> ABANDONED (pay_submitted). Reply: the record,
+ * whose state says who won (ABANDONED: answer UNAVAILABLE; PENDING or later: that). */
 int cc_pay_abandon(cc_redis *r, const char *concert, const char *pid, cc_redis_cb cb, void *payload);
 /** The owner's (token's user's) payment. */
 int cc_pay_get(cc_redis *r, const char *concert, const char *token, const char *pid, cc_redis_cb cb,

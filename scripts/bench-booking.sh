@@ -120,9 +120,6 @@ trap 'exit 143' TERM
 die() { echo "bench-booking.sh: $*" >&2; exit 1; }
 say() { printf '\n== %s\n' "$*" >&2; }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 TMP="$(mktemp -d -t concert-bench-booking.XXXXXX)"
 
@@ -152,15 +149,7 @@ done
 
 # ---- shared services: Redis and Kafka ------------------------------------------------
 REDIS_PORT="$(free_port)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
-  --logfile "$TMP/redis.log" --daemonize no &
-REDIS_PID=$!
-for ((i = 0; ; i++)); do
-  [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null || true)" == PONG ]] && break
-  kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited at start"
-  ((i < 100)) || die "redis-server did not answer PING within 5 s"
-  sleep 0.05
-done
+start_redis "$REDIS_PORT" "$TMP" || die "redis-server did not start"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 KAFKA_DIR="$TMP/kafka"
 say "kafka: one node (scripts/kafka.sh, temp dir)"

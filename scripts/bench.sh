@@ -123,14 +123,6 @@ trap 'exit 143' TERM
 die() { echo "bench.sh: $*" >&2; exit 1; }
 say() { printf '\n== %s\n' "$*" >&2; }
 
-free_port() {
-  local p i
-  for ((i = 0; i < 50; i++)); do
-    p="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    [[ "$p" != 6379 ]] && { echo "$p"; return 0; }
-  done
-  return 1
-}
 
 for tool in cmake ninja redis-server redis-cli python3; do
   command -v "$tool" >/dev/null || die "'$tool' not found; run scripts/install-deps.sh"
@@ -158,15 +150,7 @@ for b in "$BENCH" "$SERVER_BIN" "$CTL" "$CONSUMER_BIN"; do [[ -x "$b" ]] || die 
 # ---- services ----------------------------------------------------------------------
 REDIS_PORT="$(free_port)"
 say "redis-server on 127.0.0.1:$REDIS_PORT (in memory, temp dir)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
-  --logfile "$TMP/redis.log" --daemonize no &
-REDIS_PID=$!
-for ((i = 0; ; i++)); do
-  [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null || true)" == PONG ]] && break
-  kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited at start"
-  ((i < 100)) || die "redis-server did not answer PING within 5 s"
-  sleep 0.05
-done
+start_redis "$REDIS_PORT" "$TMP" || die "redis-server did not start"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
 

@@ -4,14 +4,14 @@
  *
  * Pay. pay_begin records the payment SUBMITTING (or finds the one this idempotency key
  * made); the request goes to Kafka through the idempotent producer (acks=all); on
- * Kafka's acknowledgement pay_accepted turns it PENDING and the call answers with it.
+ * Kafka's acknowledgement pay_submitted turns it PENDING and the call answers with it.
  * If the acknowledgement has not come when the call's deadline is near (less a
- * margin; --kafka-timeout-ms without a deadline), or the delivery failed, pay_abandon
- * turns SUBMITTING into ABANDONED atomically, and only then does Pay answer
+ * margin; --kafka-timeout-ms without a deadline), or the delivery failed,
+ * pay_submitted turns SUBMITTING into ABANDONED atomically, and only then does Pay answer
  * UNAVAILABLE: an ABANDONED payment is never debited (payment-consumer fails it, even
  * if Kafka holds the request after all), and only a retry of Pay with the same key
- * submits it again. If instead the request was seen in Kafka first (pay_accepted, or
- * payment-consumer's claim), pay_abandon finds it PENDING or later and Pay answers
+ * submits it again. If instead the request was seen in Kafka first (acknowledged, or
+ * claimed by payment-consumer), the abandon finds it PENDING or later and Pay answers
  * that real state. When Redis cannot tell (the abandon or accept call failed), Pay
  * answers UNKNOWN: the state is unknown, retry with the same key to learn it.
  *
@@ -99,7 +99,7 @@ typedef struct pctx {
     char id[SRV_TOKEN_MAX + 1]; /* payment id */
     int refs;                   /* the call's side + each Kafka/Redis callback pending */
     int answered;
-    int abandoning; /* pay_abandon sent: its reply decides */
+    int abandoning; /* the abandon is sent: its reply decides */
     uv_timer_t timer;
     int timer_live;
 } pctx;
@@ -160,7 +160,7 @@ static void answer_unknown(pctx *p, const char *why) {
                     "the payment's state is unknown (%s); retry Pay with the same idempotency_key to learn it", why);
 }
 
-/* pay_accepted's or pay_abandon's reply: the payment's state after the transition. */
+/* pay_submitted's reply (accepted or abandon): the payment's state after it. */
 static void on_settled_state(redisReply *r, const char *err, void *arg, int from_abandon) {
     pctx *p = arg;
     cc_pay_record rec;

@@ -177,7 +177,7 @@ static void start_with(const char *const *server_extra) {
     topic_ends(CC_TOPIC_PAYMENT_RESULTS, results_start);
     topic_ends(CC_TOPIC_RESERVATION_EVENTS, events_start);
     begin_text = cc_pay_scripts()[CC_PAY_S_BEGIN].body;
-    accepted_text = cc_pay_scripts()[CC_PAY_S_ACCEPTED].body;
+    accepted_text = cc_pay_scripts()[CC_PAY_S_SUBMITTED].body;
 }
 
 static void start(void) { start_with(NULL); }
@@ -356,7 +356,7 @@ static void request(pay_t **ps, int n) {
     produce_requests(ps, n);
     redisContext *rc = th_redis_connect(&redis);
     for (int i = 0; i < n; i++)
-        redisAppendCommand(rc, "EVAL %s 1 cc:{%s}:q:tok cc:{%s}: %s", accepted_text, CONCERT, CONCERT,
+        redisAppendCommand(rc, "EVAL %s 1 cc:{%s}:q:tok cc:{%s}: %s PENDING", accepted_text, CONCERT, CONCERT,
                            ps[i]->pid);
     for (int i = 0; i < n; i++) {
         redisReply *r = NULL;
@@ -509,6 +509,23 @@ static int event_matches(const rd_kafka_message_t *m, void *arg) {
         ok = e->seat_numbers[i] == w->seats[i];
     free_msg(e);
     return ok;
+}
+
+/* n payments of n users "<prefix>-<i>": each ACTIVE, topped up with `topup` (0: not at
+ * all), holding seat first_seat + i, and recorded SUBMITTING as Pay does. */
+static void make_payments(pay_t *pays, pay_t **ps, int32_t (*seats)[4], int n, const char *prefix, int first_seat,
+                          int64_t topup) {
+    memset(pays, 0, (size_t)n * sizeof *pays);
+    for (int i = 0; i < n; i++) {
+        snprintf(pays[i].user, sizeof pays[i].user, "%s-%d", prefix, i);
+        ps[i] = &pays[i];
+        seats[i][0] = first_seat + i;
+    }
+    activate(ps, n);
+    for (int i = 0; topup && i < n; i++)
+        charge(pays[i].user, topup);
+    reserve(ps, n, seats, 1);
+    begin(ps, n);
 }
 
 /* ---- one user, one payment ---- */
@@ -978,17 +995,7 @@ Test(consumer, broker_killed_under_load, .init = start_three_brokers, .fini = st
     static pay_t pays[N];
     static pay_t *ps[N];
     static int32_t seats[N][4];
-    memset(pays, 0, sizeof pays);
-    for (int i = 0; i < N; i++) {
-        snprintf(pays[i].user, sizeof pays[i].user, "k-%d", i);
-        ps[i] = &pays[i];
-        seats[i][0] = 100 + i;
-    }
-    activate(ps, N);
-    for (int i = 0; i < N; i++)
-        charge(pays[i].user, PRICE);
-    reserve(ps, N, seats, 1);
-    begin(ps, N);
+    make_payments(pays, ps, seats, N, "k", 100, PRICE);
     start_consumer(0, NULL);
     request(ps, N / 2);
     wait_settled(ps, N / 2, N / 4, 30000);
@@ -1189,17 +1196,7 @@ static void error_reply_mid_step(int flush) {
     static pay_t pays[N];
     static pay_t *ps[N];
     static int32_t seats[N][4];
-    memset(pays, 0, sizeof pays);
-    for (int i = 0; i < N; i++) {
-        snprintf(pays[i].user, sizeof pays[i].user, "mid-%d", i);
-        ps[i] = &pays[i];
-        seats[i][0] = 200 + i;
-    }
-    activate(ps, N);
-    for (int i = 0; i < N; i++)
-        charge(pays[i].user, 3 * PRICE);
-    reserve(ps, N, seats, 1);
-    begin(ps, N);
+    make_payments(pays, ps, seats, N, "mid", 200, 3 * PRICE);
     const char *flags[] = {"--batch", "100", NULL};
     start_consumer(0, flags);
     freeReplyObject(cmd("DEL cc:{w:%s}:bal", pays[BAD].user));
@@ -1327,25 +1324,19 @@ Test(consumer, metrics_page, .init = start, .fini = stop, .timeout = 90) {
  * machine, is the bottleneck, as one replica is when the load outgrows it. */
 enum { DRILL_N = 390, DRILL_RATE = 20 };
 
-static double drill_completed(void) {
+/* A metric summed over every live consumer. */
+static double drill_sum(const char *name) {
     double sum = 0;
     for (int i = 0; i < 3; i++)
         if (cons[i].pid > 0) {
-            double v = consumer_metric(&cons[i], "payment_consumer_payments_total");
+            double v = consumer_metric(&cons[i], name);
             if (v > 0) sum += v;
         }
     return sum;
 }
 
-static double drill_lag(void) {
-    double sum = 0;
-    for (int i = 0; i < 3; i++)
-        if (cons[i].pid > 0) {
-            double v = consumer_metric(&cons[i], "payment_consumer_lag");
-            if (v > 0) sum += v;
-        }
-    return sum;
-}
+static double drill_completed(void) { return drill_sum("payment_consumer_payments_total"); }
+static double drill_lag(void) { return drill_sum("payment_consumer_lag"); }
 
 /* Settled per second over `ms`, from the consumers' own counters. */
 static double drill_rate(int ms) {
@@ -1372,17 +1363,7 @@ Test(consumer, lag_drill_more_replicas_drain_faster, .init = start, .fini = stop
     static pay_t pays[DRILL_N];
     static pay_t *ps[DRILL_N];
     static int32_t seats[DRILL_N][4];
-    memset(pays, 0, sizeof pays);
-    for (int i = 0; i < DRILL_N; i++) {
-        snprintf(pays[i].user, sizeof pays[i].user, "lag-%d", i);
-        ps[i] = &pays[i];
-        seats[i][0] = i + 1;
-    }
-    activate(ps, DRILL_N);
-    for (int i = 0; i < DRILL_N; i++)
-        charge(pays[i].user, PRICE);
-    reserve(ps, DRILL_N, seats, 1);
-    begin(ps, DRILL_N);
+    make_payments(pays, ps, seats, DRILL_N, "lag", 1, PRICE);
     char rate[16];
     snprintf(rate, sizeof rate, "%d", DRILL_RATE);
     const char *flags[] = {"--metrics", "127.0.0.1:0", "--max-rate", rate, "--lag-interval-ms", "500", NULL};

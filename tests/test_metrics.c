@@ -129,26 +129,9 @@ static void stop(void) {
 
 /* One HTTP request; returns the whole response (headers and body). */
 static char *http(const char *method, const char *path) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)metrics_port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert(connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "metrics port %d", metrics_port);
-    char req[256];
-    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\n\r\n", method, path);
-    cr_assert(write(fd, req, (size_t)n) == n);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = calloc(1, cap);
-    ssize_t r;
-    while ((r = read(fd, buf + len, cap - len - 1)) > 0) {
-        len += (size_t)r;
-        if (cap - len < 4096) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-        }
-    }
-    buf[len] = '\0';
-    close(fd);
-    return buf;
+    char *r = th_http(metrics_port, method, path);
+    cr_assert(r, "metrics port %d", metrics_port);
+    return r;
 }
 
 static int has_line(const char *page, const char *line) {
