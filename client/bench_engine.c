@@ -144,12 +144,17 @@ int bench_engine_new(bench_engine **out, const bench_engine_config *cfg, char *e
     }
     snprintf(e->target, sizeof e->target, "%s", cfg->target);
     grpc_init();
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel_credentials *creds = cc_client_credentials(cfg->tls, err, errlen);
+    if (!creds) {
+        grpc_shutdown();
+        free(e);
+        return -1;
+    }
     for (int i = 0; i < e->cfg.channels; i++) {
         /* A distinct argument per channel plus a local subchannel pool: no two channels
          * share a subchannel, so each is its own TCP connection. Retries off: a bench
          * must see every failure, not have the library hide it. */
-        grpc_arg args[4];
+        grpc_arg args[5];
         memset(args, 0, sizeof args);
         args[0].type = GRPC_ARG_INTEGER;
         args[0].key = (char *)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
@@ -164,6 +169,9 @@ int bench_engine_new(bench_engine **out, const bench_engine_config *cfg, char *e
         args[3].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
         args[3].value.integer = 16 << 20;
         grpc_channel_args ca = {4, args};
+        if (cfg->tls && cc_tls_given(cfg->tls->server_name))
+            args[ca.num_args++] = (grpc_arg){.type = GRPC_ARG_STRING, .key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                                             .value.string = (char *)cfg->tls->server_name};
         e->ch[i] = grpc_channel_create(e->target, creds, &ca);
         if (!e->ch[i]) {
             snprintf(err, errlen, "cannot create a channel to %s", e->target);

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "bench_proc.h"
+#include "cc_client.h"
 #include "bench_report.h"
 
 #define BENCH_MAX_CHANNELS 64
@@ -39,7 +40,8 @@ typedef struct bench_engine bench_engine;
 typedef struct bench_user bench_user;
 
 typedef struct {
-    const char *target;  /* host:port, plaintext */
+    const char *target;  /* host:port */
+    const cc_client_tls *tls; /* NULL: plaintext */
     int channels;        /* separate connections (default 4) */
     int threads;         /* worker threads, one completion queue each (default 1) */
     int timeout_ms;      /* deadline of each unary call (default 10000) */

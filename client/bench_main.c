@@ -64,6 +64,7 @@ static const cc_opt global_opts[] = {
      "also write report.md, report.json, series-*.tsv, charts.gp and PNG charts to DIR", 0, 0},
     {"json", NULL, CC_OPT_FLAG, &o.json, NULL, "print the JSON report on stdout instead of Markdown", 0, 0},
     {"quiet", NULL, CC_OPT_FLAG, &o.quiet, NULL, "no progress line on stderr", 0, 0},
+    CC_CLIENT_TLS_OPTS(o.tls),
     {0},
 };
 
@@ -180,7 +181,8 @@ int main(int argc, char **argv) {
     /* 1. Take the repeatable --watch-pid / --watch-proc out of argv. */
     const char *watch_pid[MAX_WATCH], *watch_proc[MAX_WATCH];
     int n_pid = 0, n_proc = 0;
-    char **args = calloc((size_t)argc + 1, sizeof *args);
+    static char **args; /* lives as long as the process (static: not a leak on early exits) */
+    args = calloc((size_t)argc + 1, sizeof *args);
     if (!args) abort();
     int n_args = 0;
     args[n_args++] = argv[0];
@@ -283,6 +285,7 @@ int main(int argc, char **argv) {
         .threads = (int)o.threads,
         .timeout_ms = (int)o.timeout_ms,
         .quiet = o.quiet,
+        .tls = &o.tls,
     };
     bench_engine *e;
     if (bench_engine_new(&e, &ec, err, sizeof err) < 0) {

@@ -31,6 +31,7 @@ typedef struct {
     int64_t threads, channels, timeout_ms;
     int json, quiet;
     const char *out;
+    cc_client_tls tls; /* --tls* options */
 } bench_opts;
 
 /** What a scenario's run() gets. */

@@ -356,9 +356,10 @@ static int admin_call(cc_client *c, const char *key, const char *method, const P
 }
 
 static int setup(const bench_opts *o, bk_state *s, const char *key) {
-    cc_client *c = cc_client_open(o->server);
+    char err[512];
+    cc_client *c = cc_client_open_tls(o->server, &o->tls, err, sizeof err);
     if (!c) {
-        fprintf(stderr, "concert-bench booking: cannot open a channel to %s\n", o->server);
+        fprintf(stderr, "concert-bench booking: cannot open a channel to %s: %s\n", o->server, err);
         return -1;
     }
     int rc = 0;

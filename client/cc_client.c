@@ -36,17 +36,49 @@ const char *cc_status_name(grpc_status_code code) {
     return "UNKNOWN";
 }
 
-cc_client *cc_client_open(const char *target) {
+/* TLS is on with --tls or any of the other TLS options. */
+static int tls_on(const cc_client_tls *t) {
+    return t && (t->enabled || cc_tls_given(t->files.ca_file) || cc_tls_given(t->files.cert_file) ||
+                 cc_tls_given(t->files.key_file) || cc_tls_given(t->server_name));
+}
+
+grpc_channel_credentials *cc_client_credentials(const cc_client_tls *tls, char *err, size_t errlen) {
+    if (!tls_on(tls)) return grpc_insecure_credentials_create();
+    static const char *const flags[3] = {"--tls-ca", "--tls-cert", "--tls-key"};
+    cc_tls_pem pem;
+    if (cc_tls_load(&pem, &tls->files, flags, err, errlen) < 0) return NULL;
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = pem.key, .cert_chain = pem.cert};
+    /* gRPC copies the strings; a NULL CA means the default roots. */
+    grpc_channel_credentials *creds = grpc_ssl_credentials_create(pem.ca, pem.cert ? &pair : NULL, NULL, NULL);
+    cc_tls_pem_free(&pem);
+    if (!creds) snprintf(err, errlen, "--tls-ca: gRPC refused the TLS files");
+    return creds;
+}
+
+cc_client *cc_client_open_tls(const char *target, const cc_client_tls *tls, char *err, size_t errlen) {
     grpc_init();
+    grpc_channel_credentials *creds = cc_client_credentials(tls, err, errlen);
+    if (!creds) {
+        grpc_shutdown();
+        return NULL;
+    }
     cc_client *c = calloc(1, sizeof *c);
     if (!c) abort();
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-                    .value.integer = 64 << 20};
-    grpc_channel_args args = {1, &arg};
-    c->ch = grpc_channel_create(target, creds, &args);
+    grpc_arg args[2] = {{.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                         .value.integer = 64 << 20}};
+    size_t n = 1;
+    if (tls_on(tls) && cc_tls_given(tls->server_name))
+        args[n++] = (grpc_arg){.type = GRPC_ARG_STRING, .key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                               .value.string = (char *)tls->server_name};
+    grpc_channel_args ca = {n, args};
+    c->ch = grpc_channel_create(target, creds, &ca);
     grpc_channel_credentials_release(creds);
     return c;
+}
+
+cc_client *cc_client_open(const char *target) {
+    char err[8];
+    return cc_client_open_tls(target, NULL, err, sizeof err);
 }
 
 void cc_client_close(cc_client *c) {

@@ -9,6 +9,9 @@
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
 
+#include "cc_opt.h"
+#include "cc_tls.h"
+
 typedef struct cc_client cc_client;
 typedef struct cc_stream cc_stream;
 typedef struct cc_batch cc_batch;
@@ -36,8 +39,40 @@ size_t cc_ops_request(grpc_op *ops, grpc_metadata *md, size_t n_md, grpc_byte_bu
 size_t cc_ops_unary_reply(grpc_op *ops, grpc_byte_buffer **resp, grpc_metadata_array *trail, grpc_status_code *code,
                           grpc_slice *details);
 
+/** TLS of a channel (the clients' --tls, --tls-ca, --tls-cert, --tls-key,
+ * --tls-server-name). Off unless `enabled`. files.ca_file: the CA the server's
+ * certificate must chain to (unset: the system's roots); cert/key: the client's
+ * certificate for mutual TLS; server_name: the name the server's certificate must
+ * carry (unset: the target's host). Strings are borrowed. */
+typedef struct {
+    int enabled;
+    cc_tls_files files;
+    const char *server_name;
+} cc_client_tls;
+
+/** The clients' TLS option rows (cc_opt), shared by concertctl and concert-bench:
+ * --tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name and their variables.
+ * Any of the files or the name turns TLS on without --tls. */
+#define CC_CLIENT_TLS_OPTS(t)                                                                                  \
+    {"tls", "CONCERT_TLS", CC_OPT_FLAG, &(t).enabled, NULL,                                                    \
+     "use TLS, verifying the server against the system's CAs (implied by the --tls-* options)", 0, 0},         \
+        {"tls-ca", "CONCERT_TLS_CA", CC_OPT_STR, &(t).files.ca_file, "FILE",                                   \
+         "use TLS; the server's certificate must chain to this PEM CA", 0, 0},                                 \
+        {"tls-cert", "CONCERT_TLS_CLIENT_CERT", CC_OPT_STR, &(t).files.cert_file, "FILE",                      \
+         "mutual TLS: present this PEM client certificate (needs --tls-key)", 0, 0},                           \
+        {"tls-key", "CONCERT_TLS_CLIENT_KEY", CC_OPT_STR, &(t).files.key_file, "FILE",                         \
+         "PEM private key of --tls-cert", 0, 0},                                                               \
+        {"tls-server-name", "CONCERT_TLS_SERVER_NAME", CC_OPT_STR, &(t).server_name, "NAME",                   \
+         "name the server's certificate must carry (default: the host of --server)", 0, 0}
+
+/** Channel credentials for `tls` (NULL or not enabled: insecure), files read and
+ * checked now. The caller releases them. NULL with "<flag>: <reason>" in err. */
+grpc_channel_credentials *cc_client_credentials(const cc_client_tls *tls, char *err, size_t errlen);
+
 /** Opens a channel to `target` (host:port, plaintext). grpc_init() is done here. */
 cc_client *cc_client_open(const char *target);
+/** Same over TLS as `tls` says (NULL: plaintext); NULL with the reason in err. */
+cc_client *cc_client_open_tls(const char *target, const cc_client_tls *tls, char *err, size_t errlen);
 void cc_client_close(cc_client *c);
 
 /** The gRPC code's canonical name, e.g. "INVALID_ARGUMENT". */

@@ -21,6 +21,7 @@ static const cc_opt global_opts[] = {
      0, 0},
     {"admin-key", "CONCERT_ADMIN_KEY", CC_OPT_STR, &ctx.admin_key, "KEY",
      "admin key for admin and seed commands (sent as x-admin-key)", 0, 0},
+    CC_CLIENT_TLS_OPTS(ctx.tls),
     {0},
 };
 
@@ -285,6 +286,14 @@ int main(int argc, char **argv) {
         rc = ctl_usage_error(&ctx, "--token is required (or set CONCERT_TOKEN)");
     else if ((cmd->needs & CTL_SEND_ADMIN) && !ctx.admin_key)
         rc = ctl_usage_error(&ctx, "--admin-key is required (or set CONCERT_ADMIN_KEY)");
+    if (rc == CTL_EXIT_OK) { /* bad TLS files are a usage error, before any call */
+        char err[512];
+        grpc_init();
+        grpc_channel_credentials *creds = cc_client_credentials(&ctx.tls, err, sizeof err);
+        if (creds) grpc_channel_credentials_release(creds);
+        else rc = ctl_usage_error(&ctx, "%s", err);
+        grpc_shutdown();
+    }
     if (rc == CTL_EXIT_OK) rc = cmd->run(&ctx);
     cc_client_close(ctx.client);
 out: /* every path frees what main allocated (clean exits under LeakSanitizer) */

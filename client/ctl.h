@@ -55,6 +55,7 @@ struct ctl_ctx {
     const ctl_cmd *cmd;    /* the command being run */
     char **args;           /* positional words after the command name */
     int n_args;
+    cc_client_tls tls;     /* --tls* options */
     cc_client *client;     /* opened by ctl_client(), closed by concertctl.c */
 };
 

@@ -13,7 +13,8 @@
 /* ---- calls ---- */
 
 cc_client *ctl_client(ctl_ctx *ctx) {
-    if (!ctx->client) ctx->client = cc_client_open(ctx->server);
+    char err[8]; /* the TLS files were checked by concertctl.c already */
+    if (!ctx->client) ctx->client = cc_client_open_tls(ctx->server, &ctx->tls, err, sizeof err);
     return ctx->client;
 }
 

@@ -5,8 +5,16 @@
  * connections reconnect with exponential backoff. Lua scripts are registered once,
  * loaded on every (re)connect and called by SHA.
  *
- * Redis URLs: redis://host:port[/db] or sentinel://host:port[,host:port...]/name.
- * In Sentinel mode each (re)connect asks the sentinels for the current primary.
+ * Redis URLs: redis://host:port[/db], sentinel://host:port[,host:port...]/name, or
+ * redis-cluster://host:port[,host:port...] (seed nodes). In Sentinel mode each
+ * (re)connect asks the sentinels for the current primary. In cluster mode the pool
+ * keeps a slot map (CLUSTER SLOTS), one set of connections per primary, and routes
+ * every command by the slot of its key (hash tags honoured); MOVED updates the map and
+ * resends, ASK resends after ASKING, TRYAGAIN/CLUSTERDOWN retry with backoff within
+ * the command's timeout; the map is refreshed on redirects and whenever a primary's
+ * connections drop. Commands without a key go to any primary. Scripts are loaded on
+ * every connection of every node; a NOSCRIPT reply (a flushed cache, a new primary)
+ * reloads them on that connection and resends the command once, transparently.
  *
  * Threading: every function must be called from the loop's thread. */
 #ifndef CC_REDIS_H
@@ -22,7 +30,8 @@ typedef struct cc_redis cc_redis;
 /** A parsed Redis URL. */
 typedef struct {
     int sentinel;             /* 1 for sentinel:// */
-    char host[8][256];        /* direct: host[0]; sentinel: up to 8 sentinels */
+    int cluster;              /* 1 for redis-cluster:// */
+    char host[8][256];        /* direct: host[0]; sentinel: up to 8 sentinels; cluster: seeds */
     int port[8];
     int n_hosts;
     int db;                   /* redis:// only */
@@ -34,7 +43,7 @@ int cc_redis_url_parse(cc_redis_url *out, const char *url, char *err, size_t err
 
 typedef struct {
     const char *url;            /* see above */
-    int connections;            /* pool size, default 2 */
+    int connections;            /* pool size (per primary in cluster mode), default 2 */
     int command_timeout_ms;     /* default 2000 */
     int connect_timeout_ms;     /* default 1000 */
     int max_backoff_ms;         /* default 2000 */
@@ -53,6 +62,11 @@ typedef struct {
     const char *body;
     size_t len;
     char sha[41];
+    /* Cluster mode: the body behind the migration fence (see cc_redis.c), made by the
+     * first cluster pool the script is given to and kept for the process' life. */
+    char *fenced_body;
+    size_t fenced_len;
+    char fenced_sha[41];
 } cc_redis_script;
 
 /** Joins `prelude` (may be NULL), a newline and `body` into a new NUL-terminated
@@ -69,13 +83,42 @@ int cc_redis_create(cc_redis **out, uv_loop_t *loop, const cc_redis_config *cfg,
                     char *err, size_t errlen);
 
 /** Scripts loaded (SCRIPT LOAD) on every connection as it comes up. The array must
- * outlive the pool. Call before the first connection is up. */
+ * outlive the pool. Call before the first connection is up. In cluster mode each
+ * script is loaded and called with the migration fence prepended (see cc_redis.c):
+ * the fenced_* fields are filled once and never freed. */
 void cc_redis_set_scripts(cc_redis *r, cc_redis_script **scripts, int n);
 
 void cc_redis_set_state_cb(cc_redis *r, cc_redis_state_cb cb, void *payload);
 
-/** 1 if at least one connection is up. */
+/** 1 if at least one connection is up (cluster mode: the slot map is known and every
+ * slot's primary has a connection up). */
 int cc_redis_is_up(const cc_redis *r);
+
+/** 1 in cluster mode. */
+int cc_redis_is_cluster(const cc_redis *r);
+
+/** Primaries known: 1 outside cluster mode; in cluster mode those of the slot map
+ * (0 before the first map). */
+int cc_redis_n_nodes(const cc_redis *r);
+
+/** "host:port" of primary `node` into buf (Sentinel: the address the first connection
+ * resolved; "" when unknown). Returns buf. */
+const char *cc_redis_node_addr(const cc_redis *r, int node, char *buf, size_t len);
+
+/** Sends a command to primary `node` (0 <= node < cc_redis_n_nodes), for what is per
+ * node (SCAN, INFO, DBSIZE). Same contract as cc_redis_command_argv. */
+int cc_redis_command_node(cc_redis *r, int node, cc_redis_cb cb, void *payload, int argc, const char **argv,
+                          const size_t *argvlen);
+
+/** Called once with the fewest replicas that acknowledged (WAIT) across the
+ * connections asked, or with acked = -1 and `err` when one of them failed. */
+typedef void (*cc_redis_wait_cb)(int acked, const char *err, void *payload);
+
+/** WAIT `replicas` `timeout_ms` on every connection that is up, of every primary: once
+ * `cb` reports >= replicas, every write this pool made before the call is on that
+ * many replicas of its primary (WAIT covers the writes of its own connection).
+ * Returns 0 (cb called exactly once) or -1 when no connection is up. */
+int cc_redis_wait(cc_redis *r, int replicas, int timeout_ms, cc_redis_wait_cb cb, void *payload);
 
 /** Sends a command. Returns 0 when queued (cb will be called exactly once), or -1
  * when no connection is up (cb will not be called). */
@@ -112,6 +155,7 @@ void cc_redis_close(cc_redis *r);
 /** Counters for stats and tests. */
 typedef struct {
     uint64_t sent, replies, errors, timeouts, reconnects;
+    uint64_t moved, asks, retries, noscript; /* cluster redirects, TRYAGAIN/CLUSTERDOWN retries, NOSCRIPT resends */
 } cc_redis_stats;
 void cc_redis_get_stats(const cc_redis *r, cc_redis_stats *out);
 

@@ -7,7 +7,15 @@
 # Idempotent: skips the fetch when libs/ was already built from the same pom
 # (and the training when cds/ matches this JDK). Needs only a JDK (17+) and
 # Maven (python3 for the optional CDS step). Run scripts/kafka.sh to start brokers.
+#   scripts/install-kafka.sh [--help]
+# Environment: CONCERT_KAFKA_HOME (install dir), CONCERT_KAFKA_CDS=0 (skip the CDS step).
 set -euo pipefail
+
+case "${1:-}" in
+  -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "install-kafka: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+esac
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 POM="$SCRIPT_DIR/kafka/pom.xml"

@@ -22,13 +22,15 @@ usage: scripts/kafka.sh COMMAND [options]
 Local Apache Kafka (KRaft; each node is broker+controller) on 127.0.0.1 only.
 
 commands:
-  start --nodes 1|3 --dir DIR
+  start --nodes 1|3 --dir DIR [--data-dir DATA]
         Format and start a cluster in DIR (or restart the stopped nodes of the
         cluster already in DIR, keeping its data). Waits until a topic with
         replication factor = node count can be created (timeout
         $CONCERT_KAFKA_START_TIMEOUT, default 90 s), then prints the bootstrap
         list (also in DIR/bootstrap). 1 node: RF 1, min.insync.replicas 1;
-        3 nodes: RF 3, min.insync.replicas 2.
+        3 nodes: RF 3, min.insync.replicas 2. --data-dir puts node N's log
+        directory in DATA/nodeN instead of DIR/nodeN/data (e.g. a small
+        filesystem for the disk-full drill); kept in DIR for restarts.
   stop --dir DIR
         SIGTERM the nodes whose pids are in DIR/nodeN.pid, SIGKILL after
         $CONCERT_KAFKA_STOP_TIMEOUT (default 30 s). Data stays in DIR.
@@ -67,9 +69,13 @@ log() { echo "kafka.sh: $*" >&2; }
 CMD="${1:-}"
 [[ -n "$CMD" ]] || { usage >&2; exit 2; }
 shift
-case "$CMD" in -h|--help|help) usage; exit 0 ;; esac
+case "$CMD" in
+  -h|--help|help) usage; exit 0 ;;
+  start|stop|kill-node|start-node|create-topic|status|bootstrap|tool) ;;
+  *) echo "kafka.sh: unknown command '$CMD' (see --help)" >&2; exit 2 ;;
+esac
 
-DIR="" NODES="" NODE="" TOPIC="" PARTITIONS="" RF="" TOPIC_CONFIGS=() TOOL_ARGS=()
+DIR="" DATA_DIR="" NODES="" NODE="" TOPIC="" PARTITIONS="" RF="" TOPIC_CONFIGS=() TOOL_ARGS=()
 if [[ "$CMD" == tool ]]; then
   [[ "${1:-}" == --dir && -n "${2:-}" ]] || die "usage: tool --dir DIR CLASS [ARGS...]"
   DIR="$2"; shift 2
@@ -79,6 +85,7 @@ fi
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
+    --data-dir) DATA_DIR="${2:?--data-dir needs a value}"; shift 2 ;;
     --nodes) NODES="${2:?--nodes needs a value}"; shift 2 ;;
     --node) NODE="${2:?--node needs a value}"; shift 2 ;;
     --topic) TOPIC="${2:?--topic needs a value}"; shift 2 ;;
@@ -222,7 +229,9 @@ bootstrap() { [[ -f "$DIR/bootstrap" ]] || die "no cluster in $DIR (no $DIR/boot
 write_node_config() { # N NODES BROKER_PORT VOTERS
   local n="$1" nodes="$2" bport="$3" voters="$4" cport="$5" nd
   nd="$(node_dir "$n")"
-  mkdir -p "$nd/data" "$nd/logs"
+  local data="$nd/data"
+  [[ -n "$DATA_DIR" ]] && data="$(cd "$DATA_DIR" && pwd)/node$n"
+  mkdir -p "$data" "$nd/logs"
   local rf=$nodes minisr=1
   [[ $nodes -ge 3 ]] && minisr=2
   cat >"$nd/server.properties" <<EOF
@@ -235,7 +244,7 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$bport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-log.dirs=$nd/data
+log.dirs=$data
 
 # durability: the product's HA shape is RF 3 + min.insync.replicas 2
 default.replication.factor=$rf

@@ -61,6 +61,9 @@ int main(int argc, char **argv) {
         {"redis-connections", "CONCERT_REDIS_CONNECTIONS", CC_OPT_INT, &cfg.redis_connections, "N", "multiplexed Redis connections (default 2)", 1, 64},
         {"redis-timeout-ms", "CONCERT_REDIS_TIMEOUT_MS", CC_OPT_INT, &cfg.redis_timeout_ms, "MS", "Redis command timeout (default 2000)", 10, 60000},
         {"shutdown-grace-ms", "CONCERT_SHUTDOWN_GRACE_MS", CC_OPT_INT, &cfg.shutdown_grace_ms, "MS", "on SIGTERM, time for in-flight calls (default 5000)", 0, 600000},
+        {"tls-cert", "CONCERT_TLS_CERT", CC_OPT_STR, &cfg.tls_cert, "FILE", "serve gRPC over TLS with this PEM certificate (chain); needs --tls-key", 0, 0},
+        {"tls-key", "CONCERT_TLS_KEY", CC_OPT_STR, &cfg.tls_key, "FILE", "PEM private key of --tls-cert", 0, 0},
+        {"tls-client-ca", "CONCERT_TLS_CLIENT_CA", CC_OPT_STR, &cfg.tls_client_ca, "FILE", "mutual TLS: require client certificates signed by this PEM CA", 0, 0},
         {"requests-per-method", "CONCERT_REQUESTS_PER_METHOD", CC_OPT_INT, &cfg.requests_per_method, "N", "calls kept armed per method in gRPC core (default 32)", 1, 4096},
         {0},
     };

@@ -35,6 +35,7 @@ typedef struct {
     int64_t kafka_linger_ms;    /* payment requests producer: linger.ms */
     int64_t kafka_fetch_wait_ms;   /* results feed: fetch.wait.max.ms */
     int64_t kafka_fetch_min_bytes; /* results feed: fetch.min.bytes */
+    const char *tls_cert, *tls_key, *tls_client_ca; /* srv_tls.h; unset = plaintext */
 } srv_config;
 
 typedef struct srv_concert srv_concert;

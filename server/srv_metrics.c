@@ -50,11 +50,12 @@ static struct {
     cc_metric *started, *handled, *seconds;
     cc_metric *q_waiting, *q_active, *q_admitted;
     cc_series *calls_active, *redis_up, *redis_cmds, *redis_errors, *redis_timeouts, *redis_reconnects;
-    cc_series *redis_used, *redis_max, *kafka_up, *kafka_pending, *concerts;
+    cc_metric *redis_used, *redis_max;
+    cc_series *kafka_up, *kafka_pending, *concerts;
     cc_metric *payments;
+    cc_series *redir_moved, *redir_ask, *redir_retry, *noscript;
     uv_timer_t info_timer;
     int info_timer_live, info_inflight;
-    double used_memory, maxmemory; /* -1: not known yet */
 } M;
 
 /* "/pkg.Service/Method" -> service "pkg.Service", method "Method". */
@@ -111,7 +112,11 @@ void srv_metrics_kafka_state(srv_app *app, int up) {
     if (M.reg) cc_series_set(M.kafka_up, up);
 }
 
-/* ---- Redis memory, every few seconds (never per scrape) ---- */
+/* ---- Redis memory, every few seconds (never per scrape), per primary ---- */
+
+typedef struct {
+    int node;
+} info_req;
 
 static double info_field(const char *info, const char *name) {
     size_t n = strlen(name);
@@ -121,15 +126,32 @@ static double info_field(const char *info, const char *name) {
 }
 
 static void on_info(redisReply *r, const char *err, void *payload) {
-    M.info_inflight = 0;
-    if (!M.reg || !r || r->type != REDIS_REPLY_STRING) return;
-    M.used_memory = info_field(r->str, "used_memory");
-    M.maxmemory = info_field(r->str, "maxmemory");
+    info_req *q = payload;
+    int node = q->node;
+    free(q);
+    if (--M.info_inflight < 0) M.info_inflight = 0;
+    if (!M.reg || !M.app || !r || r->type != REDIS_REPLY_STRING) return;
+    char addr[300];
+    cc_redis_node_addr(M.app->redis, node, addr, sizeof addr);
+    if (!addr[0]) return;
+    const char *v[] = {addr};
+    double used = info_field(r->str, "used_memory"), max = info_field(r->str, "maxmemory");
+    if (used >= 0) cc_series_set(cc_metric_with(M.redis_used, v), used);
+    /* Asked every 250 ms until the first answer, then every REDIS_INFO_INTERVAL_MS. */
+    if (M.info_timer_live) uv_timer_set_repeat(&M.info_timer, REDIS_INFO_INTERVAL_MS);
+    if (max >= 0) cc_series_set(cc_metric_with(M.redis_max, v), max);
 }
 
 static void on_info_timer(uv_timer_t *t) {
     if (M.info_inflight || !M.app || !cc_redis_is_up(M.app->redis)) return;
-    if (cc_redis_command(M.app->redis, on_info, NULL, "INFO memory") == 0) M.info_inflight = 1;
+    const char *argv[] = {"INFO", "memory"};
+    for (int i = 0; i < cc_redis_n_nodes(M.app->redis); i++) {
+        info_req *q = malloc(sizeof *q);
+        if (!q) abort();
+        q->node = i;
+        if (cc_redis_command_node(M.app->redis, i, on_info, q, 2, argv, NULL) == 0) M.info_inflight++;
+        else free(q);
+    }
 }
 
 static void count_concert(srv_app *app, const char *concert, void *arg) { ++*(int *)arg; }
@@ -146,8 +168,10 @@ static void collect(cc_metrics *reg, void *payload) {
     cc_series_set(M.redis_errors, (double)st.errors);
     cc_series_set(M.redis_timeouts, (double)st.timeouts);
     cc_series_set(M.redis_reconnects, (double)st.reconnects);
-    if (M.used_memory >= 0) cc_series_set(M.redis_used, M.used_memory);
-    if (M.maxmemory >= 0) cc_series_set(M.redis_max, M.maxmemory);
+    cc_series_set(M.redir_moved, (double)st.moved);
+    cc_series_set(M.redir_ask, (double)st.asks);
+    cc_series_set(M.redir_retry, (double)st.retries);
+    cc_series_set(M.noscript, (double)st.noscript);
     if (app->kafka) cc_series_set(M.kafka_pending, cc_kafka_producer_pending(app->kafka));
     int n = 0;
     srv_concerts_foreach(app, count_concert, &n);
@@ -159,7 +183,6 @@ static cc_series *single(cc_metric *f) { return cc_metric_with(f, NULL); }
 int srv_metrics_start(srv_app *app, const char *hostport) {
     M.reg = cc_metrics_new("concert", CONCERT_VERSION);
     M.app = app;
-    M.used_memory = M.maxmemory = -1;
     cc_metrics *r = M.reg;
     const char *lm[] = {"grpc_type", "grpc_service", "grpc_method", "grpc_code"};
     M.started = cc_metrics_counter(r, "grpc_server_started_total", "Total number of RPCs started on the server.", 3, lm);
@@ -200,8 +223,15 @@ int srv_metrics_start(srv_app *app, const char *hostport) {
     M.redis_errors = single(cc_metrics_counter(r, "concert_redis_errors_total", "Redis commands that failed without a reply (disconnects, timeouts).", 0, NULL));
     M.redis_timeouts = single(cc_metrics_counter(r, "concert_redis_timeouts_total", "Redis commands that timed out (--redis-timeout-ms) and dropped their connection.", 0, NULL));
     M.redis_reconnects = single(cc_metrics_counter(r, "concert_redis_reconnects_total", "Redis reconnect attempts.", 0, NULL));
-    M.redis_used = single(cc_metrics_gauge(r, "concert_redis_used_memory_bytes", "Redis used_memory (INFO memory, refreshed every 5 s).", 0, NULL));
-    M.redis_max = single(cc_metrics_gauge(r, "concert_redis_maxmemory_bytes", "Redis maxmemory (0: no limit; INFO memory, refreshed every 5 s).", 0, NULL));
+    const char *lk[] = {"kind"};
+    cc_metric *redir = cc_metrics_counter(r, "concert_redis_cluster_redirects_total", "Redis Cluster replies the pool handled by itself: moved (MOVED, map updated), ask (ASK), tryagain (TRYAGAIN/CLUSTERDOWN, retried with backoff).", 1, lk);
+    M.redir_moved = cc_metric_with(redir, (const char *[]){"moved"});
+    M.redir_ask = cc_metric_with(redir, (const char *[]){"ask"});
+    M.redir_retry = cc_metric_with(redir, (const char *[]){"tryagain"});
+    M.noscript = single(cc_metrics_counter(r, "concert_redis_noscript_resends_total", "Script calls answered NOSCRIPT (flushed cache, new primary): scripts reloaded and the call resent.", 0, NULL));
+    const char *ln[] = {"node"};
+    M.redis_used = cc_metrics_gauge(r, "concert_redis_used_memory_bytes", "Redis used_memory of each primary (INFO memory, refreshed every 5 s).", 1, ln);
+    M.redis_max = cc_metrics_gauge(r, "concert_redis_maxmemory_bytes", "Redis maxmemory of each primary (0: no limit; INFO memory, refreshed every 5 s).", 1, ln);
     if (app->kafka) {
         M.kafka_up = single(cc_metrics_gauge(r, "concert_kafka_up", "1 while the Kafka producer reaches a broker (payments).", 0, NULL));
         cc_series_set(M.kafka_up, 1);
@@ -220,7 +250,7 @@ int srv_metrics_start(srv_app *app, const char *hostport) {
     }
     uv_timer_init(app->loop, &M.info_timer);
     M.info_timer_live = 1;
-    uv_timer_start(&M.info_timer, on_info_timer, 0, REDIS_INFO_INTERVAL_MS);
+    uv_timer_start(&M.info_timer, on_info_timer, 0, 250);
     return 0;
 }
 

@@ -484,7 +484,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
             return -1;
         }
     }
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    grpc_server_credentials *creds = cfg->creds ? cfg->creds : grpc_insecure_server_credentials_create();
     int port = grpc_server_add_http2_port(s->server, cfg->listen, creds);
     grpc_server_credentials_release(creds);
     if (port == 0) {
@@ -664,14 +664,14 @@ int srv_call_send(srv_call *c, const ProtobufCMessage *msg) {
 
 static void on_recv(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_recv));
-    grpc_byte_buffer *bb = ok ? c->recv_bb : NULL;
+    /* Taken before cb: cb may arm the next RECV_MESSAGE, which gRPC fills from its
+     * own thread into c->recv_bb (destroying c->recv_bb after cb leaked a message). */
+    grpc_byte_buffer *got = c->recv_bb;
+    c->recv_bb = NULL;
     void (*cb)(srv_call *, grpc_byte_buffer *) = c->on_recv;
     c->on_recv = NULL;
-    if (!c->handler_done) cb(c, bb);
-    if (c->recv_bb) {
-        grpc_byte_buffer_destroy(c->recv_bb);
-        c->recv_bb = NULL;
-    }
+    if (!c->handler_done) cb(c, ok ? got : NULL);
+    if (got) grpc_byte_buffer_destroy(got);
     call_unref(c);
 }
 

@@ -41,6 +41,7 @@ typedef struct {
      * between. `method` is the index in `methods`, n_methods for an unknown method. */
     void (*on_call_start)(void *app, int method);
     void (*on_call_end)(void *app, int method, grpc_status_code code, double seconds);
+    grpc_server_credentials *creds; /* taken and released by srv_rpc_start; NULL = plaintext */
 } srv_rpc_config;
 
 /** Creates, binds and starts the server. `methods` must outlive it; `app` is handed

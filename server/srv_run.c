@@ -10,6 +10,7 @@
 
 #include "cc_kafka.h"
 #include "cc_log.h"
+#include "srv_tls.h"
 
 static uv_signal_t sig_term, sig_int;
 static int exit_code;
@@ -92,7 +93,14 @@ int srv_run(const srv_config *cfg) {
     cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
 
     grpc_init();
-    srv_rpc_config sc = {.listen = cfg->listen, .requests_per_method = (int)cfg->requests_per_method};
+    const char *tls_mode;
+    grpc_server_credentials *creds =
+        srv_tls_credentials(cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca, &tls_mode, err, sizeof err);
+    if (!creds) {
+        fprintf(stderr, "concert-server: %s\n", err);
+        return 2;
+    }
+    srv_rpc_config sc = {.listen = cfg->listen, .requests_per_method = (int)cfg->requests_per_method, .creds = creds};
     if (cfg->metrics && *cfg->metrics) {
         sc.on_call_start = srv_metrics_call_start;
         sc.on_call_end = srv_metrics_call_end;
@@ -102,7 +110,8 @@ int srv_run(const srv_config *cfg) {
         fprintf(stderr, "concert-server: cannot listen on %s\n", cfg->listen);
         return 1;
     }
-    CC_INFO("listening", "addr=%s port=%d redis=%s methods=%d", cfg->listen, port, cfg->redis_url, srv_n_methods);
+    CC_INFO("listening", "addr=%s port=%d redis=%s methods=%d tls=%s", cfg->listen, port, cfg->redis_url,
+            srv_n_methods, tls_mode);
 
     if (cfg->metrics && *cfg->metrics && srv_metrics_start(app, cfg->metrics) < 0) return 1;
 

@@ -95,29 +95,14 @@ static th_server server;
 static cc_client *cli;
 static int metrics_port;
 
-/* The port from the server's `metrics_listening ... port=N` log line. */
-static int logged_port(void *arg) {
-    FILE *fp = fopen(server.log, "r");
-    if (!fp) return 0;
-    char line[1024];
-    int port = 0;
-    while (fgets(line, sizeof line, fp)) {
-        const char *p = strstr(line, "event=metrics_listening");
-        if (p && (p = strstr(p, " port="))) port = atoi(p + 6);
-    }
-    fclose(fp);
-    *(int *)arg = port;
-    return port > 0;
-}
-
 static void start(void) {
     memset(&redis, 0, sizeof redis);
     th_redis_start(&redis);
     const char *flags[] = {"--metrics", "127.0.0.1:0", "--admin-key", "mk", "--admit-interval-ms", "20", NULL};
     th_server_start(&server, redis.url, flags);
     cli = cc_client_open(server.addr);
-    metrics_port = 0;
-    cr_assert(th_wait_for(logged_port, &metrics_port, 10, 5000), "no metrics_listening port in %s", server.log);
+    metrics_port = th_metrics_port(&server);
+    cr_assert(metrics_port > 0, "no metrics_listening port in %s", server.log);
 }
 
 static void stop(void) {
@@ -127,12 +112,7 @@ static void stop(void) {
     th_redis_stop(&redis);
 }
 
-/* One HTTP request; returns the whole response (headers and body). */
-static char *http(const char *method, const char *path) {
-    char *r = th_http(metrics_port, method, path);
-    cr_assert(r, "metrics port %d", metrics_port);
-    return r;
-}
+static char *http(const char *method, const char *path) { return th_http(metrics_port, method, path); }
 
 static int has_line(const char *page, const char *line) {
     size_t n = strlen(line);
@@ -158,6 +138,17 @@ static int promtool(const char *body, char *out, size_t outlen) {
     int st = pclose(p);
     unlink(path);
     return st;
+}
+
+/* Redis used/max memory of the (only) primary, labelled with its address. */
+static int memory_known(void *arg) {
+    char *resp = http("GET", "/metrics");
+    char used[96], max[96];
+    snprintf(used, sizeof used, "\nconcert_redis_used_memory_bytes{node=\"127.0.0.1:%d\"} ", redis.port);
+    snprintf(max, sizeof max, "concert_redis_maxmemory_bytes{node=\"127.0.0.1:%d\"} 0", redis.port);
+    int ok = strstr(resp, used) && has_line(resp, max);
+    free(resp);
+    return ok;
 }
 
 Test(server, page_passes_promtool_with_standard_grpc_labels, .init = start, .fini = stop, .timeout = 60) {
@@ -187,6 +178,7 @@ Test(server, page_passes_promtool_with_standard_grpc_labels, .init = start, .fin
     cr_expect(has_line(page, want), "%s", want);
     cr_expect(has_line(page, "# TYPE grpc_server_handling_seconds histogram"), "histogram type");
     cr_expect(has_line(page, "concert_redis_up 1"), "redis up");
+    cr_expect(th_wait_for(memory_known, NULL, 50, 3000), "Redis memory per node (INFO memory) on the page");
     cr_expect(has_line(page, "concert_build_info{version=\"" CONCERT_VERSION "\"} 1"), "build info");
     cr_expect(strstr(page, "\nprocess_cpu_seconds_total "), "process cpu");
     cr_expect(strstr(page, "\nprocess_open_fds "), "process fds");

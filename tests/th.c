@@ -343,27 +343,30 @@ char *th_redis_digest(const th_redis *r) {
     return out;
 }
 
-/* ---- Kafka (scripts/kafka.sh) ---- */
+/* ---- service scripts (scripts/kafka.sh, scripts/redis-cluster.sh) ---- */
 
 #define TH_KAFKA_SH TH_SOURCE_DIR "/scripts/kafka.sh"
+#define TH_RCLUSTER_SH TH_SOURCE_DIR "/scripts/redis-cluster.sh"
 
-/* Runs kafka.sh with `args` (NULL-terminated), stdout into out[outlen] (may be NULL),
- * stderr appended to DIR/kafka-sh.log. Returns its exit status (-1 if it died). */
-static int kafka_sh(const th_kafka *k, const char *const *args, char *out, size_t outlen) {
+/* Runs `script` with `args` (NULL-terminated), stdout into out[outlen] (may be NULL),
+ * stderr appended to DIR/<script name>.log. Returns its exit status (-1 if it died). */
+static int run_script(const char *script, const char *dir, const char *const *args, char *out, size_t outlen) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0) return -1;
     char log[300];
-    snprintf(log, sizeof log, "%s/kafka-sh.log", k->dir);
+    const char *base = strrchr(script, '/');
+    snprintf(log, sizeof log, "%s/%.*s-sh.log", dir, (int)strcspn(base ? base + 1 : script, "."),
+             base ? base + 1 : script);
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
         dup2(fds[1], 1);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) dup2(fd, 2);
-        char *argv[16];
+        char *argv[24];
         int n = 0;
-        argv[n++] = TH_KAFKA_SH;
-        for (int i = 0; args[i] && n < 15; i++) argv[n++] = (char *)args[i];
+        argv[n++] = (char *)script;
+        for (int i = 0; args[i] && n < 23; i++) argv[n++] = (char *)args[i];
         argv[n] = NULL;
         execv(argv[0], argv);
         _exit(127);
@@ -391,13 +394,18 @@ static int kafka_sh(const th_kafka *k, const char *const *args, char *out, size_
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+static int kafka_sh(const th_kafka *k, const char *const *args, char *out, size_t outlen) {
+    return run_script(TH_KAFKA_SH, k->dir, args, out, outlen);
+}
+
 /* The reaper: a child in its own process group (a terminal's Ctrl-C does not reach
  * it) blocked on a pipe whose only writer is this process. EOF means we died without
- * th_kafka_stop: it stops the brokers (by the pids in DIR) and removes DIR. A byte
- * means "all done, just exit". */
-static void start_reaper(th_kafka *k) {
+ * the matching stop: it runs `script stop --dir DIR` (which signals only the pids in
+ * DIR) and removes DIR. A byte means "all done, just exit". The services these
+ * scripts start are not our children, so PR_SET_PDEATHSIG cannot do this. */
+static void start_reaper(const char *script, const char *dir, int *fd_out, pid_t *pid_out) {
     int fds[2];
-    k->reaper_fd = -1;
+    *fd_out = -1;
     if (pipe2(fds, O_CLOEXEC) < 0) return;
     pid_t pid = fork();
     if (pid < 0) {
@@ -417,13 +425,22 @@ static void start_reaper(th_kafka *k) {
         if (r == 1) _exit(0);
         int fd = open("/dev/null", O_RDWR);
         if (fd >= 0) dup2(fd, 0), dup2(fd, 1), dup2(fd, 2);
-        execl("/bin/bash", "bash", "-c", "\"$0\" stop --dir \"$1\"; rm -rf -- \"$1\"", TH_KAFKA_SH, k->dir,
-              (char *)NULL);
+        execl("/bin/bash", "bash", "-c", "\"$0\" stop --dir \"$1\"; rm -rf -- \"$1\"", script, dir, (char *)NULL);
         _exit(127);
     }
     close(fds[0]);
-    k->reaper_fd = fds[1];
-    k->reaper = pid;
+    *fd_out = fds[1];
+    *pid_out = pid;
+}
+
+/* Tells the reaper all is done and waits for it. */
+static void dismiss_reaper(int *fd, pid_t pid) {
+    if (*fd < 0) return;
+    ssize_t w = write(*fd, "x", 1);
+    (void)w;
+    close(*fd);
+    waitpid(pid, NULL, 0);
+    *fd = -1;
 }
 
 int th_kafka_start(th_kafka *k, int nodes, const char *dir, char *err, size_t errlen) {
@@ -440,7 +457,7 @@ int th_kafka_start(th_kafka *k, int nodes, const char *dir, char *err, size_t er
             return -1;
         }
     }
-    start_reaper(k);
+    start_reaper(TH_KAFKA_SH, k->dir, &k->reaper_fd, &k->reaper);
     char n[8], out[sizeof k->bootstrap];
     snprintf(n, sizeof n, "%d", nodes);
     const char *args[] = {"start", "--nodes", n, "--dir", k->dir, NULL};
@@ -461,13 +478,7 @@ void th_kafka_stop(th_kafka *k) {
     kafka_sh(k, args, NULL, 0);
     if (getenv("TH_KEEP_LOGS")) fprintf(stderr, "th: kafka folder kept: %s\n", k->dir);
     else th_rmrf(k->dir);
-    if (k->reaper_fd >= 0) {
-        ssize_t w = write(k->reaper_fd, "x", 1);
-        (void)w;
-        close(k->reaper_fd);
-        waitpid(k->reaper, NULL, 0);
-        k->reaper_fd = -1;
-    }
+    dismiss_reaper(&k->reaper_fd, k->reaper);
     k->dir[0] = '\0';
 }
 
@@ -577,30 +588,110 @@ void th_consumer_kill(th_consumer *c) {
     c->pid = 0;
 }
 
-/* ---- HTTP (metrics endpoints) ---- */
+/* ---- Redis Cluster ---- */
+
+static int rcluster_sh(const th_rcluster *c, const char *const *args, char *out, size_t outlen) {
+    return run_script(TH_RCLUSTER_SH, c->dir, args, out, outlen);
+}
+
+int th_rcluster_start(th_rcluster *c, int primaries, int replicas, char *err, size_t errlen) {
+    memset(c, 0, sizeof *c);
+    c->reaper_fd = -1;
+    snprintf(c->dir, sizeof c->dir, "/tmp/concert-test-rcluster-XXXXXX");
+    if (!mkdtemp(c->dir)) {
+        snprintf(err, errlen, "mkdtemp: %s", strerror(errno));
+        return -1;
+    }
+    start_reaper(TH_RCLUSTER_SH, c->dir, &c->reaper_fd, &c->reaper);
+    char p[8], r[8];
+    snprintf(p, sizeof p, "%d", primaries);
+    snprintf(r, sizeof r, "%d", replicas);
+    const char *args[] = {"start", "--dir", c->dir, "--primaries", p, "--replicas", r, NULL};
+    int rc = rcluster_sh(c, args, c->seeds, sizeof c->seeds);
+    c->seeds[strcspn(c->seeds, "\n")] = '\0';
+    if (rc != 0 || !c->seeds[0]) {
+        snprintf(err, errlen, "scripts/redis-cluster.sh start failed (exit %d), see %s/redis-cluster-sh.log", rc,
+                 c->dir);
+        return -1;
+    }
+    c->nodes = primaries * (1 + replicas);
+    snprintf(c->url, sizeof c->url, "redis-cluster://%s", c->seeds);
+    return 0;
+}
+
+void th_rcluster_stop(th_rcluster *c) {
+    if (!c->dir[0]) return;
+    const char *args[] = {"stop", "--dir", c->dir, NULL};
+    rcluster_sh(c, args, NULL, 0);
+    if (getenv("TH_KEEP_LOGS")) fprintf(stderr, "th: redis cluster folder kept: %s\n", c->dir);
+    else th_rmrf(c->dir);
+    dismiss_reaper(&c->reaper_fd, c->reaper);
+    c->dir[0] = '\0';
+}
+
+int th_rcluster_kill_node(th_rcluster *c, int node) {
+    char n[8];
+    snprintf(n, sizeof n, "%d", node);
+    const char *args[] = {"kill-node", "--dir", c->dir, "--node", n, NULL};
+    return rcluster_sh(c, args, NULL, 0);
+}
+
+int th_rcluster_start_node(th_rcluster *c, int node) {
+    char n[8];
+    snprintf(n, sizeof n, "%d", node);
+    const char *args[] = {"start-node", "--dir", c->dir, "--node", n, NULL};
+    return rcluster_sh(c, args, NULL, 0);
+}
+
+int th_rcluster_port(th_rcluster *c, int node) {
+    char n[8], out[16] = "";
+    snprintf(n, sizeof n, "%d", node);
+    const char *args[] = {"port", "--dir", c->dir, "--node", n, NULL};
+    if (rcluster_sh(c, args, out, sizeof out) != 0) return 0;
+    return atoi(out);
+}
+
+/* ---- metrics endpoint ---- */
+
+static int logged_metrics_port(void *arg) {
+    th_server *s = arg;
+    FILE *fp = fopen(s->log, "r");
+    if (!fp) return 0;
+    char line[1024];
+    int port = 0;
+    while (fgets(line, sizeof line, fp)) {
+        const char *p = strstr(line, "event=metrics_listening");
+        if (p && (p = strstr(p, " port="))) port = atoi(p + 6);
+    }
+    fclose(fp);
+    s->metrics_port = port;
+    return port > 0;
+}
+
+int th_metrics_port(th_server *s) {
+    s->metrics_port = 0;
+    th_wait_for(logged_metrics_port, s, 10, 5000);
+    return s->metrics_port;
+}
 
 char *th_http(int port, const char *method, const char *path) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        if (fd >= 0) close(fd);
-        return NULL;
-    }
+    cr_assert(connect(fd, (struct sockaddr *)&a, sizeof a) == 0, "connect to 127.0.0.1:%d", port);
     char req[256];
     int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\n\r\n", method, path);
-    if (write(fd, req, (size_t)n) != n) {
-        close(fd);
-        return NULL;
-    }
+    cr_assert(write(fd, req, (size_t)n) == n);
     size_t cap = 1 << 16, len = 0;
-    char *buf = calloc(1, cap);
+    char *buf = malloc(cap);
+    cr_assert(buf);
     ssize_t r;
     while ((r = read(fd, buf + len, cap - len - 1)) > 0) {
         len += (size_t)r;
         if (cap - len < 4096) {
             cap *= 2;
             buf = realloc(buf, cap);
+            cr_assert(buf);
         }
     }
     buf[len] = '\0';

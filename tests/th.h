@@ -24,6 +24,7 @@ typedef struct {
     int port;
     char addr[64];
     char log[300];
+    int metrics_port; /* filled by th_metrics_port */
 } th_server;
 
 /** A free TCP port on 127.0.0.1 (bound and released). */
@@ -49,6 +50,13 @@ redisContext *th_redis_connect(const th_redis *r);
 void th_server_start(th_server *s, const char *redis_url, const char *const *extra);
 /** SIGTERM, waits; returns its exit status (or -1 if it had to be killed). */
 int th_server_stop(th_server *s);
+
+/** The port a server started with `--metrics HOST:0` bound, from its
+ * `event=metrics_listening ... port=N` log line (waits up to 5 s); 0 if none. */
+int th_metrics_port(th_server *s);
+/** One HTTP/1.1 request to 127.0.0.1:port; the whole response (headers and body),
+ * caller frees. */
+char *th_http(int port, const char *method, const char *path);
 
 /** Starts argv[0] (PATH lookup) with stdout and stderr appended to `log` (NULL:
  * /dev/null); it gets SIGKILL when this process dies. */
@@ -131,11 +139,31 @@ int th_consumer_stop(th_consumer *c);
 /** SIGKILL, reaps it. */
 void th_consumer_kill(th_consumer *c);
 
-/* ---- HTTP ---- */
+/* ---- Redis Cluster (scripts/redis-cluster.sh) ---- */
 
-/** One HTTP/1.1 request to 127.0.0.1:port; the whole response (headers and body,
- * NUL-terminated; caller frees), or NULL if it cannot connect. */
-char *th_http(int port, const char *method, const char *path);
-/** The port of the last `event=<event> ... port=N` line in `log` (0 if none). */
+typedef struct {
+    char dir[256];    /* redis-cluster.sh --dir */
+    char seeds[512];  /* host:port,host:port,... (every node) */
+    char url[600];    /* redis-cluster://<seeds> */
+    int nodes;
+    int reaper_fd;
+    pid_t reaper;
+} th_rcluster;
+
+/** Starts a cluster of `primaries` primaries with `replicas` replicas each (scripts/
+ * redis-cluster.sh start) in a new temp folder and waits for cluster_state:ok; forks a
+ * reaper as th_kafka_start does. Returns 0, or -1 with the reason in err. */
+int th_rcluster_start(th_rcluster *c, int primaries, int replicas, char *err, size_t errlen);
+/** Stops every node, removes the folder, dismisses the reaper. */
+void th_rcluster_stop(th_rcluster *c);
+/** SIGKILLs node n (1-based); 0 or the script's exit status. */
+int th_rcluster_kill_node(th_rcluster *c, int node);
+/** Restarts node n; 0 or the script's exit status. */
+int th_rcluster_start_node(th_rcluster *c, int node);
+/** Node n's port (0 if unknown). */
+int th_rcluster_port(th_rcluster *c, int node);
+
+/** The port of the last `event=<event> ... port=N` line in `log` (0 if none): e.g. a
+ * payment-consumer's `metrics_listening`. */
 int th_log_port(const char *log, const char *event);
 #endif
