@@ -123,9 +123,9 @@ static int concert_of(concert_keys *k, const char *concert) {
 
 /* ---- calls ---- */
 
-static int eval(cc_redis *r, int conn, cc_pay_script_id id, cc_redis_cb cb, void *payload, int nkeys, int nargs,
+static int eval(cc_redis *r, cc_pay_script_id id, cc_redis_cb cb, void *payload, int nkeys, int nargs,
                 const char **args) {
-    return cc_redis_eval_on(r, conn, &cc_pay_scripts()[id], cb, payload, nkeys, nargs, args, NULL);
+    return cc_redis_eval(r, &cc_pay_scripts()[id], cb, payload, nkeys, nargs, args, NULL);
 }
 
 int cc_pay_begin(cc_redis *r, const char *concert, const char *token, const char *rid, const char *key,
@@ -133,7 +133,7 @@ int cc_pay_begin(cc_redis *r, const char *concert, const char *token, const char
     concert_keys k;
     if (concert_of(&k, concert) < 0) return -1;
     const char *args[] = {k.tag, k.prefix, token, rid, key, new_pid};
-    return eval(r, -1, CC_PAY_S_BEGIN, cb, payload, 1, 6, args);
+    return eval(r, CC_PAY_S_BEGIN, cb, payload, 1, 6, args);
 }
 
 static int submitted(cc_redis *r, const char *concert, const char *pid, const char *to, cc_redis_cb cb,
@@ -141,7 +141,7 @@ static int submitted(cc_redis *r, const char *concert, const char *pid, const ch
     concert_keys k;
     if (concert_of(&k, concert) < 0) return -1;
     const char *args[] = {k.tag, k.prefix, pid, to};
-    return eval(r, -1, CC_PAY_S_SUBMITTED, cb, payload, 1, 4, args);
+    return eval(r, CC_PAY_S_SUBMITTED, cb, payload, 1, 4, args);
 }
 
 int cc_pay_accepted(cc_redis *r, const char *concert, const char *pid, cc_redis_cb cb, void *payload) {
@@ -157,41 +157,41 @@ int cc_pay_get(cc_redis *r, const char *concert, const char *token, const char *
     concert_keys k;
     if (concert_of(&k, concert) < 0) return -1;
     const char *args[] = {k.tag, k.prefix, token, pid};
-    return eval(r, -1, CC_PAY_S_GET, cb, payload, 1, 4, args);
+    return eval(r, CC_PAY_S_GET, cb, payload, 1, 4, args);
 }
 
-int cc_pay_claim(cc_redis *r, int conn, const Concert__V1__PaymentRequested *m, cc_redis_cb cb, void *payload) {
+int cc_pay_claim(cc_redis *r, const Concert__V1__PaymentRequested *m, cc_redis_cb cb, void *payload) {
     concert_keys k;
     if (concert_of(&k, m->concert_id) < 0) return -1;
     char amount[24];
     snprintf(amount, sizeof amount, "%" PRId64, m->amount);
     const char *args[] = {k.tag, k.prefix, m->payment_id, m->user_id, amount};
-    return eval(r, conn, CC_PAY_S_CLAIM, cb, payload, 1, 5, args);
+    return eval(r, CC_PAY_S_CLAIM, cb, payload, 1, 5, args);
 }
 
-int cc_pay_debit(cc_redis *r, int conn, const char *user, const char *pid, int64_t amount, cc_redis_cb cb,
+int cc_pay_debit(cc_redis *r, const char *user, const char *pid, int64_t amount, cc_redis_cb cb,
                  void *payload) {
     wallet_keys w;
     if (wallet(&w, user) < 0) return -1;
     char a[24];
     snprintf(a, sizeof a, "%" PRId64, amount);
     const char *args[] = {w.bal, w.pay, pid, a};
-    return eval(r, conn, CC_PAY_S_DEBIT, cb, payload, 2, 4, args);
+    return eval(r, CC_PAY_S_DEBIT, cb, payload, 2, 4, args);
 }
 
-int cc_pay_commit(cc_redis *r, int conn, const char *concert, const char *pid, int debited, cc_redis_cb cb,
+int cc_pay_commit(cc_redis *r, const char *concert, const char *pid, int debited, cc_redis_cb cb,
                   void *payload) {
     concert_keys k;
     if (concert_of(&k, concert) < 0) return -1;
     const char *args[] = {k.tag, k.prefix, pid, debited ? "DEBITED" : "INSUFFICIENT"};
-    return eval(r, conn, CC_PAY_S_COMMIT, cb, payload, 1, 4, args);
+    return eval(r, CC_PAY_S_COMMIT, cb, payload, 1, 4, args);
 }
 
-int cc_pay_refund(cc_redis *r, int conn, const char *user, const char *pid, cc_redis_cb cb, void *payload) {
+int cc_pay_refund(cc_redis *r, const char *user, const char *pid, cc_redis_cb cb, void *payload) {
     wallet_keys w;
     if (wallet(&w, user) < 0) return -1;
     const char *args[] = {w.bal, w.pay, w.refund, pid};
-    return eval(r, conn, CC_PAY_S_REFUND, cb, payload, 3, 4, args);
+    return eval(r, CC_PAY_S_REFUND, cb, payload, 3, 4, args);
 }
 
 /* ---- replies ---- */

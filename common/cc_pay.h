@@ -72,8 +72,7 @@ int cc_pay_scripts_server(cc_redis_script **out, int max);
 /** The scripts payment-consumer runs (claim, debit, commit, refund): returns 4. */
 int cc_pay_scripts_consumer(cc_redis_script **out, int max);
 
-/* ---- calls (each: 0 when sent, cb called once; -1 when no connection: cb not called).
- * conn: a connection of the pool (cc_redis_command_on) or -1 for any. ---- */
+/* ---- calls (each: 0 when sent, cb called once; -1 when no connection: cb not called) ---- */
 
 /** Pay's first step: records `new_pid` SUBMITTING for reservation `rid`, or answers
  * the payment of (token's user, idempotency key). Reply: a record, or a {code, msg}. */
@@ -89,12 +88,12 @@ int cc_pay_get(cc_redis *r, const char *concert, const char *token, const char *
                void *payload);
 /** Consumer steps, in order: claim (concert slot), debit (wallet slot), commit
  * (concert slot), refund (wallet slot, FAILED only). */
-int cc_pay_claim(cc_redis *r, int conn, const Concert__V1__PaymentRequested *m, cc_redis_cb cb, void *payload);
-int cc_pay_debit(cc_redis *r, int conn, const char *user, const char *pid, int64_t amount, cc_redis_cb cb,
+int cc_pay_claim(cc_redis *r, const Concert__V1__PaymentRequested *m, cc_redis_cb cb, void *payload);
+int cc_pay_debit(cc_redis *r, const char *user, const char *pid, int64_t amount, cc_redis_cb cb,
                  void *payload);
-int cc_pay_commit(cc_redis *r, int conn, const char *concert, const char *pid, int debited, cc_redis_cb cb,
+int cc_pay_commit(cc_redis *r, const char *concert, const char *pid, int debited, cc_redis_cb cb,
                   void *payload);
-int cc_pay_refund(cc_redis *r, int conn, const char *user, const char *pid, cc_redis_cb cb, void *payload);
+int cc_pay_refund(cc_redis *r, const char *user, const char *pid, cc_redis_cb cb, void *payload);
 
 /* ---- replies ---- */
 

@@ -1106,26 +1106,6 @@ int cc_redis_command(cc_redis *r, cc_redis_cb cb, void *payload, const char *fmt
 
 int cc_redis_eval(cc_redis *r, const cc_redis_script *s, cc_redis_cb cb, void *payload, int nkeys,
                   int nargs, const char **args, const size_t *lens) {
-    return cc_redis_eval_on(r, -1, s, cb, payload, nkeys, nargs, args, lens);
-}
-
-int cc_redis_conn_pick(cc_redis *r) {
-    if (r->closing) return -1;
-    rconn *c = pick(r);
-    return c ? c->idx : -1;
-}
-
-int cc_redis_command_argv_on(cc_redis *r, int conn, cc_redis_cb cb, void *payload, int argc, const char **argv,
-                             const size_t *argvlen) {
-    if (conn < 0) return cc_redis_command_argv(r, cb, payload, argc, argv, argvlen);
-    if (r->closing || conn >= r->n_conns) return -1;
-    rconn *c = &r->conns[conn];
-    if (c->state != C_UP || !c->ac) return -1;
-    return send_on(c, cb, payload, argc, argv, argvlen);
-}
-
-int cc_redis_eval_on(cc_redis *r, int conn, const cc_redis_script *s, cc_redis_cb cb, void *payload, int nkeys,
-                     int nargs, const char **args, const size_t *lens) {
     /* Small calls (nearly all) build argv on the stack; large ones (watcher refreshes,
      * seat maps) on the heap. */
     const char *argv_s[64];
@@ -1147,7 +1127,7 @@ int cc_redis_eval_on(cc_redis *r, int conn, const cc_redis_script *s, cc_redis_c
         argv[3 + i] = args[i];
         argvlen[3 + i] = lens ? lens[i] : strlen(args[i]);
     }
-    int rc = cc_redis_command_argv_on(r, conn, cb, payload, nargs + 3, argv, argvlen);
+    int rc = cc_redis_command_argv(r, cb, payload, nargs + 3, argv, argvlen);
     if (argv != argv_s) {
         free(argv);
         free(argvlen);

@@ -133,21 +133,6 @@ int cc_redis_command(cc_redis *r, cc_redis_cb cb, void *payload, const char *fmt
 int cc_redis_eval(cc_redis *r, const cc_redis_script *script, cc_redis_cb cb, void *payload,
                   int nkeys, int nargs, const char **args, const size_t *lens);
 
-/* ---- pinning (additive): commands that must share one connection ----
- * Redis runs each connection's commands in order, and WAIT covers only the writes
- * made on its own connection: "this write, then WAIT" must go down one connection
- * (payment-consumer: a fence write then WAIT, see consumers/pc_consumer.c). */
-
-/** Index (0..connections-1) of a connection that is up, round robin; -1 if none. */
-int cc_redis_conn_pick(cc_redis *r);
-/** cc_redis_command_argv on connection `conn` (-1: any). Same contract; -1 (cb not
- * called) also when that connection is not up. */
-int cc_redis_command_argv_on(cc_redis *r, int conn, cc_redis_cb cb, void *payload, int argc,
-                             const char **argv, const size_t *argvlen);
-/** cc_redis_eval on connection `conn` (-1: any). */
-int cc_redis_eval_on(cc_redis *r, int conn, const cc_redis_script *script, cc_redis_cb cb, void *payload,
-                     int nkeys, int nargs, const char **args, const size_t *lens);
-
 /** Stops reconnecting, fails pending commands with "closing", frees the pool once
  * every handle is closed (the loop keeps running until then). */
 void cc_redis_close(cc_redis *r);

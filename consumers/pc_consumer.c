@@ -35,9 +35,10 @@
  *
  * WAIT covers only the writes made on its own connection, and the batch's steps ran
  * on any connection of the pool: so the batch ends with a fence write (INCR
- * cc:pc:fence) and WAIT pipelined on ONE connection. The fence's replication offset
- * is past every write Redis applied before it, including all of this batch's (their
- * replies came first), and those of an earlier attempt of a redelivered batch.
+ * cc:pc:fence), then cc_redis_wait, which WAITs on every connection of the pool. The
+ * fence's replication offset is past every write Redis applied before it, including
+ * all of this batch's (their replies came first), and those of an earlier attempt of
+ * a redelivered batch, which may write nothing itself.
  *
  * Partitions revoked by a rebalance are unassigned at once: their buffered messages
  * are dropped and in-flight work on them is never committed (another consumer owns
@@ -443,48 +444,52 @@ static void publish(batch *b) {
 
 /* ---- WAIT ---- */
 
-static void on_fence(redisReply *r, const char *err, void *payload) {
-    batch *b = payload;
-    b->pending--;
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        b->p->n_redis_errors++;
-        doom_from(b->p, b, r ? r->str : err);
-    }
-    batch_check(b);
-}
-
-static void on_wait(redisReply *r, const char *err, void *payload) {
+static void on_wait(int acked, const char *err, void *payload) {
     batch *b = payload;
     pc *p = b->p;
     b->pending--;
-    if (!r || r->type != REDIS_REPLY_INTEGER || r->integer < p->cfg.redis_wait_replicas) {
-        CC_WARN("redis_wait_short", "wanted=%d acked=%lld timeout_ms=%d", p->cfg.redis_wait_replicas,
-                r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1LL, p->cfg.redis_wait_timeout_ms);
+    if (acked < p->cfg.redis_wait_replicas) {
+        CC_WARN("redis_wait_short", "wanted=%d acked=%d timeout_ms=%d%s%s", p->cfg.redis_wait_replicas, acked,
+                p->cfg.redis_wait_timeout_ms, err ? " reason=" : "", err ? err : "");
         doom_from(p, b, "WAIT short");
     }
     batch_check(b);
 }
 
+static void on_fence(redisReply *r, const char *err, void *payload) {
+    batch *b = payload;
+    pc *p = b->p;
+    b->pending--;
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        p->n_redis_errors++;
+        doom_from(p, b, r ? r->str : err);
+    } else if (!b->doomed) {
+        if (cc_redis_wait(p->redis, p->cfg.redis_wait_replicas, p->cfg.redis_wait_timeout_ms, on_wait, b) == 0)
+            b->pending++;
+        else
+            doom_from(p, b, "redis unavailable");
+    }
+    batch_check(b);
+}
+
+/* The fence: one write after every write of the batch was answered; its replication
+ * offset is past all of them and past those of an earlier attempt of a redelivered
+ * batch (which may now write nothing). cc_redis_wait then waits on every connection,
+ * so also on the fence's. With a Redis Cluster the fence key lives on one primary:
+ * there a redelivered batch relies on the writes of its own attempt (docs/DATA.md). */
 static void start_wait(batch *b) {
     pc *p = b->p;
     b->phase = B_WAIT;
-    int conn = cc_redis_conn_pick(p->redis);
-    char want[16], ms[16];
-    snprintf(want, sizeof want, "%d", p->cfg.redis_wait_replicas);
-    snprintf(ms, sizeof ms, "%d", p->cfg.redis_wait_timeout_ms);
+    if (cc_redis_is_cluster(p->redis)) {
+        if (cc_redis_wait(p->redis, p->cfg.redis_wait_replicas, p->cfg.redis_wait_timeout_ms, on_wait, b) == 0)
+            b->pending++;
+        else
+            doom_from(p, b, "redis unavailable");
+        return;
+    }
     const char *fence[] = {"INCR", FENCE_KEY};
-    const char *wait[] = {"WAIT", want, ms};
-    /* Both on one connection, back to back: WAIT covers the fence's offset. */
-    if (conn < 0 || cc_redis_command_argv_on(p->redis, conn, on_fence, b, 2, fence, NULL) < 0) {
-        doom_from(p, b, "redis unavailable");
-        return;
-    }
-    b->pending++;
-    if (cc_redis_command_argv_on(p->redis, conn, on_wait, b, 3, wait, NULL) < 0) {
-        doom_from(p, b, "redis unavailable");
-        return;
-    }
-    b->pending++;
+    if (cc_redis_command_argv(p->redis, on_fence, b, 2, fence, NULL) == 0) b->pending++;
+    else doom_from(p, b, "redis unavailable");
 }
 
 /* Moves a batch on once nothing of it is outstanding. */
@@ -695,10 +700,10 @@ static void start_step(item *it) {
     const Concert__V1__PaymentRequested *q = it->req;
     int rc;
     switch (it->step) {
-    case IT_CLAIM: rc = cc_pay_claim(p->redis, -1, q, on_step, it); break;
-    case IT_DEBIT: rc = cc_pay_debit(p->redis, -1, q->user_id, q->payment_id, q->amount, on_step, it); break;
-    case IT_COMMIT: rc = cc_pay_commit(p->redis, -1, q->concert_id, q->payment_id, it->debited, on_step, it); break;
-    case IT_REFUND: rc = cc_pay_refund(p->redis, -1, q->user_id, q->payment_id, on_step, it); break;
+    case IT_CLAIM: rc = cc_pay_claim(p->redis, q, on_step, it); break;
+    case IT_DEBIT: rc = cc_pay_debit(p->redis, q->user_id, q->payment_id, q->amount, on_step, it); break;
+    case IT_COMMIT: rc = cc_pay_commit(p->redis, q->concert_id, q->payment_id, it->debited, on_step, it); break;
+    case IT_REFUND: rc = cc_pay_refund(p->redis, q->user_id, q->payment_id, on_step, it); break;
     default: rc = -1;
     }
     if (rc < 0) item_fail(it, step_names[it->step], NULL, "redis unavailable");
