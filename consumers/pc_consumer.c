@@ -141,6 +141,7 @@ struct pc {
     int rewinding, backing_off, backoff_ms;
     int stopping, stopped_consumer, exit_code;
     int commit_inflight, commit_again, health_inflight;
+    int jobs; /* thread-pool jobs using the consumer: it closes only once they are done */
     uint64_t last_commit_ms;
     double tokens;
     uint64_t tokens_at;
@@ -912,6 +913,7 @@ static void committed_work(uv_work_t *w) {
 static void committed_after(uv_work_t *w, int status) {
     committed_job *j = w->data;
     pc *p = j->p;
+    p->jobs--;
     for (int i = 0; i < j->l->cnt; i++) {
         int32_t part = j->l->elems[i].partition;
         if (is_assigned(p, part) && p->epoch[part] == j->epochs[i] && j->l->elems[i].offset >= 0 &&
@@ -921,6 +923,7 @@ static void committed_after(uv_work_t *w, int status) {
     rd_kafka_topic_partition_list_destroy(j->l);
     free(j->epochs);
     free(j);
+    maybe_finish_stop(p);
 }
 
 static void query_committed(pc *p, const rd_kafka_topic_partition_list_t *parts) {
@@ -938,7 +941,9 @@ static void query_committed(pc *p, const rd_kafka_topic_partition_list_t *parts)
         rd_kafka_topic_partition_list_destroy(j->l);
         free(j->epochs);
         free(j);
+        return;
     }
+    p->jobs++;
 }
 
 static void drop_buffered(pc *p, int32_t part) {
@@ -1075,9 +1080,12 @@ static void health_work(uv_work_t *w) {
 
 static void health_after(uv_work_t *w, int status) {
     health_job *j = w->data;
-    j->p->health_inflight = 0;
-    if (j->under >= 0 && j->p->metrics) pc_metrics_under_replicated(j->p->metrics, j->under);
+    pc *p = j->p;
+    p->health_inflight = 0;
+    p->jobs--;
+    if (j->under >= 0 && p->metrics) pc_metrics_under_replicated(p->metrics, j->under);
     free(j);
+    maybe_finish_stop(p);
 }
 
 static void check_health(pc *p) {
@@ -1086,7 +1094,7 @@ static void check_health(pc *p) {
     if (!j) abort();
     j->p = p;
     j->work.data = j;
-    if (uv_queue_work(&p->loop, &j->work, health_work, health_after) == 0) p->health_inflight = 1;
+    if (uv_queue_work(&p->loop, &j->work, health_work, health_after) == 0) p->health_inflight = 1, p->jobs++;
     else free(j);
 }
 
@@ -1131,7 +1139,7 @@ static void on_consumer_closed(void *payload) {
 /* Once nothing is in flight and the last commit answered: leave the group. */
 static void maybe_finish_stop(pc *p) {
     if (!p->stopping || p->stopped_consumer) return;
-    if (p->head || p->rewinding) return;
+    if (p->head || p->rewinding || p->jobs) return;
     if (p->n_dirty && !p->commit_inflight) commit_now(p);
     if (p->commit_inflight) return;
     p->stopped_consumer = 1;

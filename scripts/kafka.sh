@@ -56,6 +56,10 @@ environment:
   CONCERT_KAFKA_HOME   install dir holding libs/ (default ~/.cache/concert/kafka)
   CONCERT_KAFKA_HEAP   broker heap, e.g. "-Xmx512m" (default -Xmx512m for 1 node,
                        -Xmx384m each for 3 nodes)
+  CONCERT_KAFKA_GC     JVM collector flags (default "-XX:+UseG1GC -XX:MaxGCPauseMillis=20")
+  CONCERT_KAFKA_NETWORK_THREADS, CONCERT_KAFKA_IO_THREADS
+                       num.network.threads / num.io.threads (default 2 / 4); the
+                       measured effect of each: docs/PERFORMANCE.md, Kafka settings
 
 layout of DIR: bootstrap, cluster.id, nodes, nodeN.pid, nodeN/{server.properties,
   data/, logs/server.log, stdout.log}
