@@ -33,6 +33,9 @@ usage: scripts/bench-booking.sh [--build-dir DIR] [--ab DIR] [--concurrency LIST
                       its JIT (default 8; 0: none)
   --out DIR           results here (default bench-out/booking-<timestamp>)
   --no-build          use the binaries already in --build-dir
+  --same-generator    every run uses build A's concert-bench (so build B, say main's
+                      code, can be driven by the open-loop ramp too); default: each
+                      build its own
   --consumer-args A   extra flags for payment-consumer (both builds), one string
   --server-args A     extra flags for concert-server (both builds), one string
   --help              this help
@@ -54,6 +57,7 @@ OUT=""
 build=1
 CONSUMER_ARGS=""
 SERVER_ARGS=""
+SAME_GEN=0
 need() { [[ $# -ge 2 ]] || { echo "bench-booking.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -68,6 +72,7 @@ while [[ $# -gt 0 ]]; do
     --warmup-run) need "$@"; WARMUP_RUN="$2"; shift ;;
     --out) need "$@"; OUT="$2"; shift ;;
     --no-build) build=0 ;;
+    --same-generator) SAME_GEN=1 ;;
     --consumer-args) need "$@"; CONSUMER_ARGS="$2"; shift ;;
     --server-args) need "$@"; SERVER_ARGS="$2"; shift ;;
     *) echo "bench-booking.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -144,7 +149,7 @@ done
   echo "nproc: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "warmup ${WARMUP}s, duration ${DUR}s, rounds $ROUNDS, concurrency $CONCS, rates ${RATES:-none}"
-  echo "consumer args: ${CONSUMER_ARGS:-none}; server args: ${SERVER_ARGS:-none}"
+  echo "consumer args: ${CONSUMER_ARGS:-none}; server args: ${SERVER_ARGS:-none}; generator: $([[ $SAME_GEN == 1 ]] && echo "build A's for every run" || echo "each build's own")"
 } >"$OUT/machine.txt"
 
 # ---- shared services: Redis and Kafka ------------------------------------------------
@@ -190,7 +195,9 @@ run_one() {
   done
   say "$name ($label: ${b#"$ROOT"/}): concert-bench booking $*"
   echo "$label $b: booking $*" >"$dir/args.txt"
-  "$b/client/concert-bench" --server "127.0.0.1:$port" --watch-pid "concert-server=$SERVER_PID" \
+  local gen="$b"
+  ((SAME_GEN)) && gen="$BUILD"
+  "$gen/client/concert-bench" --server "127.0.0.1:$port" --watch-pid "concert-server=$SERVER_PID" \
     --watch-pid "payment-consumer=$CONSUMER_PID" --watch-pid "redis-server=$REDIS_PID" \
     --watch-pid "kafka=$KAFKA_PID" --out "$dir" booking --admin-key "$admin" "$@" \
     >"$dir/stdout.md" 2>"$dir/progress.log" &
@@ -226,7 +233,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
   for r in "${RLIST[@]}"; do
     [[ -n "$r" ]] || continue
     for k in "${!BUILDS[@]}"; do
-      if "${BUILDS[$k]}/client/concert-bench" booking --help 2>&1 | grep -q -- '--arrival-rate'; then
+      gen="${BUILDS[$k]}"
+      ((SAME_GEN)) && gen="$BUILD"
+      if "$gen/client/concert-bench" booking --help 2>&1 | grep -q -- '--arrival-rate'; then
         run_one "${BUILDS[$k]}" "${LABELS[$k]}" "rate$r-r$round" --arrival-rate "$r" --concurrency 4096 \
           --warmup "$WARMUP" --duration "$DUR"
       else
