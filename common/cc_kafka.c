@@ -455,7 +455,7 @@ int cc_kafka_producer_create(cc_kafka_producer **out, uv_loop_t *loop, const cc_
     /* Batching (docs/PERFORMANCE.md, "Kafka settings"): a produce request per
      * partition leader every linger.ms at most, so under load the broker handles a
      * few hundred requests per second however many messages they carry. */
-    snprintf(linger, sizeof linger, "%d", cfg->linger_ms > 0 ? cfg->linger_ms : cfg->linger_ms < 0 ? 0 : 2);
+    snprintf(linger, sizeof linger, "%d", cfg->linger_ms > 0 ? cfg->linger_ms : cfg->linger_ms < 0 ? 0 : 5);
     snprintf(batch, sizeof batch, "%d", cfg->batch_bytes > 0 ? cfg->batch_bytes : 262144);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (conf_set(conf, "bootstrap.servers", cfg->brokers, err, errlen) < 0 ||

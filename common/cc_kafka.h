@@ -60,7 +60,7 @@ typedef struct {
     int message_timeout_ms;     /* delivery.timeout.ms: how long librdkafka retries (default 10000) */
     const char *client_id;      /* default "concert" */
     int linger_ms;              /* linger.ms: how long a batch waits for more messages (0: the
-                                   default, 2; -1: none) */
+                                   default, 5; -1: none) */
     int batch_bytes;            /* batch.size (default 262144; 0 = the default) */
 } cc_kafka_producer_config;
 

@@ -26,7 +26,7 @@ int main(int argc, char **argv) {
                *metrics = NULL;
     int64_t batch = 500, inflight = 4, conns = 2, wait_replicas = 0, wait_timeout = 1000, partitions = 12,
             session = 10000, lag_interval = 10000, redis_timeout = 2000, commit_interval = 100, fetch_wait = 500,
-            fetch_min = 1, linger = 2, max_rate = 0;
+            fetch_min = 1, linger = 5, max_rate = 0;
     int create_topics = 0;
     const cc_opt opts[] = {
         {"redis", "CONCERT_REDIS", CC_OPT_STR, &redis, "URL", "Redis URL (default redis://127.0.0.1:6379)", 0, 0},
@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
         {"commit-interval-ms", "CONCERT_COMMIT_INTERVAL_MS", CC_OPT_INT, &commit_interval, "MS", "settled offsets are committed (asynchronously) at most this often (default 100)", 0, 60000},
         {"fetch-wait-ms", "CONCERT_FETCH_WAIT_MS", CC_OPT_INT, &fetch_wait, "MS", "fetch.wait.max.ms: longest a fetch waits at the broker for fetch.min.bytes (default 500; with fetch.min.bytes 1 a message is answered at once)", 1, 10000},
         {"fetch-min-bytes", "CONCERT_FETCH_MIN_BYTES", CC_OPT_INT, &fetch_min, "N", "fetch.min.bytes (default 1: answer as soon as anything is there)", 1, 100000000},
-        {"linger-ms", "CONCERT_LINGER_MS", CC_OPT_INT, &linger, "MS", "linger.ms of the results producer (default 2)", 0, 1000},
+        {"linger-ms", "CONCERT_LINGER_MS", CC_OPT_INT, &linger, "MS", "linger.ms of the results producer (default 5)", 0, 1000},
         {"max-rate", "CONCERT_MAX_RATE", CC_OPT_INT, &max_rate, "N", "settle at most N payments per second (default 0: no limit; protects Redis, used by the lag drill)", 0, 10000000},
         {"lag-interval-ms", "CONCERT_LAG_INTERVAL_MS", CC_OPT_INT, &lag_interval, "MS", "how often the consumer lag and throughput are logged (default 10000)", 100, 3600000},
         {"log-level", "CONCERT_LOG_LEVEL", CC_OPT_STR, &level, "LEVEL", "debug, info, warn or error (default info; debug logs every batch)", 0, 0},

@@ -37,7 +37,7 @@ typedef struct {
     int commit_interval_ms;    /* offsets committed at most this often, default 100 */
     int fetch_wait_ms;         /* fetch.wait.max.ms, default 500 */
     int fetch_min_bytes;       /* fetch.min.bytes, default 1 */
-    int linger_ms;             /* results producer linger.ms, default 2 */
+    int linger_ms;             /* results producer linger.ms, default 5 */
     int max_rate;              /* payments per second at most (0: no limit) */
 } pc_config;
 

@@ -38,6 +38,9 @@ usage: scripts/bench-booking.sh [--build-dir DIR] [--ab DIR] [--concurrency LIST
                       build its own
   --consumer-args A   extra flags for payment-consumer (both builds), one string
   --server-args A     extra flags for concert-server (both builds), one string
+  --consumer-args-b A, --server-args-b A
+                      flags for build B's runs instead (for A/B of settings: give the
+                      same directory to --build-dir and --ab)
   --help              this help
 
 Exit status: 0 when every run produced a well-formed report with COMPLETED payments,
@@ -58,6 +61,8 @@ build=1
 CONSUMER_ARGS=""
 SERVER_ARGS=""
 SAME_GEN=0
+CONSUMER_ARGS_B="__same__"
+SERVER_ARGS_B="__same__"
 need() { [[ $# -ge 2 ]] || { echo "bench-booking.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -75,6 +80,8 @@ while [[ $# -gt 0 ]]; do
     --same-generator) SAME_GEN=1 ;;
     --consumer-args) need "$@"; CONSUMER_ARGS="$2"; shift ;;
     --server-args) need "$@"; SERVER_ARGS="$2"; shift ;;
+    --consumer-args-b) need "$@"; CONSUMER_ARGS_B="$2"; shift ;;
+    --server-args-b) need "$@"; SERVER_ARGS_B="$2"; shift ;;
     *) echo "bench-booking.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -149,7 +156,7 @@ done
   echo "nproc: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "warmup ${WARMUP}s, duration ${DUR}s, rounds $ROUNDS, concurrency $CONCS, rates ${RATES:-none}"
-  echo "consumer args: ${CONSUMER_ARGS:-none}; server args: ${SERVER_ARGS:-none}; generator: $([[ $SAME_GEN == 1 ]] && echo "build A's for every run" || echo "each build's own")"
+  echo "consumer args: ${CONSUMER_ARGS:-none}; server args: ${SERVER_ARGS:-none}; B: consumer ${CONSUMER_ARGS_B/__same__/same} server ${SERVER_ARGS_B/__same__/same}; generator: $([[ $SAME_GEN == 1 ]] && echo "build A's for every run" || echo "each build's own")"
 } >"$OUT/machine.txt"
 
 # ---- shared services: Redis and Kafka ------------------------------------------------
@@ -171,15 +178,20 @@ run_one() {
   N_RUN=$((N_RUN + 1))
   local dir="$OUT/$name-$label"
   mkdir -p "$dir"
+  local cargs="$CONSUMER_ARGS" sargs="$SERVER_ARGS"
+  if [[ "$label" == B ]]; then
+    [[ "$CONSUMER_ARGS_B" != __same__ ]] && cargs="$CONSUMER_ARGS_B"
+    [[ "$SERVER_ARGS_B" != __same__ ]] && sargs="$SERVER_ARGS_B"
+  fi
   # shellcheck disable=SC2086 # the extra args are one string of flags
   env -u CONCERT_KAFKA -u CONCERT_REDIS -u CONCERT_METRICS "$b/consumers/payment-consumer" --redis "$REDIS_URL" \
-    --kafka "$BROKERS" --create-topics $CONSUMER_ARGS 2>"$TMP/consumer-$N_RUN.log" &
+    --kafka "$BROKERS" --create-topics $cargs 2>"$TMP/consumer-$N_RUN.log" &
   CONSUMER_PID=$!
   port="$(free_port)"
   local admin="bench-$$-$RANDOM"
   # shellcheck disable=SC2086
   env -u CONCERT_KAFKA -u CONCERT_METRICS -u CONCERT_ADMIN_KEY "$b/server/concert-server" --listen "127.0.0.1:$port" \
-    --redis "$REDIS_URL" --kafka "$BROKERS" --admin-key "$admin" $SERVER_ARGS 2>"$TMP/server-$N_RUN.log" &
+    --redis "$REDIS_URL" --kafka "$BROKERS" --admin-key "$admin" $sargs 2>"$TMP/server-$N_RUN.log" &
   SERVER_PID=$!
   for ((i = 0; ; i++)); do
     "$b/client/concertctl" --server "127.0.0.1:$port" --timeout-ms 500 health >/dev/null 2>&1 && break
@@ -193,8 +205,9 @@ run_one() {
     ((i < 300)) || die "payment-consumer got no partitions within 30 s"
     sleep 0.1
   done
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" config resetstat >/dev/null
   say "$name ($label: ${b#"$ROOT"/}): concert-bench booking $*"
-  echo "$label $b: booking $*" >"$dir/args.txt"
+  echo "$label $b: booking $*; consumer $cargs; server $sargs" >"$dir/args.txt"
   local gen="$b"
   ((SAME_GEN)) && gen="$BUILD"
   "$gen/client/concert-bench" --server "127.0.0.1:$port" --watch-pid "concert-server=$SERVER_PID" \
@@ -206,6 +219,7 @@ run_one() {
   wait "$CHILD_PID" || rc=$?
   CHILD_PID=""
   tail -n 2 "$dir/progress.log" >&2 || true
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info commandstats >"$dir/redis-commandstats.txt" 2>/dev/null || true
   stop_pid "$SERVER_PID"; SERVER_PID=""
   stop_pid "$CONSUMER_PID"; CONSUMER_PID=""
   cp -f "$TMP/server-$N_RUN.log" "$dir/server.log" 2>/dev/null || true

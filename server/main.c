@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
         .max_seats_per_user = 4,
         .sweep_interval_ms = 250,
         .kafka_timeout_ms = 10000,
-        .kafka_linger_ms = 2,
+        .kafka_linger_ms = 5,
         .kafka_fetch_wait_ms = 500,
         .kafka_fetch_min_bytes = 1,
     };
@@ -53,7 +53,7 @@ int main(int argc, char **argv) {
         {"max-seats-per-user", "CONCERT_MAX_SEATS_PER_USER", CC_OPT_INT, &cfg.max_seats_per_user, "N", "default seats one user may hold at once per concert (default 4)", 1, 100},
         {"sweep-interval-ms", "CONCERT_SWEEP_INTERVAL_MS", CC_OPT_INT, &cfg.sweep_interval_ms, "MS", "how often lapsed holds are expired and reported (default 250)", 10, 10000},
         {"kafka-timeout-ms", "CONCERT_KAFKA_TIMEOUT_MS", CC_OPT_INT, &cfg.kafka_timeout_ms, "MS", "how long a payment request may wait for Kafka's acknowledgement when the call has no deadline (default 10000)", 100, 300000},
-        {"kafka-linger-ms", "CONCERT_KAFKA_LINGER_MS", CC_OPT_INT, &cfg.kafka_linger_ms, "MS", "linger.ms of the payment requests producer: how long a batch waits for more payments (default 2)", 0, 1000},
+        {"kafka-linger-ms", "CONCERT_KAFKA_LINGER_MS", CC_OPT_INT, &cfg.kafka_linger_ms, "MS", "linger.ms of the payment requests producer: how long a batch waits for more payments (default 5)", 0, 1000},
         {"kafka-fetch-wait-ms", "CONCERT_KAFKA_FETCH_WAIT_MS", CC_OPT_INT, &cfg.kafka_fetch_wait_ms, "MS", "fetch.wait.max.ms of the payment results feed (WatchPayment): longest a fetch waits for --kafka-fetch-min-bytes (default 500)", 1, 10000},
         {"kafka-fetch-min-bytes", "CONCERT_KAFKA_FETCH_MIN_BYTES", CC_OPT_INT, &cfg.kafka_fetch_min_bytes, "N", "fetch.min.bytes of the payment results feed (default 1: a result is answered at once)", 1, 100000000},
         {"admit-interval-ms", "CONCERT_ADMIT_INTERVAL_MS", CC_OPT_INT, &cfg.admit_interval_ms, "MS", "how often this server runs admission (default 100)", 10, 10000},
