@@ -155,17 +155,19 @@ static void group_at_end(const char *g) {
     rd_kafka_destroy(c);
 }
 
+static const char *cluster_url; /* a test on a Redis Cluster: its URL (no single Redis then) */
+
 static void start_with(const char *const *server_extra) {
     memset(&redis, 0, sizeof redis);
     inspect = &redis;
     memset(cons, 0, sizeof cons);
-    th_redis_start(&redis);
+    if (!cluster_url) th_redis_start(&redis);
     const char *flags[24] = {"--admin-key", KEY, "--admit-rate", "5000", "--max-active", "5000"};
     int n = 6;
     for (int i = 0; server_extra && server_extra[i]; i++)
         flags[n++] = server_extra[i];
     flags[n] = NULL;
-    th_server_start(&server, redis.url, flags);
+    th_server_start(&server, cluster_url ? cluster_url : redis.url, flags);
     cli = cc_client_open(server.addr);
     cr_assert_eq(th_admin_catalogue(cli, KEY, CONCERT, "day1", 400, PRICE), GRPC_STATUS_OK);
     char err[512];
@@ -1398,5 +1400,81 @@ Test(consumer, lag_drill_more_replicas_drain_faster, .init = start, .fini = stop
     for (int i = 0; i < DRILL_N; i++)
         cr_expect_eq(debits(pays[i].user), 1, "payment %d debited once", i);
     cr_expect_eq(int_cmd("HGET cc:{" CONCERT "}:s:day1:meta %s", "sold", NULL), DRILL_N);
+    end_test();
+}
+
+/* ---- on a Redis Cluster (3 primaries, 1 replica each) ----
+ * The consumer on the same cc_redis as the server: concert and wallet slots on
+ * different primaries, WAIT on every primary; every payment settles once. Checked
+ * through the API (the keys are spread over the nodes). */
+static th_rcluster rcl;
+
+static void start_on_cluster(void) {
+    char err[512];
+    cr_assert_eq(th_rcluster_start(&rcl, 3, 1, err, sizeof err), 0, "Redis Cluster: %s", err);
+    cluster_url = rcl.url;
+    start_with_kafka();
+}
+
+static void stop_on_cluster(void) {
+    stop();
+    th_rcluster_stop(&rcl);
+    cluster_url = NULL;
+}
+
+static int64_t api_balance(const char *user) {
+    Concert__V1__GetBalanceRequest req = CONCERT__V1__GET_BALANCE_REQUEST__INIT;
+    req.user_id = (char *)user;
+    Concert__V1__Balance *b = NULL;
+    cc_status st;
+    cr_assert_eq(cc_client_unary(cli, "/concert.v1.WalletService/GetBalance", &req.base, &concert__v1__balance__descriptor,
+                                 (ProtobufCMessage **)&b, NULL, 0, 5000, &st),
+                 GRPC_STATUS_OK, "GetBalance: %s", st.message);
+    int64_t v = b->balance;
+    free_msg(b);
+    return v;
+}
+
+Test(consumer, on_a_redis_cluster, .init = start_on_cluster, .fini = stop_on_cluster, .timeout = 120) {
+    const char *flags[] = {"--redis-wait-replicas", "1", NULL};
+    start_consumer_on(0, cluster_url, flags);
+    enum { N = 12 };
+    static pay_t pays[N];
+    static pay_t *ps[N];
+    static int32_t seats[N][4];
+    memset(pays, 0, sizeof pays);
+    for (int i = 0; i < N; i++) {
+        snprintf(pays[i].user, sizeof pays[i].user, "cl-%d", i);
+        ps[i] = &pays[i];
+        seats[i][0] = i + 1;
+    }
+    activate(ps, N);
+    for (int i = 0; i < N; i++)
+        charge(pays[i].user, 3 * PRICE);
+    reserve(ps, N, seats, 1);
+    static char auth[N][100];
+    for (int i = 0; i < N; i++) {
+        snprintf(auth[i], sizeof auth[i], "Bearer %s", pays[i].token);
+        cc_md md[] = {{"authorization", auth[i]}};
+        char key[32];
+        snprintf(key, sizeof key, "cl-key-%d", i);
+        Concert__V1__PayRequest req = CONCERT__V1__PAY_REQUEST__INIT;
+        req.reservation_id = pays[i].rid;
+        req.idempotency_key = key;
+        Concert__V1__Payment *m = NULL;
+        cc_status st;
+        cr_assert_eq(cc_client_unary(cli, "/concert.v1.PaymentService/Pay", &req.base, &concert__v1__payment__descriptor,
+                                     (ProtobufCMessage **)&m, md, 1, 10000, &st),
+                     GRPC_STATUS_OK, "Pay %d: %s", i, st.message);
+        snprintf(pays[i].pid, sizeof pays[i].pid, "%s", m->payment_id);
+        free_msg(m);
+    }
+    for (int i = 0; i < N; i++) {
+        getpay_arg a = {auth[i], pays[i].pid, ""};
+        cr_assert(th_wait_for(payment_done, &a, 20, 30000), "payment %d not settled (log %s)", i, cons[0].log);
+        cr_expect_str_eq(a.status, "COMPLETED", "payment %d", i);
+        cr_expect_eq(api_balance(pays[i].user), 2 * PRICE, "payment %d debited once", i);
+    }
+    cr_expect(th_consumer_log_has(&cons[0], "event=redis_up mode=cluster", 0), "the consumer runs on the cluster");
     end_test();
 }
