@@ -15,7 +15,6 @@
  * (hiredis defers that by itself). Nodes are freed only with the pool. */
 #include "cc_redis.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,6 +23,7 @@
 #include <strings.h>
 
 #include "cc_log.h"
+#include "cc_redis_uv.h"
 #include "cc_sha1.h"
 #include "cc_slot.h"
 
@@ -792,7 +792,8 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
 }
 
 /* Attaches a new context to the loop. */
-static int attach(cc_redis *r, redisAsyncContext *ac) { return redisLibuvAttach(ac, r->loop); }
+/* Our adapter (cc_redis_uv.c), not hiredis 0.14's: it acts on poll errors. */
+static int attach(cc_redis *r, redisAsyncContext *ac) { return cc_redis_uv_attach(ac, r->loop); }
 
 static void connect_data(rconn *c) {
     cc_redis *r = c->pool;

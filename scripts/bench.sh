@@ -156,6 +156,10 @@ RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
 
 SERVER_ADDR=""
 N_SERVER=0
+# Every server gets an admin key (a queue exists only for a concert an admin created)
+# and no rate limits: the benchmark measures capacity, from one address, and polls
+# tokens far faster than a person would.
+ADMIN_KEY="bench-$$-$RANDOM"
 # start_server ARGS...: a fresh concert-server with these extra flags.
 start_server() {
   stop_pid "$SERVER_PID"
@@ -166,7 +170,8 @@ start_server() {
   N_SERVER=$((N_SERVER + 1))
   # No Kafka, metrics or admin key whatever the caller's environment says.
   env -u CONCERT_KAFKA -u CONCERT_METRICS -u CONCERT_ADMIN_KEY \
-    "$SERVER_BIN" --listen "$SERVER_ADDR" --redis "$REDIS_URL" "$@" 2>"$TMP/server-$N_SERVER.log" &
+    "$SERVER_BIN" --listen "$SERVER_ADDR" --redis "$REDIS_URL" --admin-key "$ADMIN_KEY" --rate-user 0 --rate-peer 0 \
+    "$@" 2>"$TMP/server-$N_SERVER.log" &
   SERVER_PID=$!
   echo "concert-server $* (pid $SERVER_PID)" >"$TMP/server-$N_SERVER.args.log"
   for ((i = 0; ; i++)); do
@@ -175,6 +180,12 @@ start_server() {
     ((i < 100)) || die "concert-server was not SERVING within 10 s"
     sleep 0.1
   done
+}
+
+# make_concert ID: creates the concert (AdminService) on the current server.
+make_concert() {
+  "$CTL" --server "$SERVER_ADDR" --admin-key "$ADMIN_KEY" admin concert create --concert "$1" --name "bench $1" \
+    >/dev/null || die "could not create concert $1"
 }
 
 # bench NAME SCENARIO ARGS...: one concert-bench run into $OUT/NAME (pid tracked).
@@ -204,15 +215,17 @@ bench ping ping --concurrency "$CONC" --warmup "$WARMUP" --duration "$DUR"
 
 # ---- 2. queue: IssueToken + GetQueueStatus (nobody admitted) -----------------------------
 start_server --admit-rate 0
+make_concert "bench-queue-$$"
 "${RCLI[@]}" config resetstat >/dev/null
-bench queue queue --concurrency "$CONC" --warmup "$WARMUP" --duration "$DUR"
+bench queue queue --concert "bench-queue-$$" --concurrency "$CONC" --warmup "$WARMUP" --duration "$DUR"
 "${RCLI[@]}" info commandstats >"$OUT/queue/redis-commandstats.txt"
 
 # ---- 3. ghz cross-check: GetQueueStatus on one token, both tools alike ---------------------
+make_concert "bench-ghz-$$"
 TOKEN="$("$CTL" --server "$SERVER_ADDR" queue join --user bench-ghz --concert "bench-ghz-$$" | awk '{print $2}')"
 [[ "$TOKEN" == v1.* ]] || die "could not issue a token for the ghz cross-check (got '$TOKEN')"
 echo "$TOKEN" >"$OUT/token.txt"
-bench queue-token queue --token "$TOKEN" --concurrency "$CONC" --warmup "$WARMUP" --duration "$DUR"
+bench queue-token queue --concert "bench-ghz-$$" --token "$TOKEN" --concurrency "$CONC" --warmup "$WARMUP" --duration "$DUR"
 if [[ -n "$GHZ" ]]; then
   mkdir -p "$OUT/ghz"
   say "ghz: GetQueueStatus, -c $CONC, 4 connections, ${WARMUP}s warmup + ${DUR}s"
@@ -247,11 +260,14 @@ fi
 
 # ---- 4. watch: 10,000 streams held while the server admits ------------------------------
 start_server --admit-rate 100 --max-active 1000000
-bench watch watch --users "$WATCH_USERS" --duration "$WATCH_DUR"
+make_concert "bench-watch-$$"
+bench watch watch --concert "bench-watch-$$" --users "$WATCH_USERS" --duration "$WATCH_DUR"
 
 # ---- 5. deep-queue: 1,000,000 waiting users --------------------------------------------
 start_server --admit-rate 0 --idle-timeout-ms 0
-bench deep-queue deep-queue --fill "$FILL" --fill-concurrency "$FILL_CONC" --redis "$REDIS_URL" \
+make_concert "bench-deep-$$"
+make_concert "bench-deep-$$-empty"
+bench deep-queue deep-queue --concert "bench-deep-$$" --fill "$FILL" --fill-concurrency "$FILL_CONC" --redis "$REDIS_URL" \
   --concurrency "$CONC" --warmup "$WARMUP" --duration "$DUR"
 
 # ---- 6. h2load: the server's ceiling with a client that costs next to nothing ------------

@@ -13,7 +13,9 @@ static const char usage[] =
     "grpc.health.v1.Health and server reflection. Stateless: run as many as you like\n"
     "against one Redis. Redis URLs: redis://host:port[/db] or\n"
     "sentinel://host:port[,host:port...]/name. Logs one logfmt line per event to stderr.\n"
-    "Queue policy flags are defaults for concerts without a policy set by an admin.\n";
+    "Queue policy flags are defaults for concerts without a policy set by an admin.\n"
+    "Exit status: 0 stopped by SIGTERM/SIGINT, 1 fatal error while serving, 2 bad\n"
+    "flags or configuration, 3 an address (gRPC or metrics) cannot be bound.\n";
 
 int main(int argc, char **argv) {
     srv_config cfg = {
@@ -37,6 +39,10 @@ int main(int argc, char **argv) {
         .kafka_linger_ms = 5,
         .kafka_fetch_wait_ms = 500,
         .kafka_fetch_min_bytes = 1,
+        .rate_user = "20:40",
+        .rate_peer = "2000:4000",
+        .max_queues_per_user = 10,
+        .seat_cache_ms = 500,
     };
     const cc_opt opts[] = {
         {"listen", "CONCERT_LISTEN", CC_OPT_STR, &cfg.listen, "HOST:PORT", "address to serve gRPC on (default 127.0.0.1:50051)", 0, 0},
@@ -65,13 +71,19 @@ int main(int argc, char **argv) {
         {"tls-key", "CONCERT_TLS_KEY", CC_OPT_STR, &cfg.tls_key, "FILE", "PEM private key of --tls-cert", 0, 0},
         {"tls-client-ca", "CONCERT_TLS_CLIENT_CA", CC_OPT_STR, &cfg.tls_client_ca, "FILE", "mutual TLS: require client certificates signed by this PEM CA", 0, 0},
         {"requests-per-method", "CONCERT_REQUESTS_PER_METHOD", CC_OPT_INT, &cfg.requests_per_method, "N", "calls kept armed per method in gRPC core (default 32)", 1, 4096},
+        {"reuse-port", "CONCERT_REUSE_PORT", CC_OPT_FLAG, &cfg.reuse_port, NULL, "share the listening port with other processes that also set it (SO_REUSEPORT); without it a busy port is a start-up error (exit 3)", 0, 0},
+        {"identity-key", "CONCERT_IDENTITY_KEY", CC_OPT_STR, &cfg.identity_key, "FILE", "identity mode: IssueToken and WalletService calls need x-user-assertion, a JWT whose sub is the user_id, verified with this Ed25519 public key (PEM) or HS256 secret (>= 32 bytes); unset = user_id is trusted (gateway mode)", 0, 0},
+        {"rate-user", "CONCERT_RATE_USER", CC_OPT_STR, &cfg.rate_user, "RATE[:BURST]", "per user (IssueToken, Charge) or token (GetQueueStatus, ListSeats) and method: calls per second and burst (default 20:40; 0 = off)", 0, 0},
+        {"rate-peer", "CONCERT_RATE_PEER", CC_OPT_STR, &cfg.rate_peer, "RATE[:BURST]", "the same per caller IP address and method (default 2000:4000; 0 = off, e.g. behind a gateway)", 0, 0},
+        {"max-queues-per-user", "CONCERT_MAX_QUEUES_PER_USER", CC_OPT_INT, &cfg.max_queues_per_user, "N", "concerts one user may wait in (or be ACTIVE in) at once (default 10)", 1, 1000},
+        {"seat-cache-ms", "CONCERT_SEAT_CACHE_MS", CC_OPT_INT, &cfg.seat_cache_ms, "MS", "how old a seat map ListSeats serves may be (this server's own holds show at once; default 500)", 0, 60000},
         {0},
     };
-    if (cc_opt_parse(opts, argc, argv, usage, NULL, 0, NULL) < 0) return 2;
+    if (cc_opt_parse(opts, argc, argv, usage, NULL, 0, NULL) < 0) return SRV_EXIT_USAGE;
     int lvl = cc_log_level_parse(cfg.log_level);
     if (lvl < 0) {
         fprintf(stderr, "concert-server: --log-level: expected debug, info, warn or error\n");
-        return 2;
+        return SRV_EXIT_USAGE;
     }
     cc_log_init("concert-server", (cc_log_level)lvl);
     return srv_run(&cfg);

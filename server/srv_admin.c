@@ -1,8 +1,8 @@
 /* srv_admin: AdminService. Every call is checked against --admin-key first (constant
  * time); a server without a key refuses all of them. Catalogue keys live under the
  * concert's hash tag (see srv_booking.c); the list of concerts is one global hash,
- * cc:concerts (id -> "created|name"). Creating a concert also registers it with
- * every server's ticks (cc:queues). */
+ * cc:concerts (id -> "created|name"). A concert exists once created here: only then
+ * may users join its queue (its ticks start with the first user, see srv_queue.c). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +62,6 @@ static void on_concert(redisReply *r, const char *err, void *p) {
         char val[240];
         snprintf(val, sizeof val, "%" PRId64 "|%s", created, a->name);
         cc_redis_command(app->redis, ignore_reply, NULL, "HSET cc:concerts %s %s", a->concert, val);
-        srv_concert_remember(app, a->concert);
         CC_INFO("concert_created", "concert=%s", a->concert);
         Concert__V1__Concert c;
         concert__v1__concert__init(&c);
@@ -356,23 +355,70 @@ void srv_admin_stats(srv_call *call) {
     send_or_fail(a, cc_redis_eval(app->redis, &s_stats, on_stats, a, 1, 2, args, NULL));
 }
 
-/* ---- audit ---- */
+/* ---- audit ----
+ * In bounded steps, one Redis call at a time, so that an audit of a big concert never
+ * holds Redis (or this loop) for long and concurrent calls keep their latency:
+ *  1. 'start': the schedules and their held/sold counters;
+ *  2. 'seats' chunks (HSCAN, AUDIT_CHUNK seats) per schedule; seats are de-duplicated
+ *     in a bitmap (a scan may return one twice) and counted against the counters;
+ *  3. 'pays' chunks (SSCAN) of the concert's payments into rows;
+ *  4. as each chunk arrives its rows go into hash tables: by payment id (a scan may
+ *     return one twice: dropped), by reservation of the COMPLETED ones (a reservation
+ *     paid twice) and by user (a chain per user) - O(n) in all, spread over the chunks,
+ *     never one long sort on the loop; then wallet_audit.lua once per user in that
+ *     user's slot, at most AUDIT_WINDOW at a time.
+ * It is paced: the audit keeps a Redis call in flight at most AUDIT_DUTY of the time
+ * (it waits between steps otherwise), so that other calls keep their latency.
+ * The audit reads live data: run it on a quiet concert (after a drill); under traffic
+ * a counter may disagree with the seats for the moment a hold takes. */
 
-/* The audit runs adm_audit.lua in the concert's slot, then wallet_audit.lua once per
- * user in that user's slot, and answers when the last one is back. */
+#define AUDIT_CHUNK "50"
+#define AUDIT_WINDOW 2
+#define AUDIT_DUTY 0.2
+#define AUDIT_MAX_PROBLEMS 100
+
 typedef struct {
+    char *user, *pid, *status, *amount, *rid;
+    uint64_t h_user, h_pid, h_rid;
+    uint32_t next_of_user; /* the user's next row + 1; 0 ends the chain */
+} pay_row;
+
+/* An open-addressing table of row indexes (+1; 0 = empty) keyed by one string field. */
+typedef struct {
+    uint32_t *slot;
+    size_t cap, n;
+} rtab;
+
+typedef struct audit_ctx {
     actx a;
     Concert__V1__AuditReport rep;
     char **problems;
     size_t n_problems, cap_problems;
-    int pending;
-    int failed; /* a Redis failure: answer with it once everything is back */
+    /* schedules */
+    char (*scheds)[SRV_MAX_ID + 1];
+    int64_t *held_counter, *sold_counter;
+    size_t n_sched, cur;
+    uint8_t *seen; /* seat bitmap of the current schedule */
+    int64_t ns, nh;
+    char cursor[32];
+    /* payments */
+    pay_row *rows;
+    size_t n_rows, cap_rows;
+    rtab by_pid, by_rid, by_user; /* by_user holds each user's first row (chain head) */
+    size_t next_slot;             /* wallet phase: the next slot of by_user */
+    int inflight;
+    int failed;
     grpc_status_code fail_code;
     char fail_msg[256];
+    /* pacing */
+    uv_timer_t pace;
+    void (*next)(struct audit_ctx *x);
+    uint64_t start_ns, busy_ns, busy_since;
+    int busy;
 } audit_ctx;
 
 static void add_problem(audit_ctx *x, const char *s) {
-    if (x->n_problems >= 100) return;
+    if (!*s || x->n_problems >= AUDIT_MAX_PROBLEMS) return;
     if (x->n_problems == x->cap_problems) {
         x->cap_problems = x->cap_problems ? x->cap_problems * 2 : 16;
         x->problems = realloc(x->problems, x->cap_problems * sizeof *x->problems);
@@ -381,8 +427,54 @@ static void add_problem(audit_ctx *x, const char *s) {
     x->problems[x->n_problems++] = strdup(s);
 }
 
-static void audit_done(audit_ctx *x) {
-    if (--x->pending > 0) return;
+static void on_audit_closed(uv_handle_t *h) { free(h->data); }
+
+static void audit_free(audit_ctx *x) {
+    for (size_t i = 0; i < x->n_problems; i++) free(x->problems[i]);
+    free(x->problems);
+    for (size_t i = 0; i < x->n_rows; i++) {
+        pay_row *r = &x->rows[i];
+        free(r->user), free(r->pid), free(r->status), free(r->amount), free(r->rid);
+    }
+    free(x->rows);
+    free(x->by_pid.slot), free(x->by_rid.slot), free(x->by_user.slot);
+    free(x->scheds), free(x->held_counter), free(x->sold_counter), free(x->seen);
+    x->pace.data = x;
+    uv_close((uv_handle_t *)&x->pace, on_audit_closed); /* frees x */
+}
+
+/* Occupancy: the time during which at least one audit call is in Redis. */
+static void busy_begin(audit_ctx *x) {
+    if (x->busy++ == 0) x->busy_since = uv_hrtime();
+}
+
+static void busy_end(audit_ctx *x) {
+    if (--x->busy == 0) x->busy_ns += uv_hrtime() - x->busy_since;
+}
+
+/* Milliseconds to wait so that the audit's occupancy stays under AUDIT_DUTY. */
+static uint64_t pause_ms(const audit_ctx *x) {
+    double want_ns = (double)x->busy_ns / AUDIT_DUTY, el = (double)(uv_hrtime() - x->start_ns);
+    return want_ns > el ? (uint64_t)((want_ns - el) / 1e6) + 1 : 0;
+}
+
+static void on_pace(uv_timer_t *t) {
+    audit_ctx *x = t->data;
+    x->next(x);
+}
+
+/* Runs the next step now, or after the pause the duty cycle asks for. */
+static void audit_then(audit_ctx *x, void (*fn)(audit_ctx *x)) {
+    uint64_t ms = pause_ms(x);
+    if (!ms) {
+        fn(x);
+        return;
+    }
+    x->next = fn;
+    uv_timer_start(&x->pace, on_pace, ms, 0);
+}
+
+static void audit_answer(audit_ctx *x) {
     if (x->failed) {
         srv_call_finish(x->a.call, x->fail_code, "%s", x->fail_msg);
     } else {
@@ -393,9 +485,7 @@ static void audit_done(audit_ctx *x) {
         if (!x->rep.ok) CC_WARN("audit_problems", "concert=%s problems=%zu", x->a.concert, x->n_problems);
         srv_call_reply(x->a.call, &x->rep.base);
     }
-    for (size_t i = 0; i < x->n_problems; i++) free(x->problems[i]);
-    free(x->problems);
-    free(x);
+    audit_free(x);
 }
 
 static void audit_fail(audit_ctx *x, const redisReply *r, const char *err) {
@@ -406,71 +496,281 @@ static void audit_fail(audit_ctx *x, const redisReply *r, const char *err) {
     }
 }
 
+static int audit_eval(audit_ctx *x, cc_redis_cb cb, const char **argv_tail, int n_tail) {
+    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8];
+    snprintf(key, sizeof key, "cc:{%s}:concert", x->a.concert);
+    snprintf(prefix, sizeof prefix, "cc:{%s}:", x->a.concert);
+    const char *args[8] = {key, argv_tail[0], prefix};
+    for (int i = 1; i < n_tail; i++) args[2 + i] = argv_tail[i];
+    srv_app *app = srv_call_app(x->a.call);
+    int rc = cc_redis_eval(app->redis, &s_audit, cb, x, 1, 2 + n_tail, args, NULL);
+    if (rc == 0) busy_begin(x);
+    return rc;
+}
+
+static uint64_t hash_str64(const char *s) {
+    uint64_t h = 1469598103934665603ULL;
+    for (; s && *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+static void seats_next(audit_ctx *x);
+static void pays_next(audit_ctx *x);
+static void wallets_next(audit_ctx *x);
+
+enum { F_PID, F_RID, F_USER };
+
+static const char *row_key(const pay_row *r, int f, uint64_t *h) {
+    *h = f == F_PID ? r->h_pid : f == F_RID ? r->h_rid : r->h_user;
+    return f == F_PID ? r->pid : f == F_RID ? r->rid : r->user;
+}
+
+static void rtab_grow(rtab *t, const pay_row *rows, int f) {
+    size_t cap = t->cap ? t->cap * 2 : 1024;
+    uint32_t *slot = calloc(cap, sizeof *slot);
+    if (!slot) abort();
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->slot[i]) continue;
+        uint64_t h;
+        row_key(&rows[t->slot[i] - 1], f, &h);
+        size_t j = h & (cap - 1);
+        while (slot[j]) j = (j + 1) & (cap - 1);
+        slot[j] = t->slot[i];
+    }
+    free(t->slot);
+    t->slot = slot;
+    t->cap = cap;
+}
+
+/* The slot of the row whose field equals row `idx`'s; inserts `idx` when there is
+ * none (*added = 1). */
+static uint32_t *rtab_put(rtab *t, const pay_row *rows, int f, uint32_t idx, int *added) {
+    if ((t->n + 1) * 2 > t->cap) rtab_grow(t, rows, f);
+    uint64_t h, h2;
+    const char *key = row_key(&rows[idx], f, &h);
+    size_t j = h & (t->cap - 1);
+    while (t->slot[j]) {
+        const char *k2 = row_key(&rows[t->slot[j] - 1], f, &h2);
+        if (h2 == h && !strcmp(k2, key)) {
+            *added = 0;
+            return &t->slot[j];
+        }
+        j = (j + 1) & (t->cap - 1);
+    }
+    t->slot[j] = idx + 1;
+    t->n++;
+    *added = 1;
+    return &t->slot[j];
+}
+
+static void free_row(pay_row *r) { free(r->user), free(r->pid), free(r->status), free(r->amount), free(r->rid); }
+
+/* A payment row from a chunk: counted once, checked for a reservation paid twice and
+ * chained to its user. */
+static void take_row(audit_ctx *x, const redisReply *r, size_t i) {
+    if (x->n_rows == x->cap_rows) {
+        x->cap_rows = x->cap_rows ? x->cap_rows * 2 : 1024;
+        x->rows = realloc(x->rows, x->cap_rows * sizeof *x->rows);
+        if (!x->rows) abort();
+    }
+    uint32_t idx = (uint32_t)x->n_rows;
+    pay_row *row = &x->rows[idx];
+    memset(row, 0, sizeof *row);
+    row->user = strdup(srv_str_at(r, i));
+    row->pid = strdup(srv_str_at(r, i + 1));
+    row->status = strdup(srv_str_at(r, i + 2));
+    row->amount = strdup(srv_str_at(r, i + 3));
+    row->rid = strdup(srv_str_at(r, i + 4));
+    if (!row->user || !row->pid || !row->status || !row->amount || !row->rid) abort();
+    row->h_user = hash_str64(row->user), row->h_pid = hash_str64(row->pid), row->h_rid = hash_str64(row->rid);
+    int added;
+    rtab_put(&x->by_pid, x->rows, F_PID, idx, &added);
+    if (!added) { /* the scan returned it twice */
+        free_row(row);
+        return;
+    }
+    x->n_rows++;
+    add_problem(x, srv_str_at(r, i + 5));
+    if (!strcmp(row->status, "COMPLETED")) {
+        x->rep.payments_completed++;
+        rtab_put(&x->by_rid, x->rows, F_RID, idx, &added);
+        if (!added) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "reservation %.100s paid twice", row->rid);
+            add_problem(x, msg);
+        }
+    } else if (!strcmp(row->status, "FAILED")) {
+        x->rep.payments_failed++;
+    } else {
+        x->rep.payments_in_flight++;
+    }
+    uint32_t *head = rtab_put(&x->by_user, x->rows, F_USER, idx, &added);
+    if (!added) {
+        row->next_of_user = *head;
+        *head = idx + 1;
+    }
+}
+
+static void on_audit_seats(redisReply *r, const char *err, void *p) {
+    audit_ctx *x = p;
+    busy_end(x);
+    if (!srv_script_ok(x->a.call, r, err)) {
+        audit_free(x);
+        return;
+    }
+    for (size_t i = 2; i + 3 <= r->elements; i += 3) {
+        int64_t seat = srv_int_at(r, i), kind = srv_int_at(r, i + 1);
+        if (seat >= 1 && seat <= MAX_SEATS) {
+            if (x->seen[seat >> 3] & (1u << (seat & 7))) continue; /* returned twice by the scan */
+            x->seen[seat >> 3] |= (uint8_t)(1u << (seat & 7));
+        }
+        if (kind == 2) x->ns++;
+        else if (kind == 1) x->nh++;
+        add_problem(x, srv_str_at(r, i + 2));
+    }
+    snprintf(x->cursor, sizeof x->cursor, "%s", srv_str_at(r, 1));
+    if (strcmp(x->cursor, "0") != 0) {
+        audit_then(x, seats_next);
+        return;
+    }
+    /* The schedule is done: its counters must agree with its seats. */
+    char msg[200];
+    const char *sched = x->scheds[x->cur];
+    if (x->ns != x->sold_counter[x->cur]) {
+        snprintf(msg, sizeof msg, "%s: %" PRId64 " seats SOLD, counter says %" PRId64, sched, x->ns, x->sold_counter[x->cur]);
+        add_problem(x, msg);
+    }
+    if (x->nh != x->held_counter[x->cur]) {
+        snprintf(msg, sizeof msg, "%s: %" PRId64 " seats held, counter says %" PRId64, sched, x->nh, x->held_counter[x->cur]);
+        add_problem(x, msg);
+    }
+    x->rep.seats_sold += x->ns;
+    x->rep.seats_held += x->nh;
+    x->cur++;
+    x->ns = x->nh = 0;
+    memset(x->seen, 0, MAX_SEATS / 8 + 1);
+    snprintf(x->cursor, sizeof x->cursor, "0");
+    audit_then(x, x->cur < x->n_sched ? seats_next : pays_next);
+}
+
+static void seats_next(audit_ctx *x) {
+    const char *tail[] = {"seats", x->scheds[x->cur], x->cursor, AUDIT_CHUNK};
+    if (audit_eval(x, on_audit_seats, tail, 4) < 0) {
+        audit_fail(x, NULL, "not connected");
+        audit_answer(x);
+    }
+}
+
+/* All payments are in: de-duplicate, find reservations paid twice, then the wallets. */
+/* All payments are in (counted and de-duplicated as they came): the wallets. */
+static void pays_done(audit_ctx *x) {
+    x->next_slot = 0;
+    wallets_next(x);
+}
+
+static void on_audit_pays(redisReply *r, const char *err, void *p) {
+    audit_ctx *x = p;
+    busy_end(x);
+    if (!srv_script_ok(x->a.call, r, err)) {
+        audit_free(x);
+        return;
+    }
+    for (size_t i = 2; i + 6 <= r->elements; i += 6) take_row(x, r, i);
+    snprintf(x->cursor, sizeof x->cursor, "%s", srv_str_at(r, 1));
+    audit_then(x, strcmp(x->cursor, "0") != 0 ? pays_next : pays_done);
+}
+
+static void pays_next(audit_ctx *x) {
+    const char *tail[] = {"pays", x->cursor, AUDIT_CHUNK};
+    if (audit_eval(x, on_audit_pays, tail, 3) < 0) {
+        audit_fail(x, NULL, "not connected");
+        audit_answer(x);
+    }
+}
+
 static void on_wallet_audit(redisReply *r, const char *err, void *p) {
     audit_ctx *x = p;
+    busy_end(x);
+    x->inflight--;
     if (!r || r->type != REDIS_REPLY_ARRAY) audit_fail(x, r, err);
     else
         for (size_t i = 0; i < r->elements; i++) add_problem(x, srv_str_at(r, i));
-    audit_done(x);
+    wallets_next(x);
 }
 
-static void on_audit(redisReply *r, const char *err, void *p) {
-    audit_ctx *x = p;
-    if (!srv_script_ok(x->a.call, r, err)) {
-        free(x);
-        return;
-    }
-    x->rep.seats_sold = srv_int_at(r, 1);
-    x->rep.seats_held = srv_int_at(r, 2);
-    x->rep.payments_completed = srv_int_at(r, 3);
-    x->rep.payments_failed = srv_int_at(r, 4);
-    x->rep.payments_in_flight = srv_int_at(r, 5);
-    size_t np = (size_t)srv_int_at(r, 6), i = 7;
-    for (size_t k = 0; k < np; k++) add_problem(x, srv_str_at(r, i++));
-    /* (user, pid, status, amount)*: group the rows by user (insertion sort of their
-     * reply indexes; audits are rare and small). */
-    size_t n = (r->elements - i) / 4;
-    size_t *rows = calloc(n ? n : 1, sizeof *rows);
-    if (!rows) abort();
-    for (size_t k = 0; k < n; k++) rows[k] = i + 4 * k;
-    for (size_t a = 1; a < n; a++)
-        for (size_t b = a; b > 0 && strcmp(srv_str_at(r, rows[b - 1]), srv_str_at(r, rows[b])) > 0; b--) {
-            size_t t = rows[b];
-            rows[b] = rows[b - 1];
-            rows[b - 1] = t;
-        }
+/* Keeps up to AUDIT_WINDOW wallet checks in flight; answers when all are back. */
+static void wallets_next(audit_ctx *x) {
     srv_app *app = srv_call_app(x->a.call);
     char prefix[SRV_MAX_ID + 8];
     snprintf(prefix, sizeof prefix, "p1.%s.", x->a.concert);
-    x->pending = 1; /* held until every user's call is sent */
-    for (size_t k = 0; k < n;) {
-        const char *user = srv_str_at(r, rows[k]);
-        size_t end = k;
-        while (end < n && !strcmp(srv_str_at(r, rows[end]), user)) end++;
-        size_t nargs = 4 + 3 * (end - k);
+    uint64_t wait = 0;
+    while (!x->failed && x->inflight < AUDIT_WINDOW && x->next_slot < x->by_user.cap && !(wait = pause_ms(x))) {
+        uint32_t head = x->by_user.slot[x->next_slot++];
+        if (!head) continue;
+        const char *user = x->rows[head - 1].user;
+        size_t count = 0;
+        for (uint32_t k = head; k; k = x->rows[k - 1].next_of_user) count++;
+        if (!srv_valid_user(user)) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "payment %.100s has no valid user", x->rows[head - 1].pid);
+            add_problem(x, msg);
+            continue;
+        }
+        size_t nargs = 4 + 3 * count;
         const char **args = calloc(nargs, sizeof *args);
+        if (!args) abort();
         char k1[SRV_MAX_USER + 16], k2[SRV_MAX_USER + 16], k3[SRV_MAX_USER + 16];
         snprintf(k1, sizeof k1, "cc:{w:%s}:bal", user);
         snprintf(k2, sizeof k2, "cc:{w:%s}:pay", user);
         snprintf(k3, sizeof k3, "cc:{w:%s}:refund", user);
         args[0] = k1, args[1] = k2, args[2] = k3, args[3] = prefix;
-        for (size_t j = k; j < end; j++) {
-            size_t row = rows[j];
-            args[4 + 3 * (j - k)] = srv_str_at(r, row + 1);
-            args[5 + 3 * (j - k)] = srv_str_at(r, row + 2);
-            args[6 + 3 * (j - k)] = srv_str_at(r, row + 3);
+        size_t a = 4;
+        for (uint32_t k = head; k; k = x->rows[k - 1].next_of_user) {
+            args[a++] = x->rows[k - 1].pid;
+            args[a++] = x->rows[k - 1].status;
+            args[a++] = x->rows[k - 1].amount;
         }
-        x->pending++;
         x->rep.users_checked++;
-        if (cc_redis_eval(app->redis, &s_wallet_audit, on_wallet_audit, x, 3, (int)nargs, args, NULL) < 0) {
-            audit_fail(x, NULL, "not connected");
-            x->pending--;
-        }
+        int rc = cc_redis_eval(app->redis, &s_wallet_audit, on_wallet_audit, x, 3, (int)nargs, args, NULL);
         free(args);
-        k = end;
+        if (rc < 0) {
+            audit_fail(x, NULL, "not connected");
+        } else {
+            x->inflight++;
+            busy_begin(x);
+        }
     }
-    free(rows);
-    audit_done(x);
+    if (x->inflight == 0 && (x->failed || x->next_slot >= x->by_user.cap)) {
+        audit_answer(x);
+        return;
+    }
+    if (x->inflight == 0 && wait) {
+        x->next = wallets_next;
+        uv_timer_start(&x->pace, on_pace, wait, 0);
+    }
+}
+
+static void on_audit_start(redisReply *r, const char *err, void *p) {
+    audit_ctx *x = p;
+    busy_end(x);
+    if (!srv_script_ok(x->a.call, r, err)) {
+        audit_free(x);
+        return;
+    }
+    size_t n = (r->elements - 1) / 3;
+    x->scheds = calloc(n ? n : 1, sizeof *x->scheds);
+    x->held_counter = calloc(n ? n : 1, sizeof *x->held_counter);
+    x->sold_counter = calloc(n ? n : 1, sizeof *x->sold_counter);
+    x->seen = calloc(MAX_SEATS / 8 + 1, 1);
+    if (!x->scheds || !x->held_counter || !x->sold_counter || !x->seen) abort();
+    for (size_t i = 0; i < n; i++) {
+        snprintf(x->scheds[i], sizeof x->scheds[i], "%s", srv_str_at(r, 1 + 3 * i));
+        x->held_counter[i] = srv_int_at(r, 2 + 3 * i);
+        x->sold_counter[i] = srv_int_at(r, 3 + 3 * i);
+    }
+    x->n_sched = n;
+    snprintf(x->cursor, sizeof x->cursor, "0");
+    audit_then(x, n ? seats_next : pays_next);
 }
 
 void srv_admin_audit(srv_call *call) {
@@ -485,14 +785,14 @@ void srv_admin_audit(srv_call *call) {
     x->a.call = call;
     snprintf(x->a.concert, sizeof x->a.concert, "%s", req->concert_id);
     concert__v1__audit_report__init(&x->rep);
-    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8];
-    snprintf(key, sizeof key, "cc:{%s}:concert", x->a.concert);
-    snprintf(prefix, sizeof prefix, "cc:{%s}:", x->a.concert);
-    const char *args[] = {key, prefix};
     srv_app *app = srv_call_app(call);
-    if (cc_redis_eval(app->redis, &s_audit, on_audit, x, 1, 2, args, NULL) < 0) {
+    uv_timer_init(app->loop, &x->pace);
+    x->pace.data = x;
+    x->start_ns = uv_hrtime();
+    const char *tail[] = {"start"};
+    if (audit_eval(x, on_audit_start, tail, 1) < 0) {
         srv_fail_no_redis(call);
-        free(x);
+        audit_free(x);
     }
 }
 

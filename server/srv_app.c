@@ -16,7 +16,7 @@
 #include "srv_valid.h"
 #include "grpc/health/v1/health.pb-c.h"
 
-cc_redis_script *srv_scripts[32];
+cc_redis_script *srv_scripts[SRV_MAX_SCRIPTS];
 int srv_n_scripts;
 
 const srv_method srv_methods[] = {
@@ -104,6 +104,11 @@ void srv_fail_no_redis(srv_call *call) { srv_call_finish(call, GRPC_STATUS_UNAVA
 
 void srv_script_add(cc_redis_script *s, const char *name, const unsigned char *prelude, size_t prelude_len,
                     const unsigned char *body, size_t body_len) {
+    if (srv_n_scripts >= SRV_MAX_SCRIPTS) {
+        /* A programming error caught at every start: the table is sized in srv_app.h. */
+        CC_ERROR("too_many_scripts", "script=%s max=%d", name, SRV_MAX_SCRIPTS);
+        abort();
+    }
     size_t len;
     char *text = cc_redis_script_join(prelude, prelude_len, body, body_len, &len);
     cc_redis_script_init(s, name, text, len);

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "cc_redis.h"
+#include "srv_limit.h"
 #include "srv_rpc.h"
 
 typedef struct {
@@ -35,6 +36,12 @@ typedef struct {
     int64_t kafka_linger_ms;    /* payment requests producer: linger.ms */
     int64_t kafka_fetch_wait_ms;   /* results feed: fetch.wait.max.ms */
     int64_t kafka_fetch_min_bytes; /* results feed: fetch.min.bytes */
+    int reuse_port;              /* --reuse-port: share the listening port (SO_REUSEPORT) */
+    const char *identity_key;    /* --identity-key FILE: verify x-user-assertion (NULL: trust user_id) */
+    const char *rate_user;       /* per user (or token) and method: "RATE[:BURST]" or "0" */
+    const char *rate_peer;       /* per peer address and method */
+    int64_t max_queues_per_user; /* concerts one user may wait in (or be ACTIVE in) at once */
+    int64_t seat_cache_ms;       /* how old a seat map served by ListSeats may be */
     const char *tls_cert, *tls_key, *tls_client_ca; /* srv_tls.h; unset = plaintext */
 } srv_config;
 
@@ -43,6 +50,8 @@ typedef struct srv_watcher srv_watcher;
 typedef struct srv_health_watcher srv_health_watcher;
 
 typedef struct cc_kafka_producer cc_kafka_producer;
+typedef struct srv_ident srv_ident;
+typedef struct srv_seatmaps srv_seatmaps;
 
 typedef struct srv_app {
     uv_loop_t *loop;
@@ -59,6 +68,13 @@ typedef struct srv_app {
     uv_timer_t sweep_timer;
     /* health watchers */
     srv_health_watcher *health_watchers;
+    /* abuse protection: rate limits (user/token and peer buckets) and identity mode */
+    srv_limit_spec rate_user, rate_peer;
+    srv_limit *limit_user, *limit_peer;
+    uv_timer_t limit_timer;
+    srv_ident *ident; /* NULL: user_id is trusted (gateway mode) */
+    srv_seatmaps *seatmaps; /* ListSeats cache (srv_booking.c) */
+    int exit_code;    /* what the process exits with (srv_run.h) */
 } srv_app;
 
 /* ---- Redis helpers shared by services ---- */
@@ -97,6 +113,8 @@ void srv_reflection_info(srv_call *c);
 
 int srv_booking_init(srv_app *app);
 void srv_booking_shutdown(srv_app *app);
+/** Frees the seat-map cache once the loop has stopped. */
+void srv_booking_free(srv_app *app);
 void srv_booking_list_schedules(srv_call *c);
 void srv_booking_list_seats(srv_call *c);
 void srv_booking_reserve(srv_call *c);
@@ -139,7 +157,9 @@ void srv_admin_get_policy(srv_call *c);
 void srv_admin_stats(srv_call *c);
 void srv_admin_audit(srv_call *c);
 
-/** Scripts registered with the Redis pool, filled by the services' init functions. */
+/** Scripts registered with the Redis pool, filled by the services' init functions
+ * (at most SRV_MAX_SCRIPTS: srv_script_add aborts beyond, at start-up). */
+#define SRV_MAX_SCRIPTS 64
 extern cc_redis_script *srv_scripts[];
 extern int srv_n_scripts;
 
@@ -164,9 +184,28 @@ int srv_auth_token(srv_call *call, char *token, char *concert);
 /** Checks the x-admin-key metadata; on failure finishes the call and returns -1. */
 int srv_auth_admin(srv_call *call);
 
+/** Identity mode: checks that the call's x-user-assertion names `user_id`. Without
+ * --identity-key it returns 0 at once. On failure finishes the call (UNAUTHENTICATED:
+ * missing or invalid; PERMISSION_DENIED: another user's) and returns -1. */
+int srv_auth_user(srv_call *call, const char *user_id);
+
+/** Rate limits of the call's method for `who` (the user id, or the token; NULL: the
+ * peer limit only) and for the caller's address. On a limit it finishes the call with
+ * RESOURCE_EXHAUSTED and a `retry-after-ms` trailer and returns -1. `field` names
+ * what `who` is in the message ("user_id", "token"). */
+int srv_limit_call(srv_call *call, const char *field, const char *who);
+
+/** Sets up the limits and identity mode from the configuration (0, or -1 with err). */
+int srv_guard_init(srv_app *app, char *err, size_t errlen);
+void srv_guard_shutdown(srv_app *app);
+/** Frees what srv_guard_init made, once the loop has stopped. */
+void srv_guard_free(srv_app *app);
+
 /** Calls `fn` for every concert this server knows (queues and catalogue). */
 void srv_concerts_foreach(srv_app *app, void (*fn)(srv_app *app, const char *concert, void *arg), void *arg);
-/** Makes the concert known to this server's ticks (and to every server's, via Redis). */
+/** A concert with live users (a join, a live token): this server ticks it and writes it
+ * into cc:queues so that every server does, until a tick finds it empty. Never for an
+ * id a caller merely named. */
 void srv_concert_remember(srv_app *app, const char *concert);
 
 #endif

@@ -10,7 +10,8 @@
  *   P holds            zset  rid -> expiry (the sweep's work list)
  *   P ures:<user>      zset  rid -> expiry (the user's live holds)   P uheld  hash user -> seats held
  * Every call checks the bearer token is ACTIVE inside the same script that reads or
- * changes seats, so admission and booking cannot disagree. */
+ * changes seats, so admission and booking cannot disagree. ListSeats is rate limited
+ * per token and served from srv_seatmap's cache, which this server's holds patch. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include "cc_log.h"
 #include "concert/v1/booking.pb-c.h"
 #include "srv_app.h"
+#include "srv_seatmap.h"
 #include "srv_valid.h"
 
 #define MAX_SEATS_PER_REQUEST 10
@@ -36,6 +38,7 @@ typedef struct {
     char prefix[SRV_MAX_ID + 8];
     char tag_key[SRV_MAX_ID + 16];
     char sched[SRV_MAX_ID + 1];
+    int reserving; /* the reply is a new hold (else a read or a cancel) */
 } bctx;
 
 /* Authenticates and allocates the call context; NULL when the call was finished. */
@@ -99,6 +102,10 @@ static void on_reservation(redisReply *r, const char *err, void *p) {
         m.n_seat_numbers = n;
         m.seat_numbers = seats;
         srv_call_reply(b->call, &m.base);
+        srv_app *app = srv_call_app(b->call);
+        /* A new hold shows in this server's seat maps at once; freed seats show at the
+         * next refresh (the cache cannot tell whether another hold took them since). */
+        if (b->reserving) srv_seatmaps_held(app->seatmaps, b->concert, m.schedule_id, seats, n, m.expires_at_unix_ms);
     }
     free(b);
 }
@@ -128,6 +135,7 @@ void srv_booking_reserve(srv_call *call) {
     }
     bctx *b = bctx_new(call);
     if (!b) return;
+    b->reserving = 1;
     srv_app *app = srv_call_app(call);
     char rid[SRV_TOKEN_MAX + 1], ttl[24], cap[24], seats[MAX_SEATS_PER_REQUEST][12];
     if (srv_id_new(rid, "r1", b->concert) < 0) {
@@ -228,34 +236,13 @@ void srv_booking_list_schedules(srv_call *call) {
     eval(b, &s_list, on_schedules, 4, args);
 }
 
-static int seat_cmp(const void *a, const void *b) {
-    const Concert__V1__Seat *x = a, *y = b;
-    return (x->number > y->number) - (x->number < y->number);
-}
-
-static void on_seats(redisReply *r, const char *err, void *p) {
+/* The token is ACTIVE and the schedule exists (bk_list's check): the map itself
+ * comes from the cache. */
+static void on_seats_check(redisReply *r, const char *err, void *p) {
     bctx *b = p;
     if (srv_script_ok(b->call, r, err)) {
-        size_t n = (r->elements - 1) / 3;
-        Concert__V1__Seat *items = calloc(n ? n : 1, sizeof *items);
-        Concert__V1__Seat **ptrs = calloc(n ? n : 1, sizeof *ptrs);
-        if (!items || !ptrs) abort();
-        for (size_t i = 0; i < n; i++) {
-            concert__v1__seat__init(&items[i]);
-            items[i].number = (int32_t)srv_int_at(r, 1 + 3 * i);
-            items[i].price = srv_int_at(r, 2 + 3 * i);
-            items[i].state = (Concert__V1__SeatState)srv_int_at(r, 3 + 3 * i);
-        }
-        qsort(items, n, sizeof *items, seat_cmp);
-        for (size_t i = 0; i < n; i++) ptrs[i] = &items[i];
-        Concert__V1__ListSeatsResponse resp;
-        concert__v1__list_seats_response__init(&resp);
-        resp.schedule_id = b->sched;
-        resp.n_seats = n;
-        resp.seats = ptrs;
-        srv_call_reply(b->call, &resp.base);
-        free(items);
-        free(ptrs);
+        srv_app *app = srv_call_app(b->call);
+        srv_seatmaps_serve(app->seatmaps, b->call, b->concert, b->sched, srv_int_at(r, 1));
     }
     free(b);
 }
@@ -268,9 +255,13 @@ void srv_booking_list_seats(srv_call *call) {
     }
     bctx *b = bctx_new(call);
     if (!b) return;
+    if (srv_limit_call(call, "token", b->token) < 0) {
+        free(b);
+        return;
+    }
     snprintf(b->sched, sizeof b->sched, "%s", req->schedule_id);
     const char *args[] = {b->tag_key, b->prefix, b->token, b->sched};
-    eval(b, &s_list, on_seats, 4, args);
+    eval(b, &s_list, on_seats_check, 4, args);
 }
 
 /* ---- expiry sweep ---- */
@@ -304,6 +295,7 @@ static void sweep_one(srv_app *app, const char *concert, void *arg) {
 static void on_sweep_timer(uv_timer_t *t) {
     srv_app *app = t->data;
     if (cc_redis_is_up(app->redis)) srv_concerts_foreach(app, sweep_one, NULL);
+    srv_seatmaps_sweep(app->seatmaps);
 }
 
 int srv_booking_init(srv_app *app) {
@@ -311,6 +303,7 @@ int srv_booking_init(srv_app *app) {
     srv_script_add(&s_get, "bk_get", lua_bk_lib, lua_bk_lib_len, lua_bk_get, lua_bk_get_len);
     srv_script_add(&s_list, "bk_list", lua_bk_lib, lua_bk_lib_len, lua_bk_list, lua_bk_list_len);
     srv_script_add(&s_sweep, "bk_sweep", lua_bk_lib, lua_bk_lib_len, lua_bk_sweep, lua_bk_sweep_len);
+    app->seatmaps = srv_seatmaps_new(app);
     uv_timer_init(app->loop, &app->sweep_timer);
     app->sweep_timer.data = app;
     uv_timer_start(&app->sweep_timer, on_sweep_timer, (uint64_t)app->cfg.sweep_interval_ms,
@@ -321,3 +314,8 @@ int srv_booking_init(srv_app *app) {
 static void on_closed(uv_handle_t *h) {}
 
 void srv_booking_shutdown(srv_app *app) { uv_close((uv_handle_t *)&app->sweep_timer, on_closed); }
+
+void srv_booking_free(srv_app *app) {
+    srv_seatmaps_free(app->seatmaps);
+    app->seatmaps = NULL;
+}

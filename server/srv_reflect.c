@@ -8,9 +8,11 @@
 #include <string.h>
 
 #include "cc_log.h"
-#include "cc_pb.h"
+#include <grpc/byte_buffer_reader.h>
+
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
 #include "srv_app.h"
+#include "srv_valid.h"
 
 extern const unsigned char concert_descriptor_set[];
 extern const size_t concert_descriptor_set_len;
@@ -250,12 +252,23 @@ static void on_request(srv_call *c, grpc_byte_buffer *bb) {
         srv_call_finish(c, GRPC_STATUS_OK, NULL);
         return;
     }
-    Grpc__Reflection__V1alpha__ServerReflectionRequest *req =
-        (void *)cc_pb_unpack(&grpc__reflection__v1alpha__server_reflection_request__descriptor, bb);
-    if (!req) {
-        srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "request is not a valid ServerReflectionRequest");
+    /* The same decoding as every other request: strings checked on the wire first. */
+    ProtobufCMessage *msg = NULL;
+    char err[300];
+    grpc_byte_buffer_reader r;
+    grpc_slice flat = grpc_empty_slice();
+    if (grpc_byte_buffer_reader_init(&r, bb)) {
+        flat = grpc_byte_buffer_reader_readall(&r);
+        grpc_byte_buffer_reader_destroy(&r);
+    }
+    int rc = srv_decode_request(&grpc__reflection__v1alpha__server_reflection_request__descriptor,
+                                GRPC_SLICE_START_PTR(flat), GRPC_SLICE_LENGTH(flat), &msg, err, sizeof err);
+    grpc_slice_unref(flat);
+    if (rc < 0) {
+        srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
         return;
     }
+    Grpc__Reflection__V1alpha__ServerReflectionRequest *req = (void *)msg;
     answer(c, req);
     protobuf_c_message_free_unpacked(&req->base, NULL);
     srv_call_recv(c, on_request);

@@ -6,15 +6,21 @@
  * and the call is freed when it drops to zero. */
 #include "srv_rpc.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
 #include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "cc_log.h"
 #include "cc_pb.h"
@@ -72,6 +78,8 @@ struct srv_call {
     int in_list;
     srv_call *prev, *next; /* all live calls, for shutdown */
     int sent_initial_md;
+    grpc_metadata trailers[4]; /* sent with the status; slices owned by the call */
+    size_t n_trailers;
     uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
 };
 
@@ -207,6 +215,10 @@ static void call_unref(srv_call *c) {
     if (c->req) protobuf_c_message_free_unpacked(c->req, NULL);
     if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
     grpc_metadata_array_destroy(&c->md);
+    for (size_t i = 0; i < c->n_trailers; i++) {
+        grpc_slice_unref(c->trailers[i].key);
+        grpc_slice_unref(c->trailers[i].value);
+    }
     free(c->details);
     grpc_call_unref(c->call);
     free(c);
@@ -312,6 +324,8 @@ static void send_status(srv_call *c) {
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[n].data.send_status_from_server.status = c->code;
     ops[n].data.send_status_from_server.status_details = &details;
+    ops[n].data.send_status_from_server.trailing_metadata_count = c->n_trailers;
+    ops[n].data.send_status_from_server.trailing_metadata = c->n_trailers ? c->trailers : NULL;
     n++;
     c->t_final.fn = on_final;
     start_batch(c, ops, n, &c->t_final);
@@ -362,6 +376,35 @@ static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_
 
 /* ---- accepting calls ---- */
 
+/* Flattens the payload and decodes it with the configured function. */
+static int srv_rpc_decode(srv_rpc *s, const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
+                          ProtobufCMessage **out, char *err, size_t errlen) {
+    *out = NULL;
+    grpc_slice flat = grpc_empty_slice();
+    if (bb) {
+        grpc_byte_buffer_reader r;
+        if (!grpc_byte_buffer_reader_init(&r, bb)) {
+            snprintf(err, errlen, "request is not a valid %s message", desc->name);
+            return -1;
+        }
+        flat = grpc_byte_buffer_reader_readall(&r);
+        grpc_byte_buffer_reader_destroy(&r);
+    }
+    const uint8_t *data = GRPC_SLICE_START_PTR(flat);
+    size_t len = GRPC_SLICE_LENGTH(flat);
+    int rc;
+    if (s->cfg.decode) {
+        rc = s->cfg.decode(desc, data, len, out, err, errlen);
+    } else {
+        static const uint8_t empty[1];
+        *out = protobuf_c_message_unpack(desc, NULL, len, len ? data : empty);
+        rc = *out ? 0 : -1;
+        if (rc < 0) snprintf(err, errlen, "request is not a valid %s message", desc->name);
+    }
+    grpc_slice_unref(flat);
+    return rc;
+}
+
 static void arm_slot(srv_slot *sl);
 
 static void on_slot(srv_tag *t, int ok) {
@@ -385,6 +428,24 @@ static void on_slot(srv_tag *t, int ok) {
     grpc_byte_buffer *payload = sl->payload;
     const srv_method *m = sl->m;
     srv_call *c;
+    /* Headers as HPACK counts them (RFC 7541 4.1: name + value + 32 per field). */
+    size_t md_bytes = 0;
+    for (size_t i = 0; i < sl->md.count; i++)
+        md_bytes += GRPC_SLICE_LENGTH(sl->md.metadata[i].key) + GRPC_SLICE_LENGTH(sl->md.metadata[i].value) + 32;
+    if (md_bytes > (size_t)s->cfg.max_metadata_bytes) {
+        c = call_new(s, m, call, m ? sl->deadline : sl->details.deadline, &sl->md);
+        if (!m) {
+            grpc_call_details_destroy(&sl->details);
+            grpc_call_details_init(&sl->details);
+        }
+        sl->call = NULL;
+        sl->payload = NULL;
+        arm_slot(sl);
+        if (payload) grpc_byte_buffer_destroy(payload);
+        srv_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "metadata: %zu bytes of headers, at most %d per call",
+                        md_bytes, s->cfg.max_metadata_bytes);
+        return;
+    }
     if (!m) {
         /* An unregistered method. */
         char path[256];
@@ -406,11 +467,11 @@ static void on_slot(srv_tag *t, int ok) {
     sl->payload = NULL;
     arm_slot(sl);
     if (m->kind != SRV_BIDI_STREAM) {
-        c->req = cc_pb_unpack(m->request, payload);
+        char err[300];
+        int rc = srv_rpc_decode(s, m->request, payload, &c->req, err, sizeof err);
         if (payload) grpc_byte_buffer_destroy(payload);
-        if (!c->req) {
-            srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "request is not a valid %s message",
-                            m->request->name);
+        if (rc < 0) {
+            srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
             return;
         }
     }
@@ -429,9 +490,14 @@ static void arm_slot(srv_slot *sl) {
         e = grpc_server_request_call(s->server, &sl->call, &sl->details, &sl->md, s->cq, s->cq, &sl->tag);
     }
     if (e != GRPC_CALL_OK) {
-        CC_ERROR("grpc_request_call_failed", "error=%d", (int)e);
+        /* This method can no longer take calls: free the slot and tell the process. */
+        CC_ERROR("grpc_request_call_failed", "method=%s error=%d", sl->m ? sl->m->path : "*", (int)e);
+        grpc_metadata_array_destroy(&sl->md);
+        grpc_call_details_destroy(&sl->details);
         s->open_slots--;
         free(sl);
+        if (!s->shutting_down && s->cfg.on_fatal) s->cfg.on_fatal("cannot accept calls any more", s->cfg.fatal_payload);
+        maybe_done(s);
     }
 }
 
@@ -447,6 +513,57 @@ static void new_slot(srv_rpc *s, const srv_method *m, void *reg) {
     arm_slot(sl);
 }
 
+/* Why `addr` cannot be bound, from the system (gRPC core only says it failed): binds a
+ * socket of our own the way gRPC would, without SO_REUSEPORT. */
+static void listen_reason(const char *addr, char *out, size_t len) {
+    snprintf(out, len, "not a bindable HOST:PORT");
+    char host[256];
+    const char *colon = strrchr(addr, ':');
+    if (!colon || (size_t)(colon - addr) >= sizeof host) return;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    char *h = host;
+    if (h[0] == '[' && h[strlen(h) - 1] == ']') h[strlen(h) - 1] = '\0', h++;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t sl;
+    int port = atoi(colon + 1);
+    if (port < 0 || port > 65535) return;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, h, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET, a4->sin_port = htons((uint16_t)port), sl = sizeof *a4;
+    } else if (inet_pton(AF_INET6, h, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6, a6->sin6_port = htons((uint16_t)port), sl = sizeof *a6;
+    } else {
+        snprintf(out, len, "cannot resolve or bind host '%.100s'", h);
+        return;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+    if (fd < 0) {
+        snprintf(out, len, "%s", strerror(errno));
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0) snprintf(out, len, "%s", strerror(errno));
+    else snprintf(out, len, "gRPC core refused the address");
+    close(fd);
+}
+
+/* Frees a server that never started (no thread, no loop handles). */
+static void free_unstarted(srv_rpc *s, void **regs) {
+    if (s->server) grpc_server_destroy(s->server);
+    if (s->cq) {
+        grpc_completion_queue_shutdown(s->cq);
+        grpc_completion_queue_destroy(s->cq);
+    }
+    pthread_mutex_destroy(&s->mu);
+    free(regs);
+    free(s->by_code);
+    free(s);
+}
+
 int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, const srv_method *methods,
                   int n_methods, void *app, int *bound_port) {
     srv_rpc *s = calloc(1, sizeof *s);
@@ -455,6 +572,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     s->cfg = *cfg;
     if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 16;
     if (s->cfg.max_message_bytes <= 0) s->cfg.max_message_bytes = 1 << 20;
+    if (s->cfg.max_metadata_bytes <= 0) s->cfg.max_metadata_bytes = 64 << 10;
     s->methods = methods;
     s->n_methods = n_methods;
     s->app = app;
@@ -462,18 +580,31 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     if (!s->by_code) abort();
     pthread_mutex_init(&s->mu, NULL);
 
-    grpc_arg args[2];
+    /* gRPC core turns SO_REUSEPORT on by default: a second server on a busy port would
+     * silently share it. Only --reuse-port allows that.
+     * Metadata: gRPC core 1.51 fails the whole connection (every call on it) when a
+     * header block passes GRPC_ARG_MAX_METADATA_SIZE (default 8 KiB). So the transport
+     * gets a generous hard limit and on_slot enforces max_metadata_bytes per call: a
+     * call with bigger headers fails alone, its neighbours on the connection live on. */
+    grpc_arg args[4];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = s->cfg.max_message_bytes;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS;
     args[1].value.integer = 100000;
-    grpc_channel_args ca = {2, args};
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_ALLOW_REUSEPORT;
+    args[2].value.integer = s->cfg.reuse_port ? 1 : 0;
+    args[3].type = GRPC_ARG_INTEGER;
+    args[3].key = (char *)GRPC_ARG_MAX_METADATA_SIZE;
+    args[3].value.integer = s->cfg.max_metadata_bytes * 4 > (1 << 20) ? s->cfg.max_metadata_bytes * 4 : 1 << 20;
+    grpc_channel_args ca = {4, args};
     s->server = grpc_server_create(&ca, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
-    void **regs = calloc((size_t)n_methods, sizeof *regs);
+    void **regs = calloc((size_t)n_methods + 1, sizeof *regs);
+    if (!regs) abort();
     for (int i = 0; i < n_methods; i++) {
         regs[i] = grpc_server_register_method(
             s->server, methods[i].path, NULL,
@@ -481,6 +612,8 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
             0);
         if (!regs[i]) {
             CC_ERROR("grpc_register_failed", "method=%s", methods[i].path);
+            if (cfg->creds) grpc_server_credentials_release(cfg->creds); /* taken, as on success */
+            free_unstarted(s, regs);
             return -1;
         }
     }
@@ -488,12 +621,11 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     int port = grpc_server_add_http2_port(s->server, cfg->listen, creds);
     grpc_server_credentials_release(creds);
     if (port == 0) {
-        CC_ERROR("listen_failed", "addr=%s", cfg->listen);
-        grpc_server_destroy(s->server);
-        grpc_completion_queue_shutdown(s->cq);
-        grpc_completion_queue_destroy(s->cq);
-        free(regs);
-        free(s);
+        char why[256];
+        listen_reason(cfg->listen, why, sizeof why);
+        CC_ERROR("listen_failed", "addr=%s reason=\"%s\"%s", cfg->listen, why,
+                 s->cfg.reuse_port ? "" : " hint=\"another process holds the port? --reuse-port shares it\"");
+        free_unstarted(s, regs);
         return -1;
     }
     grpc_server_start(s->server);
@@ -601,19 +733,54 @@ const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len) {
     return NULL;
 }
 
+void srv_call_peer_addr(const srv_call *c, char *out, size_t len) {
+    if (!len) return;
+    out[0] = '\0';
+    char *peer = grpc_call_get_peer(c->call);
+    if (!peer) return;
+    /* "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:/path" */
+    const char *p = strchr(peer, ':');
+    p = p ? p + 1 : peer;
+    size_t n = strlen(p);
+    const char *colon = strrchr(p, ':');
+    if (!strncmp(peer, "ipv", 3) && colon) n = (size_t)(colon - p);
+    if (n && p[0] == '[' && p[n - 1] == ']') p++, n -= 2;
+    if (n >= len) n = len - 1;
+    memcpy(out, p, n);
+    out[n] = '\0';
+    gpr_free(peer);
+}
+
+void srv_call_add_trailer(srv_call *c, const char *key, const char *value) {
+    if (c->n_trailers >= sizeof c->trailers / sizeof *c->trailers) return;
+    grpc_metadata *m = &c->trailers[c->n_trailers++];
+    memset(m, 0, sizeof *m);
+    m->key = grpc_slice_from_copied_string(key);
+    m->value = grpc_slice_from_copied_string(value);
+}
+
 void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
+    if (c->handler_done) return;
+    grpc_byte_buffer *bb = cc_pb_pack(msg);
+    srv_call_reply_raw(c, bb);
+    grpc_byte_buffer_destroy(bb);
+}
+
+void srv_call_reply_raw(srv_call *c, grpc_byte_buffer *bb) {
     if (c->handler_done) return;
     c->handler_done = 1;
     c->status_sent = 1;
     c->sent_initial_md = 1;
     count_code(c, GRPC_STATUS_OK);
-    grpc_byte_buffer *bb = cc_pb_pack(msg);
+    /* gRPC core takes the slices out of the buffer it sends: give it a copy (slice
+     * references, not bytes) so that a cached reply stays whole. */
+    grpc_byte_buffer *cp = grpc_byte_buffer_copy(bb);
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     grpc_slice details = grpc_empty_slice();
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = bb;
+    ops[1].data.send_message.send_message = cp;
     ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[2].data.send_status_from_server.status = GRPC_STATUS_OK;
     ops[2].data.send_status_from_server.status_details = &details;
@@ -621,7 +788,7 @@ void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
     ops[3].data.recv_close_on_server.cancelled = &c->close_cancelled;
     c->t_final.fn = on_final;
     start_batch(c, ops, 4, &c->t_final);
-    grpc_byte_buffer_destroy(bb);
+    grpc_byte_buffer_destroy(cp);
     call_unref(c); /* the handler's reference */
 }
 
@@ -664,14 +831,15 @@ int srv_call_send(srv_call *c, const ProtobufCMessage *msg) {
 
 static void on_recv(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_recv));
-    /* Taken before cb: cb may arm the next RECV_MESSAGE, which gRPC fills from its
-     * own thread into c->recv_bb (destroying c->recv_bb after cb leaked a message). */
-    grpc_byte_buffer *got = c->recv_bb;
+    /* Take the message out of the call before the callback runs: the callback may
+     * re-arm the receive into c->recv_bb at once, and gRPC core fills that pointer from
+     * its own thread when the next message arrives. */
+    grpc_byte_buffer *bb = c->recv_bb;
     c->recv_bb = NULL;
     void (*cb)(srv_call *, grpc_byte_buffer *) = c->on_recv;
     c->on_recv = NULL;
-    if (!c->handler_done) cb(c, ok ? got : NULL);
-    if (got) grpc_byte_buffer_destroy(got);
+    if (!c->handler_done) cb(c, ok ? bb : NULL);
+    if (bb) grpc_byte_buffer_destroy(bb);
     call_unref(c);
 }
 

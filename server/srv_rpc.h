@@ -9,7 +9,12 @@
  * every accepted call becomes an `srv_call`, a small state machine owned by the loop
  * and freed when its handler has finished and no batch is in flight. Unknown methods
  * get UNIMPLEMENTED. Server streams keep one SEND_MESSAGE in flight with a queue
- * behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice cancellation. */
+ * behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice cancellation.
+ *
+ * Requests are decoded through the configured `decode` function (the server checks
+ * every string on the wire before unpacking); a request that does not decode is
+ * answered INVALID_ARGUMENT before any handler runs. Must not: block the loop, or
+ * know anything about the services behind the methods. */
 #ifndef SRV_RPC_H
 #define SRV_RPC_H
 
@@ -32,10 +37,24 @@ typedef struct {
     srv_handler handler;
 } srv_method;
 
+/** Decodes a request of type `desc` from `len` bytes: 0 and *out (owned by the
+ * caller), or -1 and an INVALID_ARGUMENT message in err[errlen]. */
+typedef int (*srv_decode_fn)(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                             ProtobufCMessage **out, char *err, size_t errlen);
+
 typedef struct {
     const char *listen;   /* host:port; port 0 picks one */
     int requests_per_method; /* armed requests per method (default 16) */
     int max_message_bytes;   /* largest request accepted (default 1 MiB) */
+    int max_metadata_bytes;  /* largest header block of one call (default 64 KiB): a bigger one
+                                fails that call alone (RESOURCE_EXHAUSTED) */
+    int reuse_port;          /* 1: share the port with other processes (SO_REUSEPORT); 0: a busy
+                                port is a bind failure */
+    srv_decode_fn decode;    /* NULL: protobuf-c unpacking alone */
+    /* Called on the loop when the server can no longer accept calls of some method
+     * (re-arming a request failed): the process should stop with an error. */
+    void (*on_fatal)(const char *reason, void *payload);
+    void *fatal_payload;
     /* Optional observer of every call (metrics), run on the loop: `on_call_start` when
      * a call is accepted, `on_call_end` when its status is sent, with the seconds in
      * between. `method` is the index in `methods`, n_methods for an unknown method. */
@@ -45,7 +64,9 @@ typedef struct {
 } srv_rpc_config;
 
 /** Creates, binds and starts the server. `methods` must outlive it; `app` is handed
- * to handlers through srv_call_app(). Returns 0 and the bound port, or -1. */
+ * to handlers through srv_call_app(). Returns 0 and the bound port, or -1 after
+ * logging why (event=listen_failed with the system's reason); nothing is left
+ * allocated on failure. */
 int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg,
                   const srv_method *methods, int n_methods, void *app, int *bound_port);
 
@@ -68,8 +89,17 @@ uint64_t srv_call_deadline_ms(const srv_call *c);
 void srv_call_set_data(srv_call *c, void *data);
 void *srv_call_data(const srv_call *c);
 
+/** The caller's address without the port ("127.0.0.1", "::1"), or "" if unknown,
+ * into out[len]. */
+void srv_call_peer_addr(const srv_call *c, char *out, size_t len);
+
 /** Unary: answers OK with `msg` (serialised now; the caller keeps ownership). */
 void srv_call_reply(srv_call *c, const ProtobufCMessage *msg);
+/** Unary: answers OK with already serialised bytes; `bb` stays the caller's. */
+void srv_call_reply_raw(srv_call *c, grpc_byte_buffer *bb);
+/** Adds trailing metadata sent with the call's status (e.g. "retry-after-ms"); at
+ * most 4 pairs, copied. Call before srv_call_finish. */
+void srv_call_add_trailer(srv_call *c, const char *key, const char *value);
 /** Unary or stream: ends the call with `code` and a message naming the problem.
  * Pending stream messages are sent first. The handler must not touch `c` after. */
 void srv_call_finish(srv_call *c, grpc_status_code code, const char *fmt, ...)

@@ -1,6 +1,7 @@
 /* srv_valid: see srv_valid.h. */
 #include "srv_valid.h"
 
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
@@ -89,4 +90,154 @@ const char *srv_bearer(const char *v, size_t len, size_t *tok_len) {
     if (!len) return NULL;
     *tok_len = len;
     return v;
+}
+
+/* ---- the string rule ---- */
+
+srv_str_rc srv_valid_string(const char *str, size_t len, size_t max) {
+    const unsigned char *s = (const unsigned char *)str;
+    if (len > max) return SRV_STR_TOO_LONG;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            if (c == 0) return SRV_STR_NUL;
+            if (c < 0x20 || c == 0x7f) return SRV_STR_CONTROL;
+            i++;
+            continue;
+        }
+        uint32_t cp;
+        size_t n;
+        if (c >= 0xc2 && c <= 0xdf) n = 2, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef) n = 3, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4) n = 4, cp = c & 0x07;
+        else return SRV_STR_BAD_UTF8; /* continuation byte, overlong lead (c0, c1) or > f4 */
+        if (i + n > len) return SRV_STR_BAD_UTF8;
+        for (size_t k = 1; k < n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return SRV_STR_BAD_UTF8;
+            cp = cp << 6 | (s[i + k] & 0x3f);
+        }
+        if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff))) return SRV_STR_BAD_UTF8;
+        if (cp >= 0xd800 && cp <= 0xdfff) return SRV_STR_BAD_UTF8; /* surrogates */
+        if (cp >= 0x80 && cp <= 0x9f) return SRV_STR_CONTROL;      /* C1 controls */
+        i += n;
+    }
+    return SRV_STR_OK;
+}
+
+const char *srv_valid_string_reason(srv_str_rc rc) {
+    switch (rc) {
+    case SRV_STR_OK: return "ok";
+    case SRV_STR_TOO_LONG: return "too long";
+    case SRV_STR_BAD_UTF8: return "must be valid UTF-8";
+    case SRV_STR_CONTROL: return "must not contain control characters";
+    case SRV_STR_NUL: return "must not contain NUL";
+    }
+    return "invalid";
+}
+
+static const struct {
+    const char *name;
+    size_t max;
+} field_max[] = {
+    {"user_id", SRV_MAX_USER},  {"concert_id", SRV_MAX_ID},  {"schedule_id", SRV_MAX_ID},
+    {"token", 256},             {"reservation_id", 256},     {"payment_id", 256},
+    {"idempotency_key", 128},   {"name", 200},               {"update_fields", 64},
+    {"service", 256},           {"host", 256},
+};
+
+size_t srv_valid_field_max(const char *name) {
+    for (size_t i = 0; i < sizeof field_max / sizeof *field_max; i++)
+        if (!strcmp(field_max[i].name, name)) return field_max[i].max;
+    return 1024;
+}
+
+/* ---- wire walk ---- */
+
+static int rd_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    uint64_t x = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p, const uint8_t *end, char *path,
+                size_t plen, int depth, char *err, size_t errlen) {
+    if (depth > 32) return -2;
+    while (p < end) {
+        uint64_t key, v;
+        if (rd_varint(&p, end, &key) < 0) return -2;
+        uint32_t num = (uint32_t)(key >> 3);
+        int wt = (int)(key & 7);
+        if (num == 0 || key >> 3 > 0x1fffffff) return -2;
+        const uint8_t *val = NULL;
+        size_t vlen = 0;
+        switch (wt) {
+        case 0:
+            if (rd_varint(&p, end, &v) < 0) return -2;
+            break;
+        case 1:
+            if (end - p < 8) return -2;
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4) return -2;
+            p += 4;
+            break;
+        case 2:
+            if (rd_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p)) return -2;
+            val = p, vlen = (size_t)v;
+            p += v;
+            break;
+        default:
+            return -2; /* groups are not proto3 */
+        }
+        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(desc, num);
+        if (!f) continue; /* unknown fields are kept by protobuf-c and never read by us */
+        if (f->type == PROTOBUF_C_TYPE_STRING) {
+            if (wt != 2) return -2;
+            srv_str_rc rc = srv_valid_string((const char *)val, vlen, srv_valid_field_max(f->name));
+            if (rc != SRV_STR_OK) {
+                if (rc == SRV_STR_TOO_LONG)
+                    snprintf(err, errlen, "%s%s: longer than %zu bytes", path, f->name, srv_valid_field_max(f->name));
+                else snprintf(err, errlen, "%s%s: %s", path, f->name, srv_valid_string_reason(rc));
+                return -1;
+            }
+        } else if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+            if (wt != 2) return -2;
+            size_t used = strlen(path);
+            int w = snprintf(path + used, plen - used, "%s.", f->name);
+            if (w < 0 || (size_t)w >= plen - used) return -2;
+            int rc = walk(f->descriptor, val, val + vlen, path, plen, depth + 1, err, errlen);
+            path[used] = '\0';
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
+int srv_valid_wire(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len, char *err,
+                   size_t errlen) {
+    char path[256] = "";
+    if (!data && len) return -2;
+    return walk(desc, data, data + len, path, sizeof path, 0, err, errlen);
+}
+
+int srv_decode_request(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                       ProtobufCMessage **out, char *err, size_t errlen) {
+    *out = NULL;
+    int rc = srv_valid_wire(desc, data, len, err, errlen);
+    if (rc == 0) {
+        static const uint8_t empty[1];
+        *out = protobuf_c_message_unpack(desc, NULL, len, data ? data : empty);
+        if (*out) return 0;
+    }
+    if (rc != -1) snprintf(err, errlen, "request is not a valid %s message", desc->name);
+    return -1;
 }

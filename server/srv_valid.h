@@ -5,7 +5,9 @@
 #ifndef SRV_VALID_H
 #define SRV_VALID_H
 
+#include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define SRV_MAX_ID 64       /* concert, schedule and reservation ids */
 #define SRV_MAX_USER 128    /* user ids */
@@ -38,5 +40,45 @@ int srv_secret_eq(const char *a, const char *b, size_t blen);
 
 /** Extracts a bearer token from an `authorization` metadata value; NULL if absent. */
 const char *srv_bearer(const char *value, size_t len, size_t *tok_len);
+
+/* ---- the one rule for every string field (issue 9) ----
+ * Every string of every request, ids and names alike: valid UTF-8 (no overlong form,
+ * no surrogate, nothing above U+10FFFF), no control character (C0 including NUL and
+ * tab, DEL, C1), at most a bounded number of bytes. Fields with a stricter shape (ids
+ * of [A-Za-z0-9_-], idempotency keys) are checked again by their handlers. */
+
+typedef enum {
+    SRV_STR_OK = 0,
+    SRV_STR_TOO_LONG,
+    SRV_STR_BAD_UTF8,
+    SRV_STR_CONTROL, /* a control character other than NUL */
+    SRV_STR_NUL,
+} srv_str_rc;
+
+/** Checks `len` bytes of `s` (which may contain NUL) against the rule with a bound of
+ * `max` bytes. */
+srv_str_rc srv_valid_string(const char *s, size_t len, size_t max);
+
+/** A short reason for a failed check, e.g. "must be valid UTF-8". */
+const char *srv_valid_string_reason(srv_str_rc rc);
+
+/** The byte bound of a request string field by its name (user_id 128, concert_id 64,
+ * token 256, name 200, ...; 1024 for any other). */
+size_t srv_valid_field_max(const char *field_name);
+
+/** Checks every string field of a serialized `desc` message on the wire, before
+ * unpacking (protobuf-c hands proto3 strings out as NUL-terminated char *, so an
+ * embedded NUL would silently truncate them): nested messages and repeated fields
+ * included. Returns 0, -1 with "<field path>: <reason>" in err[errlen] for a string
+ * that breaks the rule, or -2 when the bytes are not a valid message. */
+int srv_valid_wire(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len, char *err,
+                   size_t errlen);
+
+/** Request decoding as the server does it: srv_valid_wire, then unpacking. On success
+ * *out is the message (free with protobuf_c_message_free_unpacked) and 0 is returned;
+ * otherwise -1 and the INVALID_ARGUMENT message in err (naming the field, or "request
+ * is not a valid X message"). */
+int srv_decode_request(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                       ProtobufCMessage **out, char *err, size_t errlen);
 
 #endif

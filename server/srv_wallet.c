@@ -1,7 +1,9 @@
 /* srv_wallet: WalletService (GetBalance, Charge). Keys per user, under the user's
  * own hash tag: cc:{w:<user>}:bal (string, the balance) and cc:{w:<user>}:chg (hash
  * idempotency key -> "amount|balance after"). Idempotency records have no TTL, so
- * a memory-pressure eviction can never let a retried charge apply twice. */
+ * a memory-pressure eviction can never let a retried charge apply twice.
+ * In identity mode (--identity-key) both calls need the user's x-user-assertion;
+ * Charge is rate limited per user and per peer address. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +53,7 @@ static void on_balance(redisReply *r, const char *err, void *p) {
 void srv_wallet_balance(srv_call *call) {
     const Concert__V1__GetBalanceRequest *req = (const void *)srv_call_request(call);
     if (check_user(call, req->user_id) < 0) return;
+    if (srv_auth_user(call, req->user_id) < 0) return;
     wctx *w = calloc(1, sizeof *w);
     if (!w) abort();
     w->call = call;
@@ -92,6 +95,8 @@ void srv_wallet_charge(srv_call *call) {
                         "idempotency_key: must be 1..128 characters of [A-Za-z0-9_.:-]");
         return;
     }
+    if (srv_limit_call(call, "user_id", req->user_id) < 0) return;
+    if (srv_auth_user(call, req->user_id) < 0) return;
     wctx *w = calloc(1, sizeof *w);
     if (!w) abort();
     w->call = call;

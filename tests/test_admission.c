@@ -21,8 +21,11 @@ static void end_test(void) {
     cr_assert_eq(rb, 0, "server b exit status (log %s)", b.log);
 }
 
+#define KEY "admission-key"
+
 static void join_many(const char *addr, const char *concert, int n) {
     cc_client *c = cc_client_open(addr);
+    cr_assert_eq(th_admin_concert(c, KEY, concert), GRPC_STATUS_OK, "an admin creates the concert first");
     cc_batch *bt = cc_batch_new(c);
     char users[512][16];
     for (int i = 0; i < n && i < 512; i++) {
@@ -51,7 +54,7 @@ static long long zcard(redisContext *rc, const char *key) {
 
 Test(admission, two_servers_share_the_rate, .fini = stop, .timeout = 60) {
     th_redis_start(&redis);
-    const char *flags[] = {"--admit-rate", "40", "--max-active", "100000", NULL};
+    const char *flags[] = {"--admit-rate", "40", "--max-active", "100000", "--admin-key", KEY, NULL};
     th_server_start(&a, redis.url, flags);
     th_server_start(&b, redis.url, flags);
     join_many(a.addr, "rate", 500);
@@ -75,7 +78,7 @@ Test(admission, two_servers_share_the_rate, .fini = stop, .timeout = 60) {
 
 Test(admission, max_active_is_never_exceeded, .fini = stop, .timeout = 60) {
     th_redis_start(&redis);
-    const char *flags[] = {"--admit-rate", "1000", "--max-active", "25", "--admit-interval-ms", "20", NULL};
+    const char *flags[] = {"--admit-rate", "1000", "--max-active", "25", "--admit-interval-ms", "20", "--admin-key", KEY, NULL};
     th_server_start(&a, redis.url, flags);
     th_server_start(&b, redis.url, flags);
     join_many(b.addr, "cap", 200);

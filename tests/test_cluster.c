@@ -192,7 +192,7 @@ static grpc_status_code charge(const char *user, int64_t amount, const char *key
 
 static grpc_status_code reserve(const char *token, const char *sched, int seat, Concert__V1__Reservation **out) {
     char auth[200];
-    snprintf(auth, sizeof auth, "Bearer %s", token);
+    snprintf(auth, sizeof auth, "Bearer %.180s", token);
     cc_md md[] = {{"authorization", auth}};
     Concert__V1__ReserveSeatsRequest req = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
     req.schedule_id = (char *)sched;

@@ -268,7 +268,7 @@ static void activate(pay_t **users, int n) {
 static void charge(const char *user, int64_t amount) {
     Concert__V1__ChargeRequest req = CONCERT__V1__CHARGE_REQUEST__INIT;
     char key[64];
-    snprintf(key, sizeof key, "topup-%s", user);
+    snprintf(key, sizeof key, "topup-%.50s", user);
     req.user_id = (char *)user;
     req.amount = amount;
     req.idempotency_key = key;
@@ -563,7 +563,7 @@ Test(consumer, happy_path, .init = start, .fini = stop, .timeout = 90) {
     resv_status(p, st, sizeof st);
     cr_expect_str_eq(st, "PAID");
     char want[128];
-    snprintf(want, sizeof want, "S|%s", p->rid);
+    snprintf(want, sizeof want, "S|%.120s", p->rid);
     str_cmd(st, sizeof st, "HGET cc:{" CONCERT "}:s:day1:seat %s", "1", NULL);
     cr_expect_str_eq(st, want, "seat 1 SOLD to the reservation");
     str_cmd(st, sizeof st, "HGET cc:{" CONCERT "}:s:day1:seat %s", "2", NULL);

@@ -95,7 +95,8 @@ static void start_ha(void) {
     }
     strcat(url, "/drill");
     cr_assert(th_wait_for(sentinels_know_replica, NULL, 50, 15000), "sentinels never saw the replica");
-    const char *flags[] = {"--admin-key", KEY, "--redis-timeout-ms", "500", NULL};
+    /* Charges as fast as the test can send them, from one user: no rate limit. */
+    const char *flags[] = {"--admin-key", KEY, "--redis-timeout-ms", "500", "--rate-user", "0", NULL};
     th_server_start(&server, url, flags);
     cli = cc_client_open(server.addr);
 }
@@ -187,9 +188,12 @@ static void start_small(void) {
     memset(&small, 0, sizeof small);
     small.maxmemory_mb = 3;
     th_redis_start(&small);
-    const char *flags[] = {"--admit-rate", "0", NULL};
+    /* Fills Redis from one address as fast as it can: no rate limit; a queue needs a
+     * concert an admin created. */
+    const char *flags[] = {"--admit-rate", "0", "--admin-key", KEY, "--rate-peer", "0", NULL};
     th_server_start(&server, small.url, flags);
     cli = cc_client_open(server.addr);
+    cr_assert_eq(th_admin_concert(cli, KEY, "oom"), GRPC_STATUS_OK);
 }
 
 static void stop_small(void) {

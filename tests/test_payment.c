@@ -105,7 +105,7 @@ static void setup_user(const char *user, int seat, int64_t money, char *token, c
 static grpc_status_code pay(const char *token, const char *rid, const char *key, int timeout_ms,
                             Concert__V1__Payment **out, cc_status *st) {
     char auth[100];
-    snprintf(auth, sizeof auth, "Bearer %s", token);
+    snprintf(auth, sizeof auth, "Bearer %s", token ? token : "");
     cc_md md[] = {{"authorization", auth}};
     Concert__V1__PayRequest req = CONCERT__V1__PAY_REQUEST__INIT;
     req.reservation_id = (char *)rid;

@@ -12,11 +12,24 @@ static th_redis redis;
 static th_server server;
 static cc_client *cli;
 
+#define KEY "queue-admin-key"
+
+/* Every concert these tests queue for: a queue exists only for a concert an admin
+ * created. */
+static const char *const concerts[] = {"big", "c-one", "c-two", "lv", "ttl", "idle", "watch",
+                                       "wx",  "cw",    "c1",    "c2", "many", NULL};
+
 static void start(const char *const *flags) {
     memset(&redis, 0, sizeof redis);
     th_redis_start(&redis);
-    th_server_start(&server, redis.url, flags);
+    const char *all[24] = {"--admin-key", KEY};
+    int n = 2;
+    for (int i = 0; flags && flags[i] && n < 23; i++) all[n++] = flags[i];
+    all[n] = NULL;
+    th_server_start(&server, redis.url, all);
     cli = cc_client_open(server.addr);
+    for (int i = 0; concerts[i]; i++)
+        cr_assert_eq(th_admin_concert(cli, KEY, concerts[i]), GRPC_STATUS_OK, "create concert %s", concerts[i]);
 }
 
 /* Teardown (Criterion ignores assertions here, so it only cleans up). */
@@ -311,6 +324,12 @@ Test(queue, bad_input_gets_clear_errors, .init = start_paused, .fini = stop) {
                 GRPC_STATUS_UNAUTHENTICATED, "token");
     expect_code(th_leave(cli, "v1.c1.0123456789abcdef0123456789abcdef", NULL, &st), &st,
                 GRPC_STATUS_UNAUTHENTICATED, "token");
+    /* A concert no admin created has no queue: NOT_FOUND, and nothing is written. */
+    expect_code(th_issue(cli, "u", "nowhere", NULL, &st), &st, GRPC_STATUS_NOT_FOUND, "concert_id");
+    expect_code(th_status(cli, "v1.nowhere.0123456789abcdef0123456789abcdef", NULL, &st), &st, GRPC_STATUS_NOT_FOUND,
+                "token");
+    expect_code(th_leave(cli, "v1.nowhere.0123456789abcdef0123456789abcdef", NULL, &st), &st, GRPC_STATUS_NOT_FOUND,
+                "token");
     /* A real token with the concert part changed is forged. */
     Concert__V1__QueueStatus *s = NULL;
     cr_assert_eq(th_issue(cli, "real", "c1", &s, NULL), GRPC_STATUS_OK);
@@ -327,6 +346,9 @@ Test(queue, bad_input_gets_clear_errors, .init = start_paused, .fini = stop) {
     redisContext *rc = th_redis_connect(&redis);
     redisReply *r = redisCommand(rc, "ZCARD cc:{c1}:q:wait");
     cr_expect_eq(r->integer, 1, "bad calls must not change state");
+    freeReplyObject(r);
+    r = redisCommand(rc, "KEYS cc:{nowhere}*");
+    cr_expect_eq(r->elements, 0, "nothing written for a made-up concert");
     freeReplyObject(r);
     redisFree(rc);
     /* And the server still serves. */

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "th.h"
@@ -13,12 +14,20 @@ static th_redis redis;
 static th_server server;
 static cc_client *cli;
 
+#define KEY "resilience-key"
+
+static void make_concerts(void) {
+    const char *concerts[] = {"res", "term", "met"};
+    for (int i = 0; i < 3; i++) cr_assert_eq(th_admin_concert(cli, KEY, concerts[i]), GRPC_STATUS_OK);
+}
+
 static void start(void) {
     memset(&redis, 0, sizeof redis);
     th_redis_start(&redis);
-    const char *flags[] = {"--redis-timeout-ms", "400", NULL};
+    const char *flags[] = {"--redis-timeout-ms", "400", "--admin-key", KEY, NULL};
     th_server_start(&server, redis.url, flags);
     cli = cc_client_open(server.addr);
+    make_concerts();
 }
 
 static void stop(void) {
@@ -51,8 +60,12 @@ static int health(void) {
 static int not_serving(void *arg) {
     return health() == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 }
+static int refused_logged(void *arg) { return th_server_log_has(&server, "Connection refused"); }
 static int serving(void *arg) { return health() == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING; }
-static int issue_ok(void *arg) { return th_issue(cli, "again", "res", NULL, NULL) == GRPC_STATUS_OK; }
+/* A restarted Redis has lost everything, the concert too: an admin creates it again. */
+static int issue_ok(void *arg) {
+    return th_admin_concert(cli, KEY, "res") == GRPC_STATUS_OK && th_issue(cli, "again", "res", NULL, NULL) == GRPC_STATUS_OK;
+}
 
 Test(redis_failure, killed_then_restarted, .init = start, .fini = stop, .timeout = 60) {
     cr_assert_eq(th_issue(cli, "before", "res", NULL, NULL), GRPC_STATUS_OK);
@@ -88,6 +101,54 @@ Test(redis_failure, hung_redis_times_out, .init = start, .fini = stop, .timeout 
                  (unsigned long long)took);
     kill(redis.pid, SIGCONT);
     cr_assert(th_wait_for(issue_ok, NULL, 50, 10000), "no recovery after Redis resumed");
+    end_test();
+}
+
+/* A killed Redis is noticed at once, on every connection: with commands unread in
+ * the stopped Redis' socket, SIGKILL makes the kernel reset the connections (EPOLLERR),
+ * which hiredis 0.14's libuv adapter ignored until the command timeout (5 s here). */
+static void start_long_timeout(void) {
+    memset(&redis, 0, sizeof redis);
+    th_redis_start(&redis);
+    const char *flags[] = {"--redis-timeout-ms", "5000", "--admin-key", KEY, NULL};
+    th_server_start(&server, redis.url, flags);
+    cli = cc_client_open(server.addr);
+    make_concerts();
+}
+
+Test(redis_failure, killed_redis_is_noticed_at_once, .init = start_long_timeout, .fini = stop, .timeout = 60) {
+    cr_assert_eq(th_issue(cli, "before", "res", NULL, NULL), GRPC_STATUS_OK);
+    kill(redis.pid, SIGSTOP);
+    /* Calls in flight on both connections (round robin), stuck in the stopped Redis. */
+    cc_batch *b = cc_batch_new(cli);
+    char users[6][16];
+    for (int i = 0; i < 6; i++) {
+        snprintf(users[i], sizeof users[i], "stuck-%d", i);
+        Concert__V1__IssueTokenRequest req = CONCERT__V1__ISSUE_TOKEN_REQUEST__INIT;
+        req.user_id = users[i];
+        req.concert_id = "res";
+        cc_batch_add(b, "/concert.v1.QueueService/IssueToken", &req.base, NULL, 0, 15000);
+    }
+    th_pause_ms(300); /* bounded: the calls reach the server and Redis' socket */
+    uint64_t t0 = th_now_ms();
+    kill(redis.pid, SIGKILL);
+    waitpid(redis.pid, NULL, 0);
+    redis.pid = 0;
+    cc_batch_wait(b);
+    uint64_t took = th_now_ms() - t0;
+    for (int i = 0; i < 6; i++) {
+        cc_status st;
+        grpc_status_code code = cc_batch_result(b, i, NULL, NULL, &st);
+        cr_expect_eq(code, GRPC_STATUS_UNAVAILABLE, "call %d: %s %s", i, cc_status_name(code), st.message);
+    }
+    cc_batch_free(b);
+    fprintf(stderr, "redis killed: every stuck call failed %llu ms after the kill (command timeout 5000 ms)\n",
+            (unsigned long long)took);
+    cr_expect_lt(took, 1000, "the calls failed %llu ms after Redis was killed: noticed only by the timeout",
+                 (unsigned long long)took);
+    /* Reconnects end in 'connection refused' at once, not in a connect timeout. */
+    cr_expect(th_wait_for(refused_logged, NULL, 20, 3000), "no 'Connection refused' in %s", server.log);
+    cr_expect_not(th_server_log_has(&server, "event=redis_connect_timeout"), "a connect timed out (log %s)", server.log);
     end_test();
 }
 

@@ -1,4 +1,5 @@
 /* Unit tests of pure logic: ids and tokens, options, Redis URLs, SHA-1. */
+#define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
@@ -171,4 +172,189 @@ Test(valid, secret_compare) {
     cr_expect_not(srv_secret_eq("sekret", "sek", 3));
     cr_expect_not(srv_secret_eq("sekret", "sekrets", 7));
     cr_expect_not(srv_secret_eq("", "", 0), "an empty key never matches");
+}
+
+/* ---- issue 9: the string rule, the wire check, rate-limit buckets, JWTs ---- */
+#include <signal.h>
+
+#include "concert/v1/admin.pb-c.h"
+#include "concert/v1/queue.pb-c.h"
+#include "concert/v1/wallet.pb-c.h"
+#include "srv_app.h"
+#include "srv_ident.h"
+#include "srv_limit.h"
+#include "th.h"
+
+static srv_str_rc vs(const char *s) { return srv_valid_string(s, strlen(s), 1024); }
+
+Test(string_rule, utf8_and_controls) {
+    cr_expect_eq(vs("alice@example.com"), SRV_STR_OK);
+    cr_expect_eq(vs("유저 1 \xf0\x9f\x8e\xab caf\xc3\xa9"), SRV_STR_OK, "2-, 3- and 4-byte UTF-8 are fine");
+    cr_expect_eq(srv_valid_string("alice\0evil", 10, 128), SRV_STR_NUL, "NUL inside");
+    cr_expect_eq(vs("tab\there"), SRV_STR_CONTROL);
+    cr_expect_eq(vs("nl\n"), SRV_STR_CONTROL);
+    cr_expect_eq(vs("del\x7f"), SRV_STR_CONTROL);
+    cr_expect_eq(vs("c1\xc2\x85"), SRV_STR_CONTROL, "U+0085 is a C1 control");
+    cr_expect_eq(vs("\xc2\xa0nbsp"), SRV_STR_OK, "U+00A0 is not a control");
+    const char *bad[] = {"\xff", "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xc3", "\xe2\x82",
+                         "\x80", "\xf0\x9f\x8e", "a\xc3(", "\xf8\x88\x80\x80\x80"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        cr_expect_eq(vs(bad[i]), SRV_STR_BAD_UTF8, "case %zu must be invalid UTF-8", i);
+    cr_expect_eq(srv_valid_string("abc", 3, 2), SRV_STR_TOO_LONG);
+    cr_expect_eq(srv_valid_string("", 0, 2), SRV_STR_OK, "empty is a matter for the handler");
+    cr_expect_eq(srv_valid_field_max("user_id"), 128);
+    cr_expect_eq(srv_valid_field_max("concert_id"), 64);
+    cr_expect_eq(srv_valid_field_max("something_else"), 1024);
+}
+
+static size_t pack(const ProtobufCMessage *m, uint8_t *buf) { return protobuf_c_message_pack(m, buf); }
+
+Test(string_rule, wire_check_names_the_field) {
+    uint8_t buf[512];
+    char err[200];
+    Concert__V1__ChargeRequest c = CONCERT__V1__CHARGE_REQUEST__INIT;
+    c.user_id = "alice";
+    c.amount = 5;
+    c.idempotency_key = "k";
+    size_t n = pack(&c.base, buf);
+    cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, buf, n, err, sizeof err), 0);
+    /* "alice" -> "al\0ce": same length, a NUL on the wire. */
+    uint8_t *p = memmem(buf, n, "alice", 5);
+    cr_assert(p);
+    p[2] = 0;
+    cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, buf, n, err, sizeof err), -1);
+    cr_expect(strstr(err, "user_id") && strstr(err, "NUL"), "%s", err);
+    ProtobufCMessage *m = NULL;
+    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, buf, n, &m, err, sizeof err), -1);
+    cr_expect_null(m);
+    /* Nested: SetQueuePolicyRequest.policy.concert_id, and repeated update_fields. */
+    Concert__V1__QueuePolicy pol = CONCERT__V1__QUEUE_POLICY__INIT;
+    pol.concert_id = "show";
+    char *fields[] = {"admit_rate", "max_actve"};
+    Concert__V1__SetQueuePolicyRequest sp = CONCERT__V1__SET_QUEUE_POLICY_REQUEST__INIT;
+    sp.policy = &pol;
+    sp.n_update_fields = 2;
+    sp.update_fields = fields;
+    n = pack(&sp.base, buf);
+    cr_expect_eq(srv_valid_wire(&concert__v1__set_queue_policy_request__descriptor, buf, n, err, sizeof err), 0);
+    p = memmem(buf, n, "show", 4);
+    p[1] = '\x01';
+    cr_expect_eq(srv_valid_wire(&concert__v1__set_queue_policy_request__descriptor, buf, n, err, sizeof err), -1);
+    cr_expect(strstr(err, "policy.concert_id"), "%s", err);
+    p[1] = 'h';
+    p = memmem(buf, n, "max_actve", 9);
+    p[0] = '\xff';
+    cr_expect_eq(srv_valid_wire(&concert__v1__set_queue_policy_request__descriptor, buf, n, err, sizeof err), -1);
+    cr_expect(strstr(err, "update_fields") && strstr(err, "UTF-8"), "%s", err);
+    /* Too long, and bytes that are not a message. */
+    char big[200];
+    memset(big, 'u', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    c.user_id = big;
+    n = pack(&c.base, buf);
+    cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, buf, n, err, sizeof err), -1);
+    cr_expect(strstr(err, "user_id: longer than 128"), "%s", err);
+    const uint8_t junk[] = {0x0a, 0x05, 'a', 'b'};
+    cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, junk, sizeof junk, err, sizeof err), -2);
+    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, junk, sizeof junk, &m, err, sizeof err), -1);
+    cr_expect(strstr(err, "not a valid concert.v1.ChargeRequest"), "%s", err);
+    const uint8_t group[] = {0x0b, 0x0c};
+    cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, group, sizeof group, err, sizeof err), -2);
+    /* Unknown fields are skipped; an empty message decodes. */
+    const uint8_t unknown[] = {0xf8, 0x01, 0x05, 0xfa, 0x01, 0x01, 0xff};
+    cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, unknown, sizeof unknown, err, sizeof err), 0);
+    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, NULL, 0, &m, err, sizeof err), 0);
+    cr_assert(m);
+    protobuf_c_message_free_unpacked(m, NULL);
+}
+
+Test(limits, buckets) {
+    srv_limit_spec sp;
+    cr_expect_eq(srv_limit_parse("10", &sp), 0);
+    cr_expect(sp.rate == 10 && sp.burst == 20, "burst defaults to twice the rate");
+    cr_expect_eq(srv_limit_parse("5:3", &sp), 0);
+    cr_expect(sp.rate == 5 && sp.burst == 3);
+    cr_expect_eq(srv_limit_parse("0", &sp), 0);
+    cr_expect_eq(sp.rate, 0);
+    cr_expect_eq(srv_limit_parse("off", &sp), 0);
+    const char *bad[] = {"", "x", "-1", "5:0", "5:", "5:x", "1e9", "3 "};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) cr_expect_eq(srv_limit_parse(bad[i], &sp), -1, "'%s'", bad[i]);
+    srv_limit_spec spec = {.rate = 10, .burst = 3};
+    srv_limit *l = srv_limit_new(2);
+    uint64_t t = 1000;
+    for (int i = 0; i < 3; i++) cr_expect_eq(srv_limit_take(l, &spec, "a", 1, t), 0, "burst %d", i);
+    int64_t wait = srv_limit_take(l, &spec, "a", 1, t);
+    cr_expect(wait >= 99 && wait <= 100, "one token at 10/s: ~100 ms, got %lld", (long long)wait);
+    cr_expect_eq(srv_limit_take(l, &spec, "b", 1, t), 0, "another key has its own bucket");
+    cr_expect_eq(srv_limit_take(l, &spec, "a", 1, t + 100), 0, "refilled after the wait");
+    cr_expect_eq(srv_limit_count(l), 2);
+    cr_expect_eq(srv_limit_take(l, &spec, "c", 1, t), 0, "past max_keys: allowed, not tracked");
+    cr_expect_eq(srv_limit_count(l), 2);
+    srv_limit_sweep(l, &spec, t + 10000);
+    cr_expect_eq(srv_limit_count(l), 0, "full buckets are dropped");
+    srv_limit_spec off = {0, 0};
+    cr_expect_eq(srv_limit_take(l, &off, "a", 1, t), 0);
+    srv_limit_free(l);
+}
+
+static const char jwt_secret[] = "a-test-secret-of-at-least-32-bytes-long";
+
+static void hs256(const char *header, const char *payload, char *out) {
+    th_jwt_hs256(jwt_secret, strlen(jwt_secret), header, payload, out);
+}
+
+Test(jwt, hs256_claims) {
+    srv_ident *id = NULL;
+    char err[200], sub[SRV_MAX_USER + 1], tok[2048];
+    cr_expect_eq(srv_ident_from_bytes(&id, "short", 5, err, sizeof err), -1, "a short secret is refused");
+    cr_assert_eq(srv_ident_from_bytes(&id, jwt_secret, strlen(jwt_secret), err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(srv_ident_alg(id), "HS256");
+    const int64_t now = 1800000000;
+    hs256("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", "{\"sub\":\"caf\\u00e9 \\ud83c\\udfab\",\"exp\":1800000060}", tok);
+    cr_assert_eq(srv_ident_verify(id, tok, strlen(tok), now, sub, sizeof sub, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(sub, "caf\xc3\xa9 \xf0\x9f\x8e\xab", "JSON escapes decode to UTF-8");
+    cr_expect_eq(srv_ident_verify(id, tok, strlen(tok), 1800000060, sub, sizeof sub, err, sizeof err), -1);
+    cr_expect_str_eq(err, "expired");
+    struct {
+        const char *h, *p, *why;
+    } bad[] = {
+        {"{\"alg\":\"none\"}", "{\"sub\":\"a\",\"exp\":1900000000}", "alg must be HS256"},
+        {"{\"alg\":\"EdDSA\"}", "{\"sub\":\"a\",\"exp\":1900000000}", "alg must be HS256"},
+        {"{\"typ\":\"JWT\"}", "{\"sub\":\"a\",\"exp\":1900000000}", "header without alg"},
+        {"{\"alg\":\"HS256\",\"crit\":[\"x\"]}", "{\"sub\":\"a\",\"exp\":1900000000}", "unsupported crit header"},
+        {"{\"alg\":\"HS256\",\"alg\":\"HS256\"}", "{\"sub\":\"a\",\"exp\":1900000000}", "header is not a JSON object"},
+        {"{\"alg\":\"HS256\"}", "{\"sub\":\"a\"}", "exp (a NumericDate) is required"},
+        {"{\"alg\":\"HS256\"}", "{\"sub\":\"a\",\"exp\":\"1900000000\"}", "exp (a NumericDate) is required"},
+        {"{\"alg\":\"HS256\"}", "{\"exp\":1900000000}", "sub (the user id, a string) is required"},
+        {"{\"alg\":\"HS256\"}", "{\"sub\":42,\"exp\":1900000000}", "sub (the user id, a string) is required"},
+        {"{\"alg\":\"HS256\"}", "{\"sub\":\"a\\u0000b\",\"exp\":1900000000}", "sub is not a valid user id"},
+        {"{\"alg\":\"HS256\"}", "{\"sub\":\"a\",\"exp\":1900000000,\"nbf\":1900000000}", "not valid yet (nbf)"},
+        {"{\"alg\":\"HS256\"}", "{\"sub\":\"a\",\"sub\":\"b\",\"exp\":1900000000}", "payload is not a JSON object"},
+        {"{\"alg\":\"HS256\"}", "{\"sub\":\"a\",\"exp\":1900000000} x", "payload is not a JSON object"},
+        {"{\"alg\":\"HS256\"}", "[1,2]", "payload is not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        hs256(bad[i].h, bad[i].p, tok);
+        cr_expect_eq(srv_ident_verify(id, tok, strlen(tok), now, sub, sizeof sub, err, sizeof err), -1, "case %zu", i);
+        cr_expect_str_eq(err, bad[i].why, "case %zu", i);
+    }
+    /* Extra claims and nested values are fine. */
+    hs256("{\"alg\":\"HS256\",\"kid\":\"k1\"}", "{\"sub\":\"a\",\"exp\":1900000000,\"aud\":[\"x\",{\"y\":null}],\"n\":-1.5e3}",
+          tok);
+    cr_expect_eq(srv_ident_verify(id, tok, strlen(tok), now, sub, sizeof sub, err, sizeof err), 0, "%s", err);
+    /* Shape: three parts, base64url, a signature that matches. */
+    const char *shapes[] = {"", "a.b", "a.b.c.d", "!!.e30.x", "e30.e30.e30="};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+        cr_expect_eq(srv_ident_verify(id, shapes[i], strlen(shapes[i]), now, sub, sizeof sub, err, sizeof err), -1,
+                     "'%s'", shapes[i]);
+    hs256("{\"alg\":\"HS256\"}", "{\"sub\":\"a\",\"exp\":1900000000}", tok);
+    tok[strlen(tok) - 2] ^= 1;
+    cr_expect_eq(srv_ident_verify(id, tok, strlen(tok), now, sub, sizeof sub, err, sizeof err), -1);
+    srv_ident_free(id);
+}
+
+Test(scripts, the_table_has_a_bound, .signal = SIGABRT) {
+    static cc_redis_script s[SRV_MAX_SCRIPTS + 1];
+    static const unsigned char body[] = "return 1";
+    for (int i = 0; i <= SRV_MAX_SCRIPTS; i++) srv_script_add(&s[i], "x", NULL, 0, body, sizeof body - 1);
 }

@@ -132,6 +132,25 @@ void th_redis_start(th_redis *r) {
     cr_assert(th_wait_for(redis_pings, r, 20, 10000), "redis-server on port %d did not answer PING", r->port);
 }
 
+long long th_redis_info_int(const th_redis *r, const char *field) {
+    redisContext *c = th_redis_connect(r);
+    if (!c) return -1;
+    redisReply *rep = redisCommand(c, "INFO everything");
+    long long v = -1;
+    if (rep && rep->type == REDIS_REPLY_STRING) {
+        size_t fl = strlen(field);
+        for (const char *p = rep->str; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+            if (!strncmp(p, field, fl) && p[fl] == ':') {
+                v = strtoll(p + fl + 1, NULL, 10);
+                break;
+            }
+        }
+    }
+    if (rep) freeReplyObject(rep);
+    redisFree(c);
+    return v;
+}
+
 void th_redis_kill(th_redis *r) {
     if (r->pid <= 0) return;
     kill(r->pid, SIGKILL);
@@ -180,13 +199,20 @@ static int server_answers(void *arg) {
     return status.code == GRPC_STATUS_OK;
 }
 
-void th_server_start(th_server *s, const char *redis_url, const char *const *extra) {
-    s->port = th_free_port();
-    snprintf(s->addr, sizeof s->addr, "127.0.0.1:%d", s->port);
-    snprintf(s->log, sizeof s->log, "/tmp/concert-test-server-%d.log", s->port);
+const char *th_server_bin(void) {
+    const char *b = getenv("CONCERT_TEST_SERVER_BIN");
+    return b && *b ? b : TH_SERVER_BIN;
+}
+
+void th_server_spawn(th_server *s, const char *listen, const char *redis_url, const char *const *extra) {
+    static int seq;
+    snprintf(s->addr, sizeof s->addr, "%s", listen);
+    const char *colon = strrchr(listen, ':');
+    s->port = colon ? atoi(colon + 1) : 0;
+    snprintf(s->log, sizeof s->log, "/tmp/concert-test-server-%d-%d-%d.log", s->port, (int)getpid(), ++seq);
     char *argv[64];
     int n = 0;
-    argv[n++] = TH_SERVER_BIN;
+    argv[n++] = (char *)th_server_bin();
     argv[n++] = "--listen", argv[n++] = s->addr;
     argv[n++] = "--redis", argv[n++] = (char *)redis_url;
     argv[n++] = "--log-level", argv[n++] = "debug";
@@ -195,6 +221,28 @@ void th_server_start(th_server *s, const char *redis_url, const char *const *ext
     argv[n] = NULL;
     unlink(s->log);
     s->pid = spawn(argv, s->log);
+}
+
+int th_server_wait_exit(th_server *s, int limit_ms) {
+    if (s->pid <= 0) return -1;
+    uint64_t end = th_now_ms() + (uint64_t)limit_ms;
+    int st = 0;
+    while (waitpid(s->pid, &st, WNOHANG) == 0) {
+        if (th_now_ms() >= end) return -2;
+        th_pause_ms(5);
+    }
+    s->pid = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int file_has(const char *path, const char *needle);
+
+int th_server_log_has(const th_server *s, const char *needle) { return file_has(s->log, needle); }
+
+void th_server_start(th_server *s, const char *redis_url, const char *const *extra) {
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", th_free_port());
+    th_server_spawn(s, listen, redis_url, extra);
     cr_assert(th_wait_for(port_accepts, s, 5, 15000) && s->pid > 0, "concert-server did not listen (log: %s)",
               s->log);
     health_arg h = {s, cc_client_open(s->addr)};
@@ -267,8 +315,7 @@ int th_state(cc_client *c, const char *token) {
 /* ---- catalogue helpers ---- */
 #include "concert/v1/admin.pb-c.h"
 
-grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const char *concert, const char *schedule,
-                                    int seats, int64_t price) {
+grpc_status_code th_admin_concert(cc_client *c, const char *admin_key, const char *concert) {
     cc_md md[] = {{"x-admin-key", admin_key}};
     cc_status st;
     Concert__V1__CreateConcertRequest cr = CONCERT__V1__CREATE_CONCERT_REQUEST__INIT;
@@ -276,7 +323,15 @@ grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const c
     cr.name = "Test concert";
     grpc_status_code code =
         cc_client_unary(c, "/concert.v1.AdminService/CreateConcert", &cr.base, NULL, NULL, md, 1, 5000, &st);
-    if (code != GRPC_STATUS_OK && code != GRPC_STATUS_ALREADY_EXISTS) return code;
+    return code == GRPC_STATUS_ALREADY_EXISTS ? GRPC_STATUS_OK : code;
+}
+
+grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const char *concert, const char *schedule,
+                                    int seats, int64_t price) {
+    cc_md md[] = {{"x-admin-key", admin_key}};
+    cc_status st;
+    grpc_status_code code = th_admin_concert(c, admin_key, concert);
+    if (code != GRPC_STATUS_OK) return code;
     Concert__V1__SeatRange range = CONCERT__V1__SEAT_RANGE__INIT, *ranges[] = {&range};
     range.first_seat = 1;
     range.last_seat = seats;
@@ -588,6 +643,182 @@ void th_consumer_kill(th_consumer *c) {
     c->pid = 0;
 }
 
+/* ---- raw gRPC calls ---- */
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+
+#include "cc_pb.h"
+
+struct th_raw {
+    grpc_channel *ch;
+    grpc_completion_queue *cq;
+};
+
+th_raw *th_raw_open(const char *addr) {
+    grpc_init();
+    th_raw *t = calloc(1, sizeof *t);
+    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_arg arg = {.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+                    .value.integer = 64 << 20};
+    grpc_channel_args args = {1, &arg};
+    t->ch = grpc_channel_create(addr, creds, &args);
+    grpc_channel_credentials_release(creds);
+    t->cq = grpc_completion_queue_create_for_pluck(NULL);
+    return t;
+}
+
+void th_raw_close(th_raw *t) {
+    if (!t) return;
+    grpc_channel_destroy(t->ch);
+    grpc_completion_queue_shutdown(t->cq);
+    grpc_completion_queue_destroy(t->cq);
+    free(t);
+    grpc_shutdown();
+}
+
+static gpr_timespec th_deadline(int timeout_ms) {
+    return gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+}
+
+static void th_fill_status(cc_status *st, grpc_status_code code, grpc_slice details) {
+    if (!st) return;
+    st->code = code;
+    size_t dl = GRPC_SLICE_LENGTH(details);
+    if (dl >= sizeof st->message) dl = sizeof st->message - 1;
+    memcpy(st->message, GRPC_SLICE_START_PTR(details), dl);
+    st->message[dl] = '\0';
+}
+
+static void th_find_md(const grpc_metadata_array *a, const char *key, char *out, size_t len) {
+    if (!out || !len) return;
+    out[0] = '\0';
+    for (size_t i = 0; key && i < a->count; i++) {
+        const grpc_metadata *m = &a->metadata[i];
+        if (GRPC_SLICE_LENGTH(m->key) == strlen(key) && !memcmp(GRPC_SLICE_START_PTR(m->key), key, strlen(key))) {
+            size_t vl = GRPC_SLICE_LENGTH(m->value);
+            if (vl >= len) vl = len - 1;
+            memcpy(out, GRPC_SLICE_START_PTR(m->value), vl);
+            out[vl] = '\0';
+            return;
+        }
+    }
+}
+
+grpc_status_code th_raw_unary(th_raw *t, const char *method, const void *req, size_t len, const cc_md *md,
+                              int n_md, int timeout_ms, cc_status *st, const char *trailer_key, char *trailer,
+                              size_t trailer_len) {
+    grpc_slice m = grpc_slice_from_copied_string(method);
+    grpc_call *call = grpc_channel_create_call(t->ch, NULL, GRPC_PROPAGATE_DEFAULTS, t->cq, m, NULL,
+                                               th_deadline(timeout_ms), NULL);
+    grpc_slice_unref(m);
+    grpc_metadata mds[8];
+    if (n_md > 8) n_md = 8;
+    for (int i = 0; i < n_md; i++) {
+        memset(&mds[i], 0, sizeof mds[i]);
+        mds[i].key = grpc_slice_from_copied_string(md[i].key);
+        mds[i].value = grpc_slice_from_copied_string(md[i].value);
+    }
+    grpc_metadata_array init_md, trail;
+    grpc_metadata_array_init(&init_md);
+    grpc_metadata_array_init(&trail);
+    grpc_byte_buffer *bb = cc_pb_pack_raw(req, len), *resp = NULL;
+    grpc_status_code code = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    grpc_op ops[6];
+    size_t n = cc_ops_request(ops, mds, (size_t)n_md, bb, &init_md);
+    n += cc_ops_unary_reply(ops + n, &resp, &trail, &code, &details);
+    int tag;
+    grpc_call_error e = grpc_call_start_batch(call, ops, n, &tag, NULL);
+    grpc_byte_buffer_destroy(bb);
+    for (int i = 0; i < n_md; i++) grpc_slice_unref(mds[i].key), grpc_slice_unref(mds[i].value);
+    if (e == GRPC_CALL_OK) grpc_completion_queue_pluck(t->cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    else code = GRPC_STATUS_INTERNAL;
+    th_fill_status(st, code, details);
+    th_find_md(&trail, trailer_key, trailer, trailer_len);
+    if (resp) grpc_byte_buffer_destroy(resp);
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&init_md);
+    grpc_metadata_array_destroy(&trail);
+    grpc_call_unref(call);
+    return code;
+}
+
+grpc_status_code th_raw_unary_pb(th_raw *t, const char *method, const ProtobufCMessage *req, const cc_md *md,
+                                 int n_md, int timeout_ms, cc_status *st, const char *trailer_key, char *trailer,
+                                 size_t trailer_len) {
+    size_t len = protobuf_c_message_get_packed_size(req);
+    uint8_t *buf = malloc(len ? len : 1);
+    protobuf_c_message_pack(req, buf);
+    grpc_status_code code =
+        th_raw_unary(t, method, buf, len, md, n_md, timeout_ms, st, trailer_key, trailer, trailer_len);
+    free(buf);
+    return code;
+}
+
+int th_raw_bidi(th_raw *t, const char *method, grpc_byte_buffer *const *msgs, int n, grpc_byte_buffer **out,
+                int max_out, int timeout_ms, cc_status *st) {
+    grpc_slice m = grpc_slice_from_copied_string(method);
+    grpc_call *call = grpc_channel_create_call(t->ch, NULL, GRPC_PROPAGATE_DEFAULTS, t->cq, m, NULL,
+                                               th_deadline(timeout_ms), NULL);
+    grpc_slice_unref(m);
+    grpc_metadata_array init_md, trail;
+    grpc_metadata_array_init(&init_md);
+    grpc_metadata_array_init(&trail);
+    grpc_status_code code = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    int tag_start, tag_status;
+    grpc_op ops[3];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[1].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+    grpc_call_start_batch(call, ops, 2, &tag_start, NULL);
+    grpc_completion_queue_pluck(t->cq, &tag_start, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[0].data.recv_status_on_client.trailing_metadata = &trail;
+    ops[0].data.recv_status_on_client.status = &code;
+    ops[0].data.recv_status_on_client.status_details = &details;
+    grpc_call_start_batch(call, ops, 1, &tag_status, NULL);
+    /* Every request back to back: one SEND_MESSAGE in flight at a time, but without
+     * reading a single answer in between. */
+    for (int i = 0; i < n; i++) {
+        int tag_send;
+        memset(ops, 0, sizeof ops);
+        ops[0].op = GRPC_OP_SEND_MESSAGE;
+        ops[0].data.send_message.send_message = msgs[i];
+        grpc_call_start_batch(call, ops, 1, &tag_send, NULL);
+        grpc_completion_queue_pluck(t->cq, &tag_send, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    }
+    int tag_close;
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    grpc_call_start_batch(call, ops, 1, &tag_close, NULL);
+    grpc_completion_queue_pluck(t->cq, &tag_close, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    int got = 0;
+    for (;;) {
+        grpc_byte_buffer *bb = NULL;
+        int tag_recv;
+        memset(ops, 0, sizeof ops);
+        ops[0].op = GRPC_OP_RECV_MESSAGE;
+        ops[0].data.recv_message.recv_message = &bb;
+        grpc_call_start_batch(call, ops, 1, &tag_recv, NULL);
+        grpc_completion_queue_pluck(t->cq, &tag_recv, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (!bb) break;
+        if (out && got < max_out) out[got] = bb;
+        else grpc_byte_buffer_destroy(bb);
+        got++;
+    }
+    grpc_completion_queue_pluck(t->cq, &tag_status, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    th_fill_status(st, code, details);
+    grpc_slice_unref(details);
+    grpc_metadata_array_destroy(&init_md);
+    grpc_metadata_array_destroy(&trail);
+    grpc_call_unref(call);
+    return got;
+}
+
 /* ---- Redis Cluster ---- */
 
 static int rcluster_sh(const th_rcluster *c, const char *const *args, char *out, size_t outlen) {
@@ -711,4 +942,35 @@ int th_log_port(const char *log, const char *event) {
     }
     fclose(fp);
     return port;
+}
+
+/* ---- JWTs ---- */
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+void th_b64url(const unsigned char *in, size_t len, char *out) {
+    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < len ? in[i + 2] : 0);
+        out[o++] = t[v >> 18 & 63];
+        out[o++] = t[v >> 12 & 63];
+        if (i + 1 < len) out[o++] = t[v >> 6 & 63];
+        if (i + 2 < len) out[o++] = t[v & 63];
+    }
+    out[o] = '\0';
+}
+
+void th_jwt_hs256(const void *key, size_t keylen, const char *header, const char *payload, char *out) {
+    size_t hl = strlen(header), pl = strlen(payload);
+    th_b64url((const unsigned char *)header, hl, out);
+    size_t o = strlen(out);
+    out[o++] = '.';
+    th_b64url((const unsigned char *)payload, pl, out + o);
+    o += strlen(out + o);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int ml = 0;
+    HMAC(EVP_sha256(), key, (int)keylen, (const unsigned char *)out, o, mac, &ml);
+    out[o++] = '.';
+    th_b64url(mac, ml, out + o);
 }

@@ -45,9 +45,21 @@ void th_redis_stop(th_redis *r);
 /** A synchronous connection for inspecting state; NULL if it cannot connect. */
 redisContext *th_redis_connect(const th_redis *r);
 
+/** The concert-server binary tests start: $CONCERT_TEST_SERVER_BIN if set (to run
+ * a test against another build, e.g. the code before a fix), else this build's. */
+const char *th_server_bin(void);
+
 /** Starts concert-server against `redis_url` with extra flags (NULL-terminated) and
  * waits until Health/Check answers (any status). */
 void th_server_start(th_server *s, const char *redis_url, const char *const *extra);
+/** Starts concert-server listening on `listen` (s->port is not chosen) and returns at
+ * once, without waiting: for tests of start-up failures. */
+void th_server_spawn(th_server *s, const char *listen, const char *redis_url, const char *const *extra);
+/** Waits up to limit_ms for the process to exit; its exit status, -1 if it was
+ * killed by a signal, or -2 if it is still running. */
+int th_server_wait_exit(th_server *s, int limit_ms);
+/** 1 if the server's log holds `needle`. */
+int th_server_log_has(const th_server *s, const char *needle);
 /** SIGTERM, waits; returns its exit status (or -1 if it had to be killed). */
 int th_server_stop(th_server *s);
 
@@ -62,6 +74,9 @@ char *th_http(int port, const char *method, const char *path);
  * /dev/null); it gets SIGKILL when this process dies. */
 pid_t th_spawn(char *const argv[], const char *log);
 
+/** An integer field of Redis INFO (e.g. "total_commands_processed"); -1 if absent. */
+long long th_redis_info_int(const th_redis *r, const char *field);
+
 /** Removes a folder tree. */
 void th_rmrf(const char *dir);
 
@@ -70,6 +85,35 @@ void th_rmrf(const char *dir);
 int th_wait_for(int (*cond)(void *arg), void *arg, int every_ms, int limit_ms);
 
 
+
+/* ---- raw gRPC calls (what cc_client does not expose: trailers, bidi streams) ---- */
+
+typedef struct th_raw th_raw;
+/** A plaintext channel to `addr` with its own completion queue. */
+th_raw *th_raw_open(const char *addr);
+void th_raw_close(th_raw *t);
+/** One unary call with request bytes; fills st and, when trailer_key is given, the
+ * value of that trailing metadata key into trailer[trailer_len] ("" if absent). */
+grpc_status_code th_raw_unary(th_raw *t, const char *method, const void *req, size_t len, const cc_md *md,
+                              int n_md, int timeout_ms, cc_status *st, const char *trailer_key, char *trailer,
+                              size_t trailer_len);
+/** Same with a protobuf request. */
+grpc_status_code th_raw_unary_pb(th_raw *t, const char *method, const ProtobufCMessage *req, const cc_md *md,
+                                 int n_md, int timeout_ms, cc_status *st, const char *trailer_key, char *trailer,
+                                 size_t trailer_len);
+/** A bidi stream: sends all `n` messages back to back (without waiting for
+ * answers), half-closes, then reads answers until the end; returns how many came
+ * (each answer's bytes into out[i] if out is not NULL; the caller frees them). */
+int th_raw_bidi(th_raw *t, const char *method, grpc_byte_buffer *const *msgs, int n, grpc_byte_buffer **out,
+                int max_out, int timeout_ms, cc_status *st);
+
+/* ---- JWTs for identity mode ---- */
+
+/** Base64url without padding (RFC 4648 section 5) of len bytes into out (4*len/3+4). */
+void th_b64url(const unsigned char *in, size_t len, char *out);
+/** A compact JWT: header and payload JSON as given, signed HS256 with `key`, into out
+ * (at least 2 * (strlen(header) + strlen(payload)) + 64 bytes). */
+void th_jwt_hs256(const void *key, size_t keylen, const char *header, const char *payload, char *out);
 
 /* ---- QueueService helpers ---- */
 #include "concert/v1/queue.pb-c.h"
@@ -86,6 +130,9 @@ int th_state(cc_client *c, const char *token);
 
 /* ---- catalogue and booking helpers ---- */
 
+/** Creates the concert (ALREADY_EXISTS is fine): IssueToken needs an admin to have
+ * created it. */
+grpc_status_code th_admin_concert(cc_client *c, const char *admin_key, const char *concert);
 /** Creates the concert (if missing) and a schedule with seats 1..seats at `price`. */
 grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const char *concert, const char *schedule,
                                     int seats, int64_t price);

@@ -1,7 +1,9 @@
--- bk_list: schedules of the concert (ARGV[3] == '') or the seats of one schedule.
+-- bk_list: schedules of the concert (ARGV[3] == ''), or the check before the server
+-- serves one schedule's seat map from its cache (srv_seatmap.c reads the seats in
+-- chunks; no script walks 100,000 fields).
 -- KEYS: 1 q:tok. ARGV: 1 P, 2 token, 3 schedule or ''
 -- Schedules: {0, id, starts, total, left, id, starts, total, left, ...}
--- Seats: {0, number, price, state(1 available, 2 held, 3 sold), ...}
+-- Seat map check: {0, now ms (Redis' clock, for lapsed holds), total seats}
 local P, tok, sched = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
 local user, code, msg = active_user(P, tok, now)
@@ -19,24 +21,6 @@ if sched == '' then
   end
   return out
 end
-if redis.call('EXISTS', P .. 's:' .. sched .. ':meta') == 0 then
-  return {5, 'schedule_id: no such schedule in this concert'}
-end
-local prices = redis.call('HGETALL', P .. 's:' .. sched .. ':price')
-local states = redis.call('HGETALL', P .. 's:' .. sched .. ':seat')
-local st = {}
-for i = 1, #states, 2 do
-  local v = states[i + 1]
-  if string.sub(v, 1, 1) == 'S' then
-    st[states[i]] = 3
-  else
-    local exp = string.match(v, '|(%d+)$')
-    if tonumber(exp) > now then st[states[i]] = 2 end
-  end
-end
-for i = 1, #prices, 2 do
-  out[#out + 1] = tonumber(prices[i])
-  out[#out + 1] = tonumber(prices[i + 1])
-  out[#out + 1] = st[prices[i]] or 1
-end
-return out
+local total = redis.call('HGET', P .. 's:' .. sched .. ':meta', 'total')
+if not total then return {5, 'schedule_id: no such schedule in this concert'} end
+return {0, now, tonumber(total)}
