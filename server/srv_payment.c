@@ -671,8 +671,13 @@ static void feed_close(void) {
 void srv_payment_init(srv_app *app) {
     static cc_redis_script *mine[CC_PAY_N_SCRIPTS];
     int n = cc_pay_scripts_server(mine, CC_PAY_N_SCRIPTS);
+    if (srv_n_scripts + n > SRV_MAX_SCRIPTS) {
+        /* A programming error caught at every start, as srv_script_add does. */
+        CC_ERROR("too_many_scripts", "script=pay max=%d", SRV_MAX_SCRIPTS);
+        abort();
+    }
     for (int i = 0; i < n; i++)
-        srv_scripts[srv_n_scripts++] = mine[i];
+        srv_scripts[srv_n_scripts++] = mine[i]; /* built by cc_pay, kept for the process */
     memset(&F, 0, sizeof F);
     F.app = app;
     F.watchers = cc_smap_new();
