@@ -489,3 +489,21 @@ Test(payment, watchers_on_every_server_are_pushed, .init = start, .fini = stop, 
     cr_expect_eq(th_server_stop(&b), 0, "second server exit status (log %s)", b.log);
     end_test();
 }
+
+/* ---- issue 9 item 10: with Kafka unreachable the server listens at once ----
+ * The topics are checked in the background; Pay answers UNAVAILABLE meanwhile. The old
+ * start-up waited up to 10 s for the topic check before listening. */
+Test(payment, listens_at_once_with_kafka_unreachable, .timeout = 60) {
+    th_redis r = {0};
+    th_redis_start(&r);
+    char dead[64];
+    snprintf(dead, sizeof dead, "127.0.0.1:%d", th_free_port());
+    const char *flags[] = {"--kafka", dead, NULL};
+    th_server s;
+    uint64_t t0 = th_now_ms();
+    th_server_start(&s, r.url, flags);
+    uint64_t took = th_now_ms() - t0;
+    cr_expect_lt(took, 5000, "SERVING after %llu ms with Kafka unreachable", (unsigned long long)took);
+    cr_expect_eq(th_server_stop(&s), 0, "exit status (log %s)", s.log);
+    th_redis_stop(&r);
+}
