@@ -137,10 +137,7 @@ TMP="$(mktemp -d -t concert-bench-booking.XXXXXX)"
 
 if ((build)); then
   say "build A (RelWithDebInfo) in ${BUILD#"$ROOT"/}"
-  cmake -S . -B "$BUILD" -G Ninja -DCONCERT_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$TMP/build.log" 2>&1 \
-    || { tail -n 30 "$TMP/build.log" >&2; die "cmake failed"; }
-  ninja -C "$BUILD" concert-bench concert-server concertctl payment-consumer >>"$TMP/build.log" 2>&1 \
-    || { tail -n 30 "$TMP/build.log" >&2; die "build failed"; }
+  build_release "$BUILD" "$TMP/build.log" || die "build failed"
 fi
 BUILDS=("$BUILD")
 LABELS=("A")

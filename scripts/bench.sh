@@ -140,10 +140,7 @@ CTL="$BUILD/client/concertctl"
 CONSUMER_BIN="$BUILD/consumers/payment-consumer"
 if ((build)); then
   say "build (RelWithDebInfo: -O2 -g, the project's release type) in ${BUILD#"$ROOT"/}"
-  cmake -S . -B "$BUILD" -G Ninja -DCONCERT_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$TMP/build.log" 2>&1 \
-    || { tail -n 30 "$TMP/build.log" >&2; die "cmake failed"; }
-  ninja -C "$BUILD" concert-bench concert-server concertctl payment-consumer >>"$TMP/build.log" 2>&1 \
-    || { tail -n 30 "$TMP/build.log" >&2; die "build failed"; }
+  build_release "$BUILD" "$TMP/build.log" || die "build failed"
 fi
 for b in "$BENCH" "$SERVER_BIN" "$CTL" "$CONSUMER_BIN"; do [[ -x "$b" ]] || die "$b is missing (build first or drop --no-build)"; done
 
