@@ -510,9 +510,7 @@ static void send_issue(ictx *x) {
     args[n++] = score;
     args[n++] = have_draw ? (const char *)sha : "";
     args[n++] = seed_hex;
-    for (int i = 0; i < n; i++) lens[i] = strlen(args[i]);
-    lens[8] = 16;
-    lens[12] = have_draw ? 32 : 0;
+    for (int i = 0; i < n; i++) lens[i] = i == 8 ? 16 : i == 12 ? (have_draw ? 32 : 0) : strlen(args[i]);
     int rc = cc_redis_eval(app->redis, &s_issue, on_issue, x, 1, n, args, lens);
     OPENSSL_cleanse(seed_hex, sizeof seed_hex);
     if (rc < 0) {
@@ -565,8 +563,7 @@ static void probe_entries(ictx *x) {
         snprintf(num, sizeof num, "%" PRId64, tp.n);
         int n = base_args(app, &k, e->concert, 1, args);
         args[n++] = num, args[n++] = (const char *)tp.id, args[n++] = e->token;
-        for (int j = 0; j < n; j++) lens[j] = strlen(args[j]);
-        lens[8] = 16;
+        for (int j = 0; j < n; j++) lens[j] = j == 8 ? 16 : strlen(args[j]);
         probe_arg *a = malloc(sizeof *a);
         if (!a) abort();
         a->x = x, a->i = i;
@@ -722,8 +719,7 @@ static int send_status_script(srv_app *app, const qctx *q, cc_redis_cb cb, void 
     size_t lens[12];
     int n = base_args(app, &k, q->concert, 1, args);
     args[n++] = q->n, args[n++] = (const char *)q->id, args[n++] = q->token;
-    for (int i = 0; i < n; i++) lens[i] = strlen(args[i]);
-    lens[8] = 16;
+    for (int i = 0; i < n; i++) lens[i] = i == 8 ? 16 : strlen(args[i]);
     return cc_redis_eval(app->redis, &s_status, cb, payload, 1, n, args, lens);
 }
 
