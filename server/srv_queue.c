@@ -360,15 +360,23 @@ static void answer_issued(ictx *x) {
 
 static void on_undo(redisReply *r, const char *err, void *p) {}
 
-static void send_leave(srv_app *app, qctx *q, cc_redis_cb cb, void *payload, int *rc) {
+/* Runs a script that takes the base arguments (with the defaults or not) and then the
+ * token's n, id and text. */
+static int eval_token(srv_app *app, const cc_redis_script *script, const qctx *q, int defaults, cc_redis_cb cb,
+                      void *payload) {
     srv_queue_keys k;
     srv_queue_keys_of(&k, q->concert);
-    const char *args[8];
-    size_t lens[8];
-    int n = base_args(app, &k, q->concert, 0, args);
+    const char *args[12];
+    size_t lens[12];
+    int n = base_args(app, &k, q->concert, defaults, args);
+    int id_at = n + 1;
     args[n++] = q->n, args[n++] = (const char *)q->id, args[n++] = q->token;
-    for (int i = 0; i < n; i++) lens[i] = i == 4 ? 16 : strlen(args[i]);
-    *rc = cc_redis_eval(app->redis, &s_leave, cb, payload, 1, n, args, lens);
+    for (int i = 0; i < n; i++) lens[i] = i == id_at ? 16 : strlen(args[i]);
+    return cc_redis_eval(app->redis, script, cb, payload, 1, n, args, lens);
+}
+
+static void send_leave(srv_app *app, qctx *q, cc_redis_cb cb, void *payload, int *rc) {
+    *rc = eval_token(app, &s_leave, q, 0, cb, payload);
 }
 
 /* Over the cap: the token just made is given up, then the call refused. */
@@ -555,20 +563,14 @@ static void probe_entries(ictx *x) {
             e->dead = 1; /* not something the server wrote */
             continue;
         }
-        srv_queue_keys k;
-        srv_queue_keys_of(&k, e->concert);
-        const char *args[10];
-        size_t lens[10];
-        char num[24];
-        snprintf(num, sizeof num, "%" PRId64, tp.n);
-        int n = base_args(app, &k, e->concert, 1, args);
-        args[n++] = num, args[n++] = (const char *)tp.id, args[n++] = e->token;
-        for (int j = 0; j < n; j++) lens[j] = j == 8 ? 16 : strlen(args[j]);
+        qctx pq = {.app = app};
+        parts_into(&pq, &tp);
+        snprintf(pq.token, sizeof pq.token, "%s", e->token);
         probe_arg *a = malloc(sizeof *a);
         if (!a) abort();
         a->x = x, a->i = i;
         x->pending++;
-        if (cc_redis_eval(app->redis, &s_watch, on_probe, a, 1, n, args, lens) < 0) {
+        if (eval_token(app, &s_watch, &pq, 1, on_probe, a) < 0) {
             free(a);
             x->pending--;
             if (!x->failed) {
@@ -713,14 +715,7 @@ static void on_status(redisReply *r, const char *err, void *p) {
 }
 
 static int send_status_script(srv_app *app, const qctx *q, cc_redis_cb cb, void *payload) {
-    srv_queue_keys k;
-    srv_queue_keys_of(&k, q->concert);
-    const char *args[12];
-    size_t lens[12];
-    int n = base_args(app, &k, q->concert, 1, args);
-    args[n++] = q->n, args[n++] = (const char *)q->id, args[n++] = q->token;
-    for (int i = 0; i < n; i++) lens[i] = i == 8 ? 16 : strlen(args[i]);
-    return cc_redis_eval(app->redis, &s_status, cb, payload, 1, n, args, lens);
+    return eval_token(app, &s_status, q, 1, cb, payload);
 }
 
 static void status_by_script(sctx *s) {

@@ -238,26 +238,37 @@ static void export_send(uv_work_t *w, int status) {
 
 static void read_more(export_ctx *x);
 
+/* Appends a reply's chunk (element `at`, of `total` bytes in all, element `at` + 1) to
+ * *buf; 1 if more is to be read. */
+static int take_chunk(const redisReply *r, size_t at, unsigned char **buf, size_t *len, size_t *total) {
+    const redisReply *chunk = r->element[at];
+    *total = (size_t)srv_int_at(r, at + 1);
+    if (!*buf) {
+        *buf = malloc(*total ? *total : 1);
+        if (!*buf) abort();
+    }
+    if (chunk->type == REDIS_REPLY_STRING && *len + chunk->len <= *total) {
+        memcpy(*buf + *len, chunk->str, chunk->len);
+        *len += chunk->len;
+    }
+    return *len < *total && chunk->len > 0;
+}
+
+/* The Redis failure of a reply: the export ends with its status. */
+static void fail_reply(export_ctx *x, const redisReply *r, const char *err) {
+    char msg[256];
+    grpc_status_code code = srv_redis_status(r, err, msg, sizeof msg);
+    export_fail(x, code == GRPC_STATUS_OK ? GRPC_STATUS_INTERNAL : code, msg);
+}
+
 static void on_left(redisReply *r, const char *err, void *p) {
     export_ctx *x = p;
     if (export_stop(x)) return;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 3 || srv_int_at(r, 0) != 0) {
-        char msg[256];
-        grpc_status_code code = srv_redis_status(r, err, msg, sizeof msg);
-        export_fail(x, code == GRPC_STATUS_OK ? GRPC_STATUS_INTERNAL : code, msg);
+        fail_reply(x, r, err);
         return;
     }
-    const redisReply *chunk = r->element[1];
-    x->left_total = (size_t)srv_int_at(r, 2);
-    if (!x->left) {
-        x->left = malloc(x->left_total ? x->left_total : 1);
-        if (!x->left) abort();
-    }
-    if (chunk->type == REDIS_REPLY_STRING && x->left_len + chunk->len <= x->left_total) {
-        memcpy(x->left + x->left_len, chunk->str, chunk->len);
-        x->left_len += chunk->len;
-    }
-    if (x->left_len < x->left_total && chunk->len > 0) {
+    if (take_chunk(r, 1, &x->left, &x->left_len, &x->left_total)) {
         read_more(x);
         return;
     }
@@ -290,22 +301,10 @@ static void on_log(redisReply *r, const char *err, void *p) {
     }
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 6 || code != 0 ||
         srv_sale_unhex(srv_str_at(r, 3), 32, x->seed) < 0) {
-        char msg[256];
-        grpc_status_code c = srv_redis_status(r, err, msg, sizeof msg);
-        export_fail(x, c == GRPC_STATUS_OK ? GRPC_STATUS_INTERNAL : c, msg);
+        fail_reply(x, r, err);
         return;
     }
-    const redisReply *chunk = r->element[4];
-    x->log_total = (size_t)srv_int_at(r, 5);
-    if (!x->log) {
-        x->log = malloc(x->log_total ? x->log_total : 1);
-        if (!x->log) abort();
-    }
-    if (chunk->type == REDIS_REPLY_STRING && x->log_len + chunk->len <= x->log_total) {
-        memcpy(x->log + x->log_len, chunk->str, chunk->len);
-        x->log_len += chunk->len;
-    }
-    if (x->log_len < x->log_total && chunk->len > 0) {
+    if (take_chunk(r, 4, &x->log, &x->log_len, &x->log_total)) {
         read_more(x);
         return;
     }

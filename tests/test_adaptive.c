@@ -103,20 +103,14 @@ static void admit(const char *user, char *token) {
 
 /* The ACTIVE user of `token` holds seat `seat` and pays: its payment id into pid. */
 static void pay_one(const char *token, int seat, char *pid) {
-    char auth[160];
+    char rid[160], auth[160];
+    cc_status st;
+    cr_assert_eq(th_reserve_seat(cli, token, "d1", seat, rid, sizeof rid, &st), GRPC_STATUS_OK, "ReserveSeats: %s",
+                 st.message);
     snprintf(auth, sizeof auth, "Bearer %s", token);
     cc_md md[] = {{"authorization", auth}};
-    Concert__V1__ReserveSeatsRequest rq = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
-    rq.schedule_id = "d1";
-    rq.n_seat_numbers = 1;
-    rq.seat_numbers = &seat;
-    Concert__V1__Reservation *r = NULL;
-    cc_status st;
-    cr_assert_eq(cc_client_unary(cli, "/concert.v1.BookingService/ReserveSeats", &rq.base,
-                                 &concert__v1__reservation__descriptor, (ProtobufCMessage **)&r, md, 1, 5000, &st),
-                 GRPC_STATUS_OK, "ReserveSeats: %s", st.message);
     Concert__V1__PayRequest pr = CONCERT__V1__PAY_REQUEST__INIT;
-    pr.reservation_id = r->reservation_id;
+    pr.reservation_id = rid;
     pr.idempotency_key = "pay-1";
     Concert__V1__Payment *p = NULL;
     cr_assert_eq(cc_client_unary(cli, "/concert.v1.PaymentService/Pay", &pr.base, &concert__v1__payment__descriptor,
@@ -124,7 +118,6 @@ static void pay_one(const char *token, int seat, char *pid) {
                  GRPC_STATUS_OK, "Pay: %s", st.message);
     snprintf(pid, 128, "%s", p->payment_id);
     free_msg(p);
-    free_msg(r);
 }
 
 static int64_t estimated_wait(const char *token, int64_t *pos) {

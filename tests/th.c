@@ -335,6 +335,7 @@ int th_state(cc_client *c, const char *token) {
 
 /* ---- catalogue helpers ---- */
 #include "concert/v1/admin.pb-c.h"
+#include "concert/v1/booking.pb-c.h"
 
 grpc_status_code th_admin_concert(cc_client *c, const char *admin_key, const char *concert) {
     cc_md md[] = {{"x-admin-key", admin_key}};
@@ -383,6 +384,27 @@ int th_active_token(cc_client *c, const char *user, const char *concert, char *t
     protobuf_c_message_free_unpacked(&s->base, NULL);
     active_arg a = {c, token};
     return th_wait_for(is_active, &a, 10, 10000) ? 0 : -1;
+}
+
+grpc_status_code th_reserve_seat(cc_client *c, const char *token, const char *schedule, int seat, char *rid,
+                                 size_t len, cc_status *st) {
+    char auth[320];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    cc_md md[] = {{"authorization", auth}};
+    Concert__V1__ReserveSeatsRequest rq = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
+    rq.schedule_id = (char *)schedule;
+    rq.n_seat_numbers = 1;
+    rq.seat_numbers = &seat;
+    Concert__V1__Reservation *r = NULL;
+    cc_status local;
+    grpc_status_code code = cc_client_unary(c, "/concert.v1.BookingService/ReserveSeats", &rq.base,
+                                            &concert__v1__reservation__descriptor, (ProtobufCMessage **)&r, md, 1,
+                                            5000, st ? st : &local);
+    if (code == GRPC_STATUS_OK) {
+        snprintf(rid, len, "%s", r->reservation_id);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    }
+    return code;
 }
 
 int th_wait_active(cc_client *c, const char *token) {
