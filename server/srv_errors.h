@@ -62,8 +62,9 @@ void srv_err_encode(cc_pbw *out, grpc_status_code code, const char *message, con
  * new slice (the caller takes it). Loop thread. */
 grpc_slice srv_err_details(srv_call *c, grpc_status_code code, const char *message);
 
-/** The reasons of the rule table (and the per-code fallbacks), NULL after the last:
- * for the test that keeps README's error table complete. */
+/** The reasons of the rule table and FIELD_INVALID, NULL after the last (the other
+ * fallbacks are the code names): for the test that keeps README's error table
+ * complete. */
 const char *srv_err_reason_at(size_t i);
 
 #endif
