@@ -2,8 +2,9 @@
 # test_error_details: what a client developer sees of errors, pages and field names,
 # through real client libraries against redis-server + concert-server on loopback:
 #  - structured error details: one error of every code family (INVALID_ARGUMENT on a
-#    field, on the wire, a forged page token and undecodable bytes; UNAUTHENTICATED;
-#    PERMISSION_DENIED; NOT_FOUND; ALREADY_EXISTS; FAILED_PRECONDITION; a rate limit;
+#    field, on the wire, a forged page token and undecodable bytes;
+#    a message cut inside a UTF-8 character (NOT_FOUND); UNAUTHENTICATED; PERMISSION_DENIED;
+#    NOT_FOUND; ALREADY_EXISTS; FAILED_PRECONDITION; a rate limit;
 #    UNAVAILABLE without Kafka and with Redis gone; UNIMPLEMENTED; a stream's error),
 #    decoded by Python grpcio-status `rpc_status.from_call` and the googleapis
 #    definitions of PyPI googleapis-common-protos: google.rpc.Status with the call's
@@ -153,6 +154,12 @@ if mode == "families":
     expect("INVALID_ARGUMENT: bytes that are not the message (no field, no BadRequest)",
         lambda: unary_raw("/concert.v1.QueueService/IssueToken", b"\xff\xff\xff"),
         C.INVALID_ARGUMENT, "MALFORMED_REQUEST", field="")
+    # Health cuts an unknown service's name at 100 bytes ('%.100s'), inside the 'é': the
+    # message must still be UTF-8, or the Status inside the details would not parse.
+    name = ("a" * 99 + "\u00e9").encode()
+    expect("NOT_FOUND: a message cut inside a character stays valid UTF-8",
+        lambda: unary_raw("/grpc.health.v1.Health/Check", b"\x0a" + bytes([len(name)]) + name),
+        C.NOT_FOUND, "SERVICE_NOT_FOUND", field="service")
     expect("UNAUTHENTICATED: no token", lambda: book.ListSeats(bk.ListSeatsRequest(schedule_id="s1"), timeout=5),
         C.UNAUTHENTICATED, "TOKEN_REQUIRED", field="authorization")
     expect("UNAUTHENTICATED: a made-up token", lambda: book.ListSeats(
