@@ -55,6 +55,7 @@ struct bench_user {
     btag t_main, t_status, t_msg;
     void *data;
     bench_user *next_idle;
+    uint64_t wake_at; /* bench_user_wake_at: asleep until then (0: not asleep) */
 };
 
 typedef struct {
@@ -93,6 +94,8 @@ struct worker {
     char *udata;
     bench_user *idle_head, *idle_tail;
     bench_user *def_head, *def_tail; /* users that said "not now" */
+    bench_user **sleep;              /* users that said "not before T": a min-heap on wake_at */
+    size_t n_sleep;
     int inflight;
     int conc;
     int open;
@@ -314,13 +317,54 @@ static bench_user *pop_next(worker *w, int *deferred_tried) {
     return u;
 }
 
+/* ---- sleeping users (bench_user_wake_at) ---- */
+
+static void sleep_push(worker *w, bench_user *u) {
+    size_t i = w->n_sleep++;
+    w->sleep[i] = u; /* the array holds every user at most once: sized n_users */
+    while (i > 0 && w->sleep[(i - 1) / 2]->wake_at > u->wake_at) {
+        w->sleep[i] = w->sleep[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    w->sleep[i] = u;
+}
+
+static bench_user *sleep_pop(worker *w) {
+    bench_user *top = w->sleep[0], *last = w->sleep[--w->n_sleep];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= w->n_sleep) break;
+        if (c + 1 < w->n_sleep && w->sleep[c + 1]->wake_at < w->sleep[c]->wake_at) c++;
+        if (w->sleep[c]->wake_at >= last->wake_at) break;
+        w->sleep[i] = w->sleep[c];
+        i = c;
+    }
+    if (w->n_sleep) w->sleep[i] = last;
+    return top;
+}
+
+/* Users whose time has come go back to the idle line. */
+static void wake_due(worker *w) {
+    uint64_t now = bench_now_ns();
+    while (w->n_sleep && w->sleep[0]->wake_at <= now) {
+        bench_user *u = sleep_pop(w);
+        u->wake_at = 0;
+        push_idle(w, u);
+    }
+}
+
+void bench_user_wake_at(bench_user *u, uint64_t ns) { u->wake_at = ns ? ns : 1; }
+
 /* Asks the scenario for the user's next call: 0 started, 1 deferred (back in the idle
- * line), -1 retired. */
+ * line, or asleep until its wake time), -1 retired. */
 static int start_next(worker *w, bench_user *u) {
+    u->wake_at = 0;
     int rc = w->ph->ops->next(u);
     if (rc == 0 && u->busy) return 0;
     if (rc == 1 && !u->busy) {
-        push_deferred(w, u);
+        if (u->wake_at && w->sleep) sleep_push(w, u);
+        else push_deferred(w, u);
         return 1;
     }
     u->retired = 1;
@@ -573,6 +617,7 @@ static void *worker_main(void *arg) {
                 break;
             }
         } else {
+            wake_due(w);
             if (w->open) send_due(w);
             else refill(w); /* deferred users get their turn */
             /* Nothing in flight and nothing that could start: every user retired (or
@@ -585,6 +630,11 @@ static void *worker_main(void *arg) {
             uint64_t now = bench_now_ns();
             wait = due > now ? due - now : 0;
             if (wait > 20000000u) wait = 20000000u;
+        }
+        if (w->n_sleep && !w->stopping) {
+            uint64_t now = bench_now_ns(), at = w->sleep[0]->wake_at;
+            uint64_t until = at > now ? at - now : 0;
+            if (until < wait) wait = until;
         }
         grpc_event ev = grpc_completion_queue_next(w->cq, in_ns(wait), NULL);
         if (ev.type == GRPC_OP_COMPLETE) {
@@ -615,6 +665,7 @@ static void worker_free(worker *w) {
     }
     free(w->users);
     free(w->udata);
+    free(w->sleep);
     free(w->cur);
     free(w->spare);
     pthread_mutex_destroy(&w->mu);
@@ -655,7 +706,8 @@ static int worker_init(worker *w, bench_engine *e, const bench_phase *ph, int in
     w->users = calloc(w->n_users ? w->n_users : 1, sizeof *w->users);
     size_t dsz = ph->user_data_size ? ph->user_data_size : 1;
     w->udata = calloc(w->n_users ? w->n_users : 1, dsz);
-    if (!w->users || !w->udata) return -1;
+    w->sleep = calloc(w->n_users ? w->n_users : 1, sizeof *w->sleep);
+    if (!w->users || !w->udata || !w->sleep) return -1;
     for (size_t i = 0; i < w->n_users; i++) {
         bench_user *u = &w->users[i];
         u->w = w;

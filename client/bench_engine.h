@@ -107,6 +107,12 @@ void *bench_user_payload(const bench_user *u);
 /** 0 .. users-1, unique within the phase. */
 uint64_t bench_user_id(const bench_user *u);
 
+/** From `next`, before returning 1: the user sleeps until monotonic time `ns`
+ * (bench_now_ns) and is asked again then, not before (instead of waiting in the
+ * "not now" line, which is asked once per loop turn). For users that wait for a time
+ * of their own (a poll interval, an open-loop arrival). */
+void bench_user_wake_at(bench_user *u, uint64_t ns);
+
 /** Adds a metadata pair (lower-case key, e.g. "authorization") to the user's NEXT call
  * only (at most 2; dropped when that call ends or fails to start). Only from `next`,
  * before bench_user_unary/bench_user_stream. 0 or -1. */

@@ -12,7 +12,11 @@
  * WatchPayment stream until COMPLETED or FAILED. Every method's latency is in the
  * report (ReserveSeats and Pay separately); the scenario adds Pay -> COMPLETED (from
  * sending Pay until the COMPLETED message arrives), renewal time (IssueToken sent ->
- * ACTIVE -> Charge done), paid reservations/s and outcomes by kind. */
+ * ACTIVE -> Charge done), paid reservations/s and outcomes by kind.
+ *
+ * Open loop (--arrival-rate R): buyer k is due at start + k/R; an idle user takes the
+ * next due buyer (not before its time), and "buyer due -> COMPLETED" counts from the
+ * due time, so a system that falls behind shows it (no coordinated omission). */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -39,12 +43,17 @@
 
 static const char *opt_admin_key = NULL;
 static int64_t opt_schedules = 3;
+static int64_t opt_arrival_rate = 0;
 
 static const cc_opt opts[] = {
     {"admin-key", "CONCERT_ADMIN_KEY", CC_OPT_STR, &opt_admin_key, "KEY",
      "the server's admin key (x-admin-key), to create the concert, schedules and policy", 0, 0},
     {"schedules", NULL, CC_OPT_INT, &opt_schedules, "N",
      "schedules of 100,000 seats to create (default 3; each paid reservation takes one seat)", 1, 100},
+    {"arrival-rate", NULL, CC_OPT_INT, &opt_arrival_rate, "R",
+     "open loop: R new buyers per second on a fixed schedule (each one: token, charge, reserve, pay, watch); "
+     "--concurrency is then the most buyers in flight (default 0: closed loop)",
+     0, 1000000},
     {0},
 };
 
@@ -59,7 +68,11 @@ typedef struct {
     atomic_llong seat_next;
     uint64_t win_start, win_end; /* the measured window (approximately the engine's) */
     pthread_mutex_t mu;
-    bench_hist *pay_done, *renew;
+    bench_hist *pay_done, *renew, *flow;
+    /* Open loop: buyer k is due at t0 + k / rate; a late start still counts from its due time. */
+    double arrival_rate;
+    uint64_t t0_ns;
+    atomic_llong started, late_starts;
     atomic_llong completed, failed, completed_all, renewals, seats_out, watch_lost, pay_retries, reserve_failed,
         issue_failed, charge_failed, expired_seen, bad_replies;
     char last_failure[160];
@@ -70,7 +83,7 @@ typedef struct {
     uint32_t gen;
     int pay_tries;
     int outcome; /* WatchPayment: last PaymentStatus seen */
-    uint64_t t_issue, t_pay, next_poll;
+    uint64_t t_issue, t_pay, next_poll, t_due;
     char uid[64];
     char token[320];
     char auth[340];
@@ -93,7 +106,18 @@ static void fresh_user(bk_state *s, bench_user *u, bk_user *b) {
     b->gen++;
     b->state = S_ISSUE;
     b->token[0] = 0;
+    b->t_due = 0; /* the next buyer */
     snprintf(b->uid, sizeof b->uid, "bk-%s-%" PRIu64 "-%u", s->run_id, bench_user_id(u), b->gen);
+}
+
+/* Open loop: the user takes the next buyer of the schedule (buyer k is due at t0 + k / rate)
+ * and sleeps until it is due; a buyer taken after its time (every user was busy) is late,
+ * and its latency still counts from its due time. */
+static void take_arrival(bk_state *s, bk_user *b) {
+    long long k = atomic_fetch_add(&s->started, 1);
+    b->t_due = s->t0_ns + (uint64_t)((double)k * 1e9 / s->arrival_rate);
+    uint64_t now = bench_now_ns();
+    if (now > b->t_due + 10000000u) atomic_fetch_add(&s->late_starts, 1); /* no free user for 10 ms */
 }
 
 static int bk_next(bench_user *u) {
@@ -102,6 +126,14 @@ static int bk_next(bench_user *u) {
     if (!b->uid[0]) fresh_user(s, u, b);
     switch (b->state) {
     case S_ISSUE: {
+        if (!b->t_due) {
+            if (s->arrival_rate > 0) take_arrival(s, b);
+            else b->t_due = bench_now_ns();
+        }
+        if (bench_now_ns() < b->t_due) {
+            bench_user_wake_at(u, b->t_due);
+            return 1;
+        }
         b->t_issue = bench_now_ns();
         Concert__V1__IssueTokenRequest r;
         concert__v1__issue_token_request__init(&r);
@@ -110,7 +142,10 @@ static int bk_next(bench_user *u) {
         return send_msg(u, s->m_issue, &r.base, 0, 0);
     }
     case S_POLL: {
-        if (bench_now_ns() < b->next_poll) return 1;
+        if (bench_now_ns() < b->next_poll) {
+            bench_user_wake_at(u, b->next_poll);
+            return 1;
+        }
         Concert__V1__GetQueueStatusRequest r;
         concert__v1__get_queue_status_request__init(&r);
         r.token = b->token;
@@ -182,6 +217,7 @@ static void payment_final(bench_user *u, const Concert__V1__Payment *p) {
         if (in_window(s, now)) {
             atomic_fetch_add(&s->completed, 1);
             record(s, s->pay_done, now - b->t_pay);
+            if (b->t_due) record(s, s->flow, now - b->t_due);
         }
     } else if (p->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED) {
         if (in_window(s, now)) atomic_fetch_add(&s->failed, 1);
@@ -401,9 +437,12 @@ static int booking_run(bench_ctx *c) {
     pthread_mutex_init(&s->mu, NULL);
     s->pay_done = malloc(sizeof *s->pay_done);
     s->renew = malloc(sizeof *s->renew);
-    if (!s->pay_done || !s->renew) abort();
+    s->flow = malloc(sizeof *s->flow);
+    if (!s->pay_done || !s->renew || !s->flow) abort();
     bench_hist_clear(s->pay_done);
     bench_hist_clear(s->renew);
+    bench_hist_clear(s->flow);
+    s->arrival_rate = (double)opt_arrival_rate;
     int rc = -1;
     if (setup(c->o, s, key) < 0) goto out;
 
@@ -419,6 +458,8 @@ static int booking_run(bench_ctx *c) {
     ph.ops = &booking_ops;
     ph.payload = s;
     ph.user_data_size = sizeof(bk_user);
+    if (s->arrival_rate > 0 && c->o->concurrency < 0) ph.users = ph.concurrency = 4096;
+    s->t0_ns = bench_now_ns();
     s->win_start = bench_now_ns() + (uint64_t)ph.warmup_s * 1000000000u;
     s->win_end = s->win_start + (uint64_t)ph.duration_s * 1000000000u;
     bench_result *res = bench_engine_run(e, &ph, c->procs);
@@ -431,6 +472,13 @@ static int booking_run(bench_ctx *c) {
     bench_result_kv_num(res, "payments FAILED (measured window)", (double)failed, "");
     hist_kv(res, "Pay -> COMPLETED", s->pay_done);
     hist_kv(res, "token renewal (IssueToken -> ACTIVE -> Charge)", s->renew);
+    hist_kv(res, "buyer due -> COMPLETED", s->flow);
+    if (s->arrival_rate > 0) {
+        bench_result_kv_num(res, "arrival rate (buyers/s, open loop)", s->arrival_rate, "/s");
+        bench_result_kv_num(res, "buyers started (whole run)", (double)atomic_load(&s->started), "");
+        bench_result_kv_num(res, "buyers started more than 10 ms late (no free user)",
+                            (double)atomic_load(&s->late_starts), "");
+    }
     bench_result_kv_num(res, "token renewals (whole run)", (double)atomic_load(&s->renewals), "");
     bench_result_kv_num(res, "payments COMPLETED (whole run incl. warmup)", (double)atomic_load(&s->completed_all), "");
     bench_result_kv_num(res, "seats reserved (counter)", (double)atomic_load(&s->seat_next), "");
@@ -455,6 +503,7 @@ out:
     pthread_mutex_destroy(&s->mu);
     free(s->pay_done);
     free(s->renew);
+    free(s->flow);
     free(s);
     return rc;
 }
@@ -465,7 +514,9 @@ const bench_scenario bench_scen_booking = {
     "Setup (not measured; needs --admin-key or CONCERT_ADMIN_KEY): creates the run's\n"
     "concert, --schedules schedules of 100,000 seats and a queue policy that admits at\n"
     "once (admit_rate and max_active 100,000, active and hold TTL 1 h).\n"
-    "Each virtual user (closed loop, --concurrency, default 64) loops: IssueToken with a\n"
+    "Each virtual user (closed loop, --concurrency, default 64; or open loop with\n"
+    "--arrival-rate R: a new buyer every 1/R s, --concurrency the most in flight, default\n"
+    "4096, latency also from each buyer's due time) loops: IssueToken with a\n"
     "fresh user id, GetQueueStatus every 5 ms until ACTIVE, Charge its wallet; then\n"
     "ReserveSeats of one unique seat with 'authorization: Bearer <token>', Pay with a\n"
     "unique idempotency key, and a WatchPayment stream until COMPLETED or FAILED. A\n"

@@ -29,7 +29,10 @@ Runs the whole benchmark against private services and writes bench-out/<timestam
   booking/       concert-bench booking: IssueToken -> ACTIVE -> Charge, then
                  ReserveSeats, Pay, WatchPayment until COMPLETED, through a one-node
                  Kafka (scripts/kafka.sh) and one payment-consumer; paid
-                 reservations/s and Pay -> COMPLETED latency
+                 reservations/s and Pay -> COMPLETED latency (the run at
+                 --concurrency; booking-runs/ has every run of scripts/bench-booking.sh:
+                 64 and 512 users, then the open-loop ramp 1,000..3,000 buyers/s,
+                 with CPU per paid reservation of every process in its summary.md)
   h2load/        (if h2load is installed: apt-get install nghttp2-client) Health/Check
                  under h2load, a client far cheaper than any gRPC stack
   summary.md     every figure in one table, with ratios to ping and the targets
@@ -94,8 +97,6 @@ TMP=""
 REDIS_PID=""
 SERVER_PID=""
 CHILD_PID="" # a concert-bench, ghz or h2load run in progress
-CONSUMER_PID=""
-KAFKA_DIR="" # set once scripts/kafka.sh start was called on it
 
 # stop_pid PID: SIGTERM, then SIGKILL after 5 s; only pids we started.
 # shellcheck source=lib/proc.sh
@@ -106,11 +107,6 @@ cleanup() {
   trap - EXIT INT TERM
   stop_pid "$CHILD_PID"
   stop_pid "$SERVER_PID"
-  stop_pid "$CONSUMER_PID"
-  if [[ -n "$KAFKA_DIR" && -d "$KAFKA_DIR" ]]; then
-    "$ROOT/scripts/kafka.sh" stop --dir "$KAFKA_DIR" >/dev/null 2>&1 || true
-    cp -f "$KAFKA_DIR"/node1/*.log "$TMP/" 2>/dev/null || true
-  fi
   stop_pid "$REDIS_PID"
   if [[ -n "$TMP" && -d "$TMP" ]]; then
     # Keep the service logs next to the results.
@@ -127,14 +123,6 @@ trap 'exit 143' TERM
 die() { echo "bench.sh: $*" >&2; exit 1; }
 say() { printf '\n== %s\n' "$*" >&2; }
 
-free_port() {
-  local p i
-  for ((i = 0; i < 50; i++)); do
-    p="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    [[ "$p" != 6379 ]] && { echo "$p"; return 0; }
-  done
-  return 1
-}
 
 for tool in cmake ninja redis-server redis-cli python3; do
   command -v "$tool" >/dev/null || die "'$tool' not found; run scripts/install-deps.sh"
@@ -152,25 +140,14 @@ CTL="$BUILD/client/concertctl"
 CONSUMER_BIN="$BUILD/consumers/payment-consumer"
 if ((build)); then
   say "build (RelWithDebInfo: -O2 -g, the project's release type) in ${BUILD#"$ROOT"/}"
-  cmake -S . -B "$BUILD" -G Ninja -DCONCERT_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$TMP/build.log" 2>&1 \
-    || { tail -n 30 "$TMP/build.log" >&2; die "cmake failed"; }
-  ninja -C "$BUILD" concert-bench concert-server concertctl payment-consumer >>"$TMP/build.log" 2>&1 \
-    || { tail -n 30 "$TMP/build.log" >&2; die "build failed"; }
+  build_release "$BUILD" "$TMP/build.log" || die "build failed"
 fi
 for b in "$BENCH" "$SERVER_BIN" "$CTL" "$CONSUMER_BIN"; do [[ -x "$b" ]] || die "$b is missing (build first or drop --no-build)"; done
 
 # ---- services ----------------------------------------------------------------------
 REDIS_PORT="$(free_port)"
 say "redis-server on 127.0.0.1:$REDIS_PORT (in memory, temp dir)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
-  --logfile "$TMP/redis.log" --daemonize no &
-REDIS_PID=$!
-for ((i = 0; ; i++)); do
-  [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null || true)" == PONG ]] && break
-  kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited at start"
-  ((i < 100)) || die "redis-server did not answer PING within 5 s"
-  sleep 0.05
-done
+start_redis "$REDIS_PORT" "$TMP" || die "redis-server did not start"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 RCLI=(redis-cli -h 127.0.0.1 -p "$REDIS_PORT")
 
@@ -309,27 +286,18 @@ fi
 stop_pid "$SERVER_PID"; SERVER_PID=""
 
 # ---- 7. booking: reservation -> payment through Kafka and payment-consumer ---------------
-KAFKA_DIR="$TMP/kafka"
-say "kafka: one node (scripts/kafka.sh, temp dir)"
-"$ROOT/scripts/kafka.sh" start --nodes 1 --dir "$KAFKA_DIR" >"$TMP/kafka-start.log" 2>&1 \
-  || { tail -n 10 "$TMP/kafka-start.log" >&2; die "scripts/kafka.sh start failed"; }
-BROKERS="$(cat "$KAFKA_DIR/bootstrap")"
-KAFKA_PID="$(cat "$KAFKA_DIR/node1.pid" 2>/dev/null || true)"
-env -u CONCERT_KAFKA -u CONCERT_REDIS "$CONSUMER_BIN" --redis "$REDIS_URL" --kafka "$BROKERS" --create-topics \
-  2>"$TMP/payment-consumer.log" &
-CONSUMER_PID=$!
-sleep 1
-kill -0 "$CONSUMER_PID" 2>/dev/null || { tail -n 5 "$TMP/payment-consumer.log" >&2; die "payment-consumer exited at start"; }
-start_server --kafka "$BROKERS"
-BOOK_WATCH=(--watch-pid "payment-consumer=$CONSUMER_PID")
-[[ -n "$KAFKA_PID" ]] && BOOK_WATCH+=(--watch-pid "kafka=$KAFKA_PID")
-bench booking booking --admin-key "$ADMIN_KEY" --concurrency "$CONC" --warmup "$WARMUP" --duration "$BOOK_DUR" \
-  "${BOOK_WATCH[@]}"
-stop_pid "$SERVER_PID"; SERVER_PID=""
-stop_pid "$CONSUMER_PID"; CONSUMER_PID=""
-"$ROOT/scripts/kafka.sh" stop --dir "$KAFKA_DIR" >/dev/null 2>&1 || true
-cp -f "$KAFKA_DIR"/node1/*.log "$TMP/" 2>/dev/null || true
-KAFKA_DIR=""
+# scripts/bench-booking.sh owns this one (its own Redis, one-node Kafka, a fresh server and
+# consumer per run): closed loop at 64 (and 512) users, then (full run) the open-loop
+# ramp. The summary's booking row is the run at --concurrency.
+if ((quick)); then BOOK_ARGS=(--concurrency "$CONC" --warmup-run 3); else BOOK_ARGS=(--concurrency "$CONC,512" --rate 1000,1500,2000,2500,3000); fi
+say "booking: scripts/bench-booking.sh ${BOOK_ARGS[*]}"
+"$ROOT/scripts/bench-booking.sh" --no-build --build-dir "$BUILD" --out "$OUT/booking-runs" --warmup "$WARMUP" \
+  --duration "$BOOK_DUR" "${BOOK_ARGS[@]}" >"$TMP/bench-booking.log" 2>&1 &
+CHILD_PID=$!
+rc=0; wait "$CHILD_PID" || rc=$?; CHILD_PID=""
+((rc == 0)) || { tail -n 15 "$TMP/bench-booking.log" >&2; die "booking: scripts/bench-booking.sh exited $rc"; }
+mkdir -p "$OUT/booking"
+cp -f "$OUT/booking-runs/c$CONC-r1-A/"* "$OUT/booking/"
 
 # ---- 8. machine facts, summary, validation ----------------------------------------------
 {

@@ -97,9 +97,6 @@ ctl() {
   "$CTL" "$@"
 }
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 for tool in cmake ninja redis-server redis-cli python3; do
   command -v "$tool" >/dev/null || die "'$tool' not found; install the dependencies first (scripts/install-deps.sh)"
@@ -119,17 +116,8 @@ note "ok: ${SERVER_BIN#"$ROOT"/} and ${CTL#"$ROOT"/}"
 
 # ---- 2. redis -----------------------------------------------------------------
 REDIS_PORT="$(free_port)"
-while [[ "$REDIS_PORT" == 6379 ]]; do REDIS_PORT="$(free_port)"; done
 section "2. Start a private Redis on 127.0.0.1:$REDIS_PORT (in-memory only, deleted afterwards)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP" \
-  --logfile "$TMP/redis.log" --daemonize no &
-REDIS_PID=$!
-for ((i = 0; ; i++)); do
-  [[ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null || true)" == PONG ]] && break
-  kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited at start (port $REDIS_PORT taken?)"
-  ((i < 100)) || die "redis-server did not answer PING within 5 s"
-  sleep 0.05
-done
+start_redis "$REDIS_PORT" "$TMP" || die "redis-server did not start"
 note "redis-cli -p $REDIS_PORT ping -> PONG"
 
 # ---- Kafka (payments) ------------------------------------------------------------

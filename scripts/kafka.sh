@@ -56,6 +56,10 @@ environment:
   CONCERT_KAFKA_HOME   install dir holding libs/ (default ~/.cache/concert/kafka)
   CONCERT_KAFKA_HEAP   broker heap, e.g. "-Xmx512m" (default -Xmx512m for 1 node,
                        -Xmx384m each for 3 nodes)
+  CONCERT_KAFKA_GC     JVM collector flags (default "-XX:+UseG1GC -XX:MaxGCPauseMillis=20")
+  CONCERT_KAFKA_NETWORK_THREADS, CONCERT_KAFKA_IO_THREADS
+                       num.network.threads / num.io.threads (default 2 / 4); the
+                       measured effect of each: docs/PERFORMANCE.md, Kafka settings
 
 layout of DIR: bootstrap, cluster.id, nodes, nodeN.pid, nodeN/{server.properties,
   data/, logs/server.log, stdout.log}
@@ -268,8 +272,8 @@ replica.lag.time.max.ms=10000
 controlled.shutdown.enable=true
 
 # modest footprint: 2-core machine shared with Redis and our services
-num.network.threads=2
-num.io.threads=4
+num.network.threads=${CONCERT_KAFKA_NETWORK_THREADS:-2}
+num.io.threads=${CONCERT_KAFKA_IO_THREADS:-4}
 num.recovery.threads.per.data.dir=1
 background.threads=4
 log.segment.bytes=16777216
@@ -304,7 +308,9 @@ launch_node() { # N
   else heap="-Xmx512m"; fi
   cds_flags broker
   # shellcheck disable=SC2086 # heap may hold several flags
-  java $heap "${CDS_FLAGS[@]+"${CDS_FLAGS[@]}"}" -Xms128m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+  local gc="${CONCERT_KAFKA_GC:--XX:+UseG1GC -XX:MaxGCPauseMillis=20}"
+  # shellcheck disable=SC2086 # gc may hold several flags
+  java $heap "${CDS_FLAGS[@]+"${CDS_FLAGS[@]}"}" -Xms128m $gc \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$nd/log4j2.properties" -Dkafka.logs.dir="$nd/logs" \
     -cp "$LIBS/*" kafka.Kafka "$nd/server.properties" \

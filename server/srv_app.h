@@ -33,7 +33,9 @@ typedef struct {
     int64_t max_seats_per_user; /* default cap of seats one user holds at once */
     int64_t sweep_interval_ms;  /* how often lapsed holds are expired and reported */
     int64_t kafka_timeout_ms;   /* how long the producer retries a payment request */
-    int64_t payment_watch_interval_ms;
+    int64_t kafka_linger_ms;    /* payment requests producer: linger.ms */
+    int64_t kafka_fetch_wait_ms;   /* results feed: fetch.wait.max.ms */
+    int64_t kafka_fetch_min_bytes; /* results feed: fetch.min.bytes */
     int reuse_port;              /* --reuse-port: share the listening port (SO_REUSEPORT) */
     const char *identity_key;    /* --identity-key FILE: verify x-user-assertion (NULL: trust user_id) */
     const char *rate_user;       /* per user (or token) and method: "RATE[:BURST]" or "0" */
@@ -120,6 +122,8 @@ void srv_booking_get(srv_call *c);
 void srv_booking_cancel(srv_call *c);
 
 void srv_payment_init(srv_app *app);
+/** Starts reading concert.payment-results for WatchPayment (with --kafka); 0 or -1. */
+int srv_payment_start_feed(srv_app *app, char *err, size_t errlen);
 void srv_payment_shutdown(srv_app *app);
 void srv_payment_pay(srv_call *c);
 void srv_payment_get(srv_call *c);

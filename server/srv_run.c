@@ -23,6 +23,12 @@ static void on_redis_state(int up, void *payload) { srv_health_changed(payload);
 
 static void on_kafka_state(int up, void *payload) { srv_metrics_kafka_state(payload, up); }
 
+static void on_topics(const char *err, void *payload) {
+    srv_app *app = payload;
+    if (err) CC_WARN("kafka_topics_unchecked", "brokers=%s reason=\"%s\"", app->cfg.kafka, err);
+    else CC_DEBUG("kafka_topics_checked", "brokers=%s", app->cfg.kafka);
+}
+
 static void on_sig_closed(uv_handle_t *h) {}
 
 static void on_rpc_done(void *payload) {
@@ -92,16 +98,22 @@ int srv_run(const srv_config *cfg) {
         srv_stop(app, SRV_EXIT_USAGE, err);
     }
     if (!app->shutting_down && cfg->kafka && *cfg->kafka) {
-        /* Topics first (bounded); the producer then reconnects by itself. */
-        if (cc_kafka_ensure_topics(cfg->kafka, 12, -1, 10000, err, sizeof err) < 0)
-            CC_WARN("kafka_topics_unchecked", "brokers=%s reason=\"%s\"", cfg->kafka, err);
+        /* Topics checked in the background: start-up never waits for Kafka (the
+         * producer and the results feed reconnect by themselves). */
+        cc_kafka_ensure_topics_async(app->loop, cfg->kafka, 12, -1, 10000, on_topics, app);
         cc_kafka_producer_config kc = {.brokers = cfg->kafka, .message_timeout_ms = (int)cfg->kafka_timeout_ms,
-                                       .client_id = "concert-server"};
+                                       .client_id = "concert-server",
+                                       .linger_ms = cfg->kafka_linger_ms > 0 ? (int)cfg->kafka_linger_ms : -1};
         if (cc_kafka_producer_create(&app->kafka, app->loop, &kc, err, sizeof err) < 0) {
             fprintf(stderr, "concert-server: kafka: %s\n", err);
             srv_stop(app, SRV_EXIT_USAGE, "kafka producer");
+        } else {
+            cc_kafka_producer_set_state_cb(app->kafka, on_kafka_state, app);
+            if (srv_payment_start_feed(app, err, sizeof err) < 0) {
+                fprintf(stderr, "concert-server: kafka: %s\n", err);
+                srv_stop(app, SRV_EXIT_USAGE, "kafka results feed");
+            }
         }
-        cc_kafka_producer_set_state_cb(app->kafka, on_kafka_state, app);
     }
     cc_redis_set_scripts(app->redis, srv_scripts, srv_n_scripts);
 

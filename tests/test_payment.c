@@ -4,10 +4,13 @@
  * key finds the same payment, which settles once, without restarting anything.
  * And bad input on Pay, GetPayment and WatchPayment. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "cc_pay.h"
 #include "concert/v1/booking.pb-c.h"
 #include "concert/v1/payment.pb-c.h"
 #include "concert/v1/wallet.pb-c.h"
@@ -49,7 +52,11 @@ static void start(void) {
     cr_assert_eq(th_admin_catalogue(cli, KEY, "pay", "d1", 50, 1000), GRPC_STATUS_OK);
 }
 
+static pid_t stalled_broker; /* a test's SIGSTOPped broker: resumed whatever happens */
+
 static void stop(void) {
+    if (stalled_broker > 0) kill(stalled_broker, SIGCONT);
+    stalled_broker = 0;
     if (cli) cc_client_close(cli);
     cli = NULL;
     if (consumer.pid > 0) th_consumer_kill(&consumer);
@@ -277,4 +284,226 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
     }
     free_msg(p);
     end_test();
+}
+
+/* ---- issue 9 item 4: Pay answers UNAVAILABLE, then the payment is never debited ----
+ * The broker is stalled (SIGSTOP): it holds the produce requests without answering.
+ * Five Pay calls answer UNAVAILABLE within their deadline. The broker resumes and
+ * acknowledges them after all: payment-consumer fails all five without a debit, and a
+ * retry with the same key reports that real state. A sixth, retried with its key once
+ * the broker is back but before any consumer saw it, is submitted again and pays once. */
+static pid_t broker_pid(void) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/node1.pid", getenv("TH_KAFKA_DIR"));
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    int pid = 0;
+    cr_assert(fscanf(f, "%d", &pid) == 1 && pid > 0);
+    fclose(f);
+    return (pid_t)pid;
+}
+
+/* The payment id a user's idempotency key made, and its status, straight from Redis. */
+static void pid_of(const char *user, const char *key, char *pid, size_t len, char *status, size_t slen) {
+    redisContext *rc = th_redis_connect(&redis);
+    cr_assert(rc, "connect to redis");
+    redisReply *r = redisCommand(rc, "HGET cc:{pay}:pk:%s %s", user, key);
+    cr_assert(r && r->type == REDIS_REPLY_STRING, "no payment for %s/%s", user, key);
+    snprintf(pid, len, "%s", r->str);
+    freeReplyObject(r);
+    r = redisCommand(rc, "HGET cc:{pay}:p:%s status", pid);
+    snprintf(status, slen, "%s", r && r->type == REDIS_REPLY_STRING ? r->str : "");
+    if (r) freeReplyObject(r);
+    redisFree(rc);
+}
+
+typedef struct {
+    const char *token, *pid;
+} failed_wait;
+
+static int failed_now(void *arg) {
+    failed_wait *w = arg;
+    Concert__V1__Payment *p = NULL;
+    if (get_payment("/concert.v1.PaymentService/GetPayment", w->token, w->pid, &p, NULL) != GRPC_STATUS_OK) return 0;
+    int ok = p->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED;
+    free_msg(p);
+    return ok;
+}
+
+Test(payment, unavailable_means_never_debited, .init = start, .fini = stop, .timeout = 180) {
+    enum { N = 5 };
+    char users[N + 1][16], tokens[N + 1][64], rids[N + 1][64], keys[N + 1][32], pids[N + 1][64];
+    for (int i = 0; i <= N; i++) {
+        snprintf(users[i], sizeof users[i], "stall-%d", i);
+        snprintf(keys[i], sizeof keys[i], "stall-key-%d", i);
+        setup_user(users[i], 10 + i, 5000, tokens[i], rids[i]);
+    }
+    pid_t broker = broker_pid();
+    stalled_broker = broker;
+    cr_assert_eq(kill(broker, SIGSTOP), 0, "SIGSTOP the broker");
+    for (int i = 0; i <= N; i++) {
+        cc_status st;
+        Concert__V1__Payment *p = NULL;
+        uint64_t t0 = th_now_ms();
+        grpc_status_code code = pay(tokens[i], rids[i], keys[i], 2000, &p, &st);
+        uint64_t took = th_now_ms() - t0;
+        free_msg(p);
+        if (code != GRPC_STATUS_UNAVAILABLE) kill(broker, SIGCONT);
+        cr_assert_eq(code, GRPC_STATUS_UNAVAILABLE, "stalled broker, Pay %d: %s %s", i, cc_status_name(code),
+                     st.message);
+        cr_expect_lt(took, 2000, "UNAVAILABLE within the 2 s deadline (took %llu ms)", (unsigned long long)took);
+        cr_expect(strstr(st.message, "will not be debited"), "the message says nothing is debited: %s", st.message);
+        char status[32];
+        pid_of(users[i], keys[i], pids[i], sizeof pids[i], status, sizeof status);
+        cr_expect_str_eq(status, "ABANDONED", "payment %d, abandoned before Pay answered", i);
+    }
+    cr_assert_eq(kill(broker, SIGCONT), 0, "SIGCONT the broker");
+    /* The sixth: retried with its key once the broker answers again, before any consumer ran. */
+    const char *args[] = {tokens[N], rids[N], keys[N], pids[N]};
+    cr_assert(th_wait_for(pay_ok, args, 200, 60000), "Pay never succeeded after the broker came back");
+    th_consumer_start(&consumer, redis.url, brokers(), "test-payment-stall", NULL);
+    pay_wait w6 = {tokens[N], pids[N], 0};
+    cr_assert(th_wait_for(settled, &w6, 50, 60000), "payment %s not settled", pids[N]);
+    cr_expect_eq(w6.status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED, "the retried one pays");
+    cr_expect_eq(balance(users[N]), 4000, "debited exactly once although sent twice");
+    /* The five reached Kafka after all (the broker acknowledged them on resuming): the
+     * consumer fails them without a debit, and a retry with the same key reports that. */
+    for (int i = 0; i < N; i++) {
+        failed_wait fw = {tokens[i], pids[i]};
+        cr_assert(th_wait_for(failed_now, &fw, 50, 60000), "payment of %s never failed", users[i]);
+        cr_expect_eq(balance(users[i]), 5000, "%s: nothing debited", users[i]);
+        cc_status st;
+        Concert__V1__Payment *p = NULL;
+        cr_assert_eq(pay(tokens[i], rids[i], keys[i], 5000, &p, &st), GRPC_STATUS_OK, "retry: %s", st.message);
+        cr_expect_str_eq(p->payment_id, pids[i], "the same payment");
+        cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED, "its real state");
+        cr_expect(strstr(p->reason, "Pay answered UNAVAILABLE"), "reason: %s", p->reason);
+        free_msg(p);
+        cr_expect_eq(balance(users[i]), 5000, "%s: still nothing debited", users[i]);
+    }
+    end_test();
+}
+
+/* ---- WatchPayment is pushed: every server's watchers, no Redis call per tick ---- */
+
+/* EVALSHA calls of `sha` seen by MONITOR over `ms`. */
+static int monitor_count(const char *sha, int ms) {
+    redisContext *rc = th_redis_connect(&redis);
+    cr_assert(rc);
+    struct timeval tv = {0, 50 * 1000};
+    redisSetTimeout(rc, tv);
+    redisReply *r = redisCommand(rc, "MONITOR");
+    cr_assert(r && r->type == REDIS_REPLY_STATUS, "MONITOR");
+    freeReplyObject(r);
+    int n = 0;
+    uint64_t end = th_now_ms() + (uint64_t)ms;
+    while (th_now_ms() < end) {
+        r = NULL;
+        if (redisGetReply(rc, (void **)&r) != REDIS_OK) {
+            /* A read timeout leaves the context unusable: reconnect and go on. */
+            redisFree(rc);
+            rc = th_redis_connect(&redis);
+            redisSetTimeout(rc, tv);
+            freeReplyObject(redisCommand(rc, "MONITOR"));
+            continue;
+        }
+        if (r->type == REDIS_REPLY_STATUS && strstr(r->str, sha)) n++;
+        freeReplyObject(r);
+    }
+    redisFree(rc);
+    return n;
+}
+
+static int64_t wall_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int feed_live(void *arg) {
+    const th_server *s = arg;
+    FILE *f = fopen(s->log, "r");
+    if (!f) return 0;
+    char line[2048];
+    int live = 0;
+    while (!live && fgets(line, sizeof line, f))
+        live = strstr(line, "event=payment_feed_live") != NULL;
+    fclose(f);
+    return live;
+}
+
+Test(payment, watchers_on_every_server_are_pushed, .init = start, .fini = stop, .timeout = 120) {
+    char token[64], rid[64];
+    setup_user("wendy", 30, 5000, token, rid);
+    th_server b;
+    const char *flags[] = {"--kafka", brokers(), NULL};
+    th_server_start(&b, redis.url, flags);
+    /* Once a feed is live a watcher needs no second read (one comes when it goes live). */
+    cr_assert(th_wait_for(feed_live, &server, 20, 30000), "server A's results feed is not live (log %s)", server.log);
+    cr_assert(th_wait_for(feed_live, &b, 20, 30000), "server B's results feed is not live (log %s)", b.log);
+    cc_status st;
+    Concert__V1__Payment *p = NULL;
+    cr_assert_eq(pay(token, rid, "wendy-1", 10000, &p, &st), GRPC_STATUS_OK, "Pay: %s", st.message);
+    cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_PENDING);
+    char pid[64];
+    snprintf(pid, sizeof pid, "%s", p->payment_id);
+    free_msg(p);
+    /* Three watchers of the payment: two on this server, one on the other. */
+    cc_client *cb = cc_client_open(b.addr);
+    cc_client *clients[3] = {cli, cli, cb};
+    cc_stream *s[3];
+    char auth[100];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    cc_md md[] = {{"authorization", auth}};
+    Concert__V1__GetPaymentRequest req = CONCERT__V1__GET_PAYMENT_REQUEST__INIT;
+    req.payment_id = pid;
+    for (int i = 0; i < 3; i++) {
+        s[i] = cc_client_stream(clients[i], "/concert.v1.PaymentService/WatchPayment", &req.base, md, 1, 60000);
+        ProtobufCMessage *m = NULL;
+        cr_assert_eq(cc_stream_next(s[i], &concert__v1__payment__descriptor, &m), 1, "watcher %d: first message", i);
+        cr_expect_eq(((Concert__V1__Payment *)m)->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_PENDING);
+        free_msg(m);
+    }
+    /* While they wait, nobody reads the payment again and again. */
+    int polls = monitor_count(cc_pay_scripts()[CC_PAY_S_GET].sha, 1000);
+    cr_expect_eq(polls, 0, "%d pay_get calls in 1 s with 3 watchers waiting: polling", polls);
+    th_consumer_start(&consumer, redis.url, brokers(), "test-payment-watch", NULL);
+    for (int i = 0; i < 3; i++) {
+        ProtobufCMessage *m = NULL;
+        cr_assert_eq(cc_stream_next(s[i], &concert__v1__payment__descriptor, &m), 1, "watcher %d: no outcome", i);
+        Concert__V1__Payment *pm = (Concert__V1__Payment *)m;
+        int64_t lag = wall_now_ms() - pm->updated_at_unix_ms;
+        fprintf(stderr, "watcher %d: COMPLETED %lld ms after it was settled\n", i, (long long)lag);
+        cr_expect_eq(pm->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED, "watcher %d", i);
+        cr_expect_lt(lag, 3000, "watcher %d told %lld ms after the settlement", i, (long long)lag);
+        free_msg(m);
+        cr_expect_eq(cc_stream_next(s[i], &concert__v1__payment__descriptor, &m), 0, "the stream ends");
+        cc_stream_close(s[i], &st);
+        cr_expect_eq(st.code, GRPC_STATUS_OK, "watcher %d ends OK: %s", i, st.message);
+    }
+    /* GetPayment agrees. */
+    cr_assert_eq(get_payment("/concert.v1.PaymentService/GetPayment", token, pid, &p, &st), GRPC_STATUS_OK);
+    cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED);
+    free_msg(p);
+    cc_client_close(cb);
+    cr_expect_eq(th_server_stop(&b), 0, "second server exit status (log %s)", b.log);
+    end_test();
+}
+
+/* ---- issue 9 item 10: with Kafka unreachable the server listens at once ----
+ * The topics are checked in the background; Pay answers UNAVAILABLE meanwhile. The old
+ * start-up waited up to 10 s for the topic check before listening. */
+Test(payment, listens_at_once_with_kafka_unreachable, .timeout = 60) {
+    th_redis r = {0};
+    th_redis_start(&r);
+    char dead[64];
+    snprintf(dead, sizeof dead, "127.0.0.1:%d", th_free_port());
+    const char *flags[] = {"--kafka", dead, NULL};
+    th_server s;
+    uint64_t t0 = th_now_ms();
+    th_server_start(&s, r.url, flags);
+    uint64_t took = th_now_ms() - t0;
+    cr_expect_lt(took, 5000, "SERVING after %llu ms with Kafka unreachable", (unsigned long long)took);
+    cr_expect_eq(th_server_stop(&s), 0, "exit status (log %s)", s.log);
+    th_redis_stop(&r);
 }

@@ -930,6 +930,20 @@ char *th_http(int port, const char *method, const char *path) {
     return buf;
 }
 
+int th_log_port(const char *log, const char *event) {
+    FILE *fp = fopen(log, "r");
+    if (!fp) return 0;
+    char line[2048], want[128];
+    snprintf(want, sizeof want, "event=%s", event);
+    int port = 0;
+    while (fgets(line, sizeof line, fp)) {
+        const char *p = strstr(line, want);
+        if (p && (p = strstr(p, " port="))) port = atoi(p + 6);
+    }
+    fclose(fp);
+    return port;
+}
+
 /* ---- JWTs ---- */
 #include <openssl/evp.h>
 #include <openssl/hmac.h>

@@ -209,4 +209,8 @@ int th_rcluster_kill_node(th_rcluster *c, int node);
 int th_rcluster_start_node(th_rcluster *c, int node);
 /** Node n's port (0 if unknown). */
 int th_rcluster_port(th_rcluster *c, int node);
+
+/** The port of the last `event=<event> ... port=N` line in `log` (0 if none): e.g. a
+ * payment-consumer's `metrics_listening`. */
+int th_log_port(const char *log, const char *event);
 #endif

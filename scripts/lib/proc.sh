@@ -12,3 +12,40 @@ stop_pid() {
   kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null || true
 }
+
+# free_port: a TCP port free on 127.0.0.1 just now (never 6379, never 9092).
+free_port() {
+  local p i
+  for ((i = 0; i < 50; i++)); do
+    p="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    [[ "$p" != 6379 && "$p" != 9092 ]] && { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+# start_redis PORT DIR: a private redis-server on 127.0.0.1:PORT, in memory only, its log
+# in DIR/redis.log; sets REDIS_PID and waits (5 s at most) until it answers PING.
+# Returns 1 with a reason on stderr if it does not.
+start_redis() {
+  local port="$1" dir="$2" i
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+    --logfile "$dir/redis.log" --daemonize no &
+  REDIS_PID=$!
+  for ((i = 0; ; i++)); do
+    [[ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null || true)" == PONG ]] && return 0
+    kill -0 "$REDIS_PID" 2>/dev/null || { echo "redis-server exited at start (port $port taken?)" >&2; return 1; }
+    ((i < 100)) || { echo "redis-server did not answer PING within 5 s" >&2; return 1; }
+    sleep 0.05
+  done
+}
+
+# build_release BUILD_DIR LOG: configures (tests off, RelWithDebInfo: -O2 -g, the
+# project's release type) and builds the benchmark's four binaries; on failure prints
+# the log's tail and returns 1.
+build_release() {
+  local build="$1" log="$2"
+  cmake -S . -B "$build" -G Ninja -DCONCERT_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; echo "cmake failed" >&2; return 1; }
+  ninja -C "$build" concert-bench concert-server concertctl payment-consumer >>"$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; echo "build failed" >&2; return 1; }
+}

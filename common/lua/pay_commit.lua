@@ -1,8 +1,10 @@
--- pay_commit: settles a payment after pay_debit (prepend server/lua/bk_lib.lua).
+-- pay_commit: settles a payment after pay_claim and pay_debit (concert slot).
 -- DEBITED and the hold still live: seats SOLD, reservation PAID, payment COMPLETED,
--- and the user's queue token expired so the next waiting user can be admitted.
+-- and the user's queue token expired so the next waiting user can be admitted (the
+-- one queue key a payment touches, in the same slot, so it is atomic with the sale).
 -- Otherwise the payment FAILS with a reason (the caller then runs pay_refund).
--- A payment already COMPLETED or FAILED is answered as it is (redelivery).
+-- A payment already COMPLETED or FAILED is answered as it is (redelivery); only a
+-- claimed (PENDING) payment can complete.
 -- KEYS: 1 q:tok. ARGV: 1 P, 2 payment id, 3 'DEBITED' or 'INSUFFICIENT'
 -- Reply: pay_reply, or {5, message} for an unknown payment.
 local P, pid = ARGV[1], ARGV[2]
@@ -15,6 +17,7 @@ local function fail(reason)
   redis.call('HSET', p, 'status', 'FAILED', 'reason', reason, 'updated', now)
   return pay_reply(P, pid, 0)
 end
+if f[1] ~= 'PENDING' then return fail('not confirmed in time (Pay answered UNAVAILABLE)') end
 if ARGV[3] == 'INSUFFICIENT' then return fail('insufficient balance') end
 local rid, user = f[2], f[3]
 local r = P .. 'r:' .. rid

@@ -1,4 +1,7 @@
--- bk_lib: helpers prepended to every booking script (not a script of its own).
+-- bk_lib: booking helpers prepended to every booking script and to the payment scripts
+-- (common/lua/pay_*.lua: a payment sells or releases a hold), not a script of its own.
+-- Lives in common/ because both concert-server and payment-consumer load scripts that
+-- need it; the booking module (server/srv_booking.c) owns the keys it touches.
 -- P is the concert's key prefix "cc:{<concert>}:"; every key built from it shares the
 -- concert's hash tag, so the whole script stays in one Redis Cluster slot.
 -- Scripts answer {0, ...} on success or {grpc_code, message}.
@@ -50,12 +53,4 @@ local function resv_reply(P, rid, now)
   local out = {0, rid, g[1], tonumber(g[2]), g[3], tonumber(g[4]), tonumber(g[5])}
   for s in string.gmatch(g[6], '[^,]+') do out[#out + 1] = tonumber(s) end
   return out
-end
-
--- A payment as the reply: {0, pid, rid, user, amount, status, reason, key, created,
--- updated, new(0/1)}.
-local function pay_reply(P, pid, new)
-  local f = redis.call('HMGET', P .. 'p:' .. pid, 'rid', 'user', 'amount', 'status', 'reason', 'key',
-    'created', 'updated')
-  return {0, pid, f[1], f[2], tonumber(f[3]), f[4], f[5], f[6], tonumber(f[7]), tonumber(f[8]), new}
 end

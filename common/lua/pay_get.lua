@@ -1,4 +1,4 @@
--- pay_get: the owner's payment (GetPayment, WatchPayment refreshes).
+-- pay_get: the owner's payment (GetPayment, and WatchPayment's first read and re-reads).
 -- KEYS: 1 q:tok. ARGV: 1 P, 2 token, 3 payment id
 -- Reply: pay_reply or {code, message}.
 local P, tok, pid = ARGV[1], ARGV[2], ARGV[3]
