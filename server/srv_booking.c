@@ -265,8 +265,9 @@ void srv_booking_list_seats(srv_call *call) {
     bctx *b = bctx_new(call);
     if (!b) return;
     if ((b->page_size = srv_page_size(req->page_size, SEATS_PAGE_DEFAULT, SEATS_PAGE_MAX)) < 0) {
-        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "page_size: must not be negative (0 = %d seats, at most %d)",
-                        SEATS_PAGE_DEFAULT, SEATS_PAGE_MAX);
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT,
+                        "page_size: must not be negative (0 = %d seats, at most %d)", SEATS_PAGE_DEFAULT,
+                        SEATS_PAGE_MAX);
         free(b);
         return;
     }
@@ -277,7 +278,8 @@ void srv_booking_list_seats(srv_call *call) {
         size_t cl = 0;
         int ok = srv_page_token_parse(req->page_token, SRV_PAGE_SEATS, scope, cur, &cl) == 0 && cl == 4;
         /* The cursor: the previous page's last seat number, 4 bytes big-endian. */
-        if (ok) b->page_after = (int32_t)((uint32_t)cur[0] << 24 | (uint32_t)cur[1] << 16 | (uint32_t)cur[2] << 8 | cur[3]);
+        if (ok)
+            b->page_after = (int32_t)((uint32_t)cur[0] << 24 | (uint32_t)cur[1] << 16 | (uint32_t)cur[2] << 8 | cur[3]);
         if (!ok || b->page_after < 1) {
             srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT,
                             "page_token: not a next_page_token of ListSeats for this schedule");

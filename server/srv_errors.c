@@ -77,6 +77,7 @@ static const rule rules[] = {
     {GRPC_STATUS_UNAVAILABLE, NULL, "kafka", "KAFKA_UNAVAILABLE", UNAVAILABLE_RETRY_MS},
     {GRPC_STATUS_UNAVAILABLE, NULL, "redis", "REDIS_UNAVAILABLE", UNAVAILABLE_RETRY_MS},
     {GRPC_STATUS_UNIMPLEMENTED, "", "unknown method", "METHOD_NOT_FOUND", -1},
+    {GRPC_STATUS_UNKNOWN, NULL, "state is unknown", "PAYMENT_STATE_UNKNOWN", -1},
 };
 
 /* Per code, when no row matched: the code's own name (INVALID_ARGUMENT naming a field:

@@ -774,11 +774,13 @@ void srv_call_add_trailer(srv_call *c, const char *key, const char *value) {
 
 const char *srv_call_trailer(const srv_call *c, const char *key, size_t *len) {
     size_t kl = strlen(key);
-    for (size_t i = 0; i < c->n_trailers; i++)
-        if (GRPC_SLICE_LENGTH(c->trailers[i].key) == kl && !memcmp(GRPC_SLICE_START_PTR(c->trailers[i].key), key, kl)) {
-            *len = GRPC_SLICE_LENGTH(c->trailers[i].value);
-            return (const char *)GRPC_SLICE_START_PTR(c->trailers[i].value);
+    for (size_t i = 0; i < c->n_trailers; i++) {
+        const grpc_metadata *m = &c->trailers[i];
+        if (GRPC_SLICE_LENGTH(m->key) == kl && !memcmp(GRPC_SLICE_START_PTR(m->key), key, kl)) {
+            *len = GRPC_SLICE_LENGTH(m->value);
+            return (const char *)GRPC_SLICE_START_PTR(m->value);
         }
+    }
     return NULL;
 }
 

@@ -75,10 +75,11 @@ static const reason_case cases[] = {
     {GRPC_STATUS_RESOURCE_EXHAUSTED, "metadata: 90000 bytes of headers, at most 65536 per call", "METADATA_TOO_LARGE", "metadata"},
     {GRPC_STATUS_RESOURCE_EXHAUSTED, "redis out of memory: try again later", "REDIS_OUT_OF_MEMORY", ""},
     {GRPC_STATUS_UNAVAILABLE, "redis unavailable: connection refused", "REDIS_UNAVAILABLE", ""},
-    {GRPC_STATUS_UNAVAILABLE, "kafka did not acknowledge the payment (timeout); retry Pay with the same idempotency_key", "KAFKA_UNAVAILABLE", ""},
+    {GRPC_STATUS_UNAVAILABLE, "kafka did not acknowledge the payment in time (timeout); it will not be debited; retry Pay with the same idempotency_key", "KAFKA_UNAVAILABLE", ""},
     {GRPC_STATUS_UNAVAILABLE, "payments are disabled on this server (no --kafka)", "PAYMENTS_DISABLED", ""},
     {GRPC_STATUS_UNAVAILABLE, "server shutting down", "SHUTTING_DOWN", ""},
     {GRPC_STATUS_UNIMPLEMENTED, "unknown method /x.Y/Z", "METHOD_NOT_FOUND", ""},
+    {GRPC_STATUS_UNKNOWN, "the payment's state is unknown (redis timeout); retry Pay with the same idempotency_key to learn it", "PAYMENT_STATE_UNKNOWN", ""},
     {GRPC_STATUS_INTERNAL, "internal error", "INTERNAL", ""},
     {GRPC_STATUS_INVALID_ARGUMENT, "something odd", "INVALID_ARGUMENT", ""},
 };
