@@ -141,24 +141,21 @@ void srv_admin_list_concerts(srv_call *call) {
     const Concert__V1__ListConcertsRequest *req = (const void *)srv_call_request(call);
     actx *a = actx_new(call, NULL);
     if (!a) return;
-    if ((a->page_size = srv_page_size(req->page_size, CONCERTS_PAGE_DEFAULT, CONCERTS_PAGE_MAX)) < 0) {
-        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT,
-                        "page_size: must not be negative (0 = %d concerts, at most %d)", CONCERTS_PAGE_DEFAULT,
-                        CONCERTS_PAGE_MAX);
+    srv_page pg;
+    char err[160];
+    int rc = srv_page_read(&pg, req->page_size, req->page_token, SRV_PAGE_CONCERTS, "", CONCERTS_PAGE_DEFAULT,
+                           CONCERTS_PAGE_MAX, err, sizeof err);
+    if (rc == 0 && pg.cursor_len) { /* the cursor: the last id of the previous page */
+        if (pg.cursor_len > SRV_MAX_ID) pg.cursor_len = 0;
+        memcpy(a->concert, pg.cursor, pg.cursor_len), a->concert[pg.cursor_len] = '\0';
+        if (!srv_valid_id(a->concert)) rc = -1, snprintf(err, sizeof err, "%s", SRV_PAGE_TOKEN_BAD);
+    }
+    if (rc < 0) {
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
         free(a);
         return;
     }
-    if (req->page_token[0]) {
-        uint8_t cur[SRV_PAGE_CURSOR_MAX];
-        size_t cl = 0;
-        int ok = srv_page_token_parse(req->page_token, SRV_PAGE_CONCERTS, "", cur, &cl) == 0 && cl <= SRV_MAX_ID;
-        if (ok) memcpy(a->concert, cur, cl), a->concert[cl] = '\0'; /* the last id of the previous page */
-        if (!ok || !srv_valid_id(a->concert)) {
-            srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "page_token: not a next_page_token of ListConcerts");
-            free(a);
-            return;
-        }
-    }
+    a->page_size = pg.size;
     char limit[16];
     snprintf(limit, sizeof limit, "%d", a->page_size + 1);
     const char *args[] = {CATALOGUE_KEY, CATALOGUE_INDEX_KEY, a->concert, limit};

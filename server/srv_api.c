@@ -68,6 +68,21 @@ int srv_page_token_parse(const char *token, srv_page_kind kind, const char *scop
     return 0;
 }
 
+int srv_page_read(srv_page *out, int32_t page_size, const char *page_token, srv_page_kind kind, const char *scope,
+                  int dflt, int max, char *err, size_t errlen) {
+    out->cursor_len = 0;
+    if ((out->size = srv_page_size(page_size, dflt, max)) < 0) {
+        snprintf(err, errlen, "page_size: must not be negative (0 means %d, at most %d)", dflt, max);
+        return -1;
+    }
+    if (page_token && *page_token &&
+        srv_page_token_parse(page_token, kind, scope, out->cursor, &out->cursor_len) < 0) {
+        snprintf(err, errlen, "%s", SRV_PAGE_TOKEN_BAD);
+        return -1;
+    }
+    return 0;
+}
+
 int srv_field_name_is(const char *name, const char *given) {
     if (!strcmp(name, given)) return 1;
     /* The proto3 JSON name, compared as it is derived (protoc's ToJsonName). */

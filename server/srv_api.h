@@ -39,6 +39,23 @@ void srv_page_token(char *out, srv_page_kind kind, const char *scope, const void
 int srv_page_token_parse(const char *token, srv_page_kind kind, const char *scope, uint8_t *cursor,
                          size_t *cursor_len);
 
+/** A List request's page: its size and, after the first page, the cursor its token
+ * carries (cursor_len 0 for the first page). */
+typedef struct {
+    int size;
+    uint8_t cursor[SRV_PAGE_CURSOR_MAX];
+    size_t cursor_len;
+} srv_page;
+
+/** The INVALID_ARGUMENT message of a page token a listing refuses. */
+#define SRV_PAGE_TOKEN_BAD "page_token: not a next_page_token of this listing (altered, made up, or for another request)"
+
+/** Reads a List request's page_size (srv_page_size with dflt, max) and page_token (""
+ * or a token of `kind` and `scope`) into *out: 0, or -1 with the INVALID_ARGUMENT
+ * message ("page_size: ..." or SRV_PAGE_TOKEN_BAD) in err[errlen]. */
+int srv_page_read(srv_page *out, int32_t page_size, const char *page_token, srv_page_kind kind, const char *scope,
+                  int dflt, int max, char *err, size_t errlen);
+
 /* ---- field names ---- */
 
 /** 1 if `given` names the field `name` (snake_case, as written in the .proto): either

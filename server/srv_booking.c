@@ -264,29 +264,23 @@ void srv_booking_list_seats(srv_call *call) {
     }
     bctx *b = bctx_new(call);
     if (!b) return;
-    if ((b->page_size = srv_page_size(req->page_size, SEATS_PAGE_DEFAULT, SEATS_PAGE_MAX)) < 0) {
-        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT,
-                        "page_size: must not be negative (0 = %d seats, at most %d)", SEATS_PAGE_DEFAULT,
-                        SEATS_PAGE_MAX);
+    char scope[2 * SRV_MAX_ID + 2], err[160];
+    snprintf(scope, sizeof scope, "%s/%s", b->concert, req->schedule_id);
+    srv_page pg;
+    int rc = srv_page_read(&pg, req->page_size, req->page_token, SRV_PAGE_SEATS, scope, SEATS_PAGE_DEFAULT,
+                           SEATS_PAGE_MAX, err, sizeof err);
+    if (rc == 0 && pg.cursor_len) { /* the cursor: the previous page's last seat number, 4 bytes big-endian */
+        const uint8_t *c = pg.cursor;
+        if (pg.cursor_len == 4)
+            b->page_after = (int32_t)((uint32_t)c[0] << 24 | (uint32_t)c[1] << 16 | (uint32_t)c[2] << 8 | c[3]);
+        if (b->page_after < 1) rc = -1, snprintf(err, sizeof err, "%s", SRV_PAGE_TOKEN_BAD);
+    }
+    if (rc < 0) {
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
         free(b);
         return;
     }
-    if (req->page_token[0]) {
-        char scope[2 * SRV_MAX_ID + 2];
-        snprintf(scope, sizeof scope, "%s/%s", b->concert, req->schedule_id);
-        uint8_t cur[SRV_PAGE_CURSOR_MAX];
-        size_t cl = 0;
-        int ok = srv_page_token_parse(req->page_token, SRV_PAGE_SEATS, scope, cur, &cl) == 0 && cl == 4;
-        /* The cursor: the previous page's last seat number, 4 bytes big-endian. */
-        if (ok)
-            b->page_after = (int32_t)((uint32_t)cur[0] << 24 | (uint32_t)cur[1] << 16 | (uint32_t)cur[2] << 8 | cur[3]);
-        if (!ok || b->page_after < 1) {
-            srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT,
-                            "page_token: not a next_page_token of ListSeats for this schedule");
-            free(b);
-            return;
-        }
-    }
+    b->page_size = pg.size;
     if (srv_limit_call(call, "token", b->token) < 0) {
         free(b);
         return;

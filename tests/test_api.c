@@ -36,7 +36,7 @@ static const reason_case cases[] = {
     {GRPC_STATUS_INVALID_ARGUMENT, "policy.concert_id: must be valid UTF-8", "FIELD_INVALID", "policy.concert_id"},
     {GRPC_STATUS_INVALID_ARGUMENT, "token: required", "FIELD_REQUIRED", "token"},
     {GRPC_STATUS_INVALID_ARGUMENT, "request is not a valid concert.v1.IssueTokenRequest message", "MALFORMED_REQUEST", ""},
-    {GRPC_STATUS_INVALID_ARGUMENT, "page_token: not a next_page_token of ListSeats for this schedule", "PAGE_TOKEN_INVALID", "page_token"},
+    {GRPC_STATUS_INVALID_ARGUMENT, SRV_PAGE_TOKEN_BAD, "PAGE_TOKEN_INVALID", "page_token"},
     {GRPC_STATUS_INVALID_ARGUMENT, "update_fields: unknown field 'nope'", "UNKNOWN_FIELD", "update_fields"},
     {GRPC_STATUS_UNAUTHENTICATED, "authorization: a queue token is required ('authorization: Bearer <token>')", "TOKEN_REQUIRED", "authorization"},
     {GRPC_STATUS_UNAUTHENTICATED, "authorization: unknown token", "TOKEN_UNKNOWN", "authorization"},
@@ -178,6 +178,18 @@ Test(pages, sizes) {
     cr_expect_eq(srv_page_size(7, 100, 1000), 7);
     cr_expect_eq(srv_page_size(5000, 100, 1000), 1000, "above the maximum: the maximum");
     cr_expect_eq(srv_page_size(-1, 100, 1000), -1, "negative: refused");
+    srv_page pg;
+    char err[160], tok[SRV_PAGE_TOKEN_MAX + 1];
+    cr_expect_eq(srv_page_read(&pg, 0, "", SRV_PAGE_CONCERTS, "", 100, 1000, err, sizeof err), 0);
+    cr_expect_eq(pg.size, 100);
+    cr_expect_eq(pg.cursor_len, 0u, "no token: the first page");
+    cr_expect_eq(srv_page_read(&pg, -3, "", SRV_PAGE_CONCERTS, "", 100, 1000, err, sizeof err), -1);
+    cr_expect(!strncmp(err, "page_size: ", 11), "%s", err);
+    srv_page_token(tok, SRV_PAGE_CONCERTS, "", "abc", 3);
+    cr_expect_eq(srv_page_read(&pg, 5, tok, SRV_PAGE_CONCERTS, "", 100, 1000, err, sizeof err), 0);
+    cr_expect_eq(pg.cursor_len, 3u);
+    cr_expect_eq(srv_page_read(&pg, 5, tok, SRV_PAGE_SEATS, "", 100, 1000, err, sizeof err), -1);
+    cr_expect_str_eq(err, SRV_PAGE_TOKEN_BAD);
 }
 
 /* ---- field names (pure) ---- */
