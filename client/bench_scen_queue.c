@@ -3,7 +3,8 @@
  * are counted, per method and in total. Options: --token (every user polls one given
  * token: GetQueueStatus only, the same request ghz sends, for the cross-check) and
  * --polls (a user is replaced by a fresh one after N polls, so IssueToken keeps a share
- * of the traffic). Also the building block of deep-queue (bench_queue_* API), whose
+ * of the traffic) and --concerts (users spread over N concerts `<concert>-0..N-1`, which
+ * must exist: the Redis Cluster comparison, scripts/bench-cluster.sh). Also the building block of deep-queue (bench_queue_* API), whose
  * fill mode issues tokens for N distinct users as fast as possible. */
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -23,6 +24,7 @@ struct bench_queue {
     grpc_slice shared; /* --token: the one GetQueueStatus request */
     int has_shared;
     int64_t polls, fill;
+    int64_t concerts; /* > 1: user u joins <concert>-<u mod concerts> */
     atomic_llong fill_next, issued;
     atomic_llong states[4]; /* GetQueueStatus answers by state */
     atomic_llong pos_min, pos_max;
@@ -45,11 +47,16 @@ static void random_hex(char *out, size_t nbytes) {
     for (size_t i = 0; i < nbytes; i++) sprintf(out + 2 * i, "%02x", b[i]);
 }
 
-static grpc_slice pack_issue(const bench_queue *q, const char *user) {
+static grpc_slice pack_issue(const bench_queue *q, const char *user, uint64_t uid) {
     Concert__V1__IssueTokenRequest req;
     concert__v1__issue_token_request__init(&req);
+    char cid[120];
     req.user_id = (char *)user;
     req.concert_id = (char *)q->concert;
+    if (q->concerts > 1) {
+        snprintf(cid, sizeof cid, "%s-%" PRIu64, q->concert, uid % (uint64_t)q->concerts);
+        req.concert_id = cid;
+    }
     return bench_pack(&req.base);
 }
 
@@ -68,7 +75,7 @@ static int q_next(bench_user *u) {
         long long n = atomic_fetch_add(&q->fill_next, 1);
         if (n >= q->fill) return -1;
         snprintf(user, sizeof user, "fill-%s-%lld", q->run_id, n);
-        grpc_slice s = pack_issue(q, user);
+        grpc_slice s = pack_issue(q, user, (uint64_t)n);
         int rc = bench_user_unary(u, q->m_issue, s);
         grpc_slice_unref(s);
         return rc;
@@ -82,7 +89,7 @@ static int q_next(bench_user *u) {
     }
     if (!qu->has_token) {
         snprintf(user, sizeof user, "%s-%" PRIu64 "-%u", q->run_id, bench_user_id(u), qu->gen);
-        grpc_slice s = pack_issue(q, user);
+        grpc_slice s = pack_issue(q, user, bench_user_id(u));
         int rc = bench_user_unary(u, q->m_issue, s);
         grpc_slice_unref(s);
         return rc;
@@ -192,13 +199,14 @@ void bench_queue_findings(const bench_queue *q, bench_result *res) {
     if (hi) bench_result_kv_text(res, "IssueToken positions returned", "%" PRId64 " .. %" PRId64, lo, hi);
     long long bad = atomic_load(&q->bad_replies);
     if (bad) bench_result_kv_num(res, "responses that were not a QueueStatus", (double)bad, "");
-    bench_result_kv_text(res, "concert", "%s", q->concert);
+    if (q->concerts > 1) bench_result_kv_text(res, "concerts", "%s-0 .. %s-%lld", q->concert, q->concert, (long long)q->concerts - 1);
+    else bench_result_kv_text(res, "concert", "%s", q->concert);
 }
 
 /* ---- the `queue` scenario ---- */
 
 static const char *opt_token = NULL;
-static int64_t opt_polls = 0;
+static int64_t opt_polls = 0, opt_concerts = 1;
 
 static const cc_opt opts[] = {
     {"token", NULL, CC_OPT_STR, &opt_token, "TOKEN",
@@ -206,6 +214,9 @@ static const cc_opt opts[] = {
     {"polls", NULL, CC_OPT_INT, &opt_polls, "N",
      "after N polls a user is replaced by a fresh one (IssueToken again); 0 = poll forever (default)", 0,
      1000000000},
+    {"concerts", NULL, CC_OPT_INT, &opt_concerts, "N",
+     "spread users over N concerts <concert>-0 .. <concert>-(N-1), which must exist (default 1: --concert itself)",
+     1, 100000},
     {0},
 };
 
@@ -221,6 +232,7 @@ static void queue_target(bench_result *res) {
 
 static int queue_run(bench_ctx *c) {
     bench_queue *q = bench_queue_new(c->engine, c->o->concert, opt_token, opt_polls, 0);
+    q->concerts = opt_concerts;
     bench_phase ph = bench_phase_from_opts(c->o, opt_token ? "queue (GetQueueStatus, one token)" : "queue", 64, 2,
                                            10);
     bench_queue_phase(q, &ph);
@@ -246,6 +258,7 @@ const bench_scenario bench_scen_queue = {
     "after a while; the numbers are valid either way, the states seen say which).\n"
     "--users larger than --concurrency spreads the polls over more tokens; --polls N\n"
     "replaces a user by a fresh one after N polls so IssueToken keeps a steady share.\n"
+    "--concerts N spreads the users over the existing concerts <concert>-0 .. -(N-1).\n"
     "--token T makes every call GetQueueStatus(T): the same request ghz sends, for a\n"
     "like-for-like comparison (scripts/bench.sh does it).\n"
     "Target (docs/PERFORMANCE.md): >= 40,000 req/s with p99 < 10 ms and no failure.\n",

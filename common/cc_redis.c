@@ -47,6 +47,7 @@ typedef struct rreq {
     int slot;           /* -1: no key */
     int node;           /* >= 0: pinned to this node (cc_redis_command_node) */
     int redirects;
+    int no_redirect;    /* MOVED/ASK go to the caller (a fence must stay on its connection) */
     int noscript_resent;
     int ask_node;       /* >= 0: resend there after ASKING */
     int retry_ms;
@@ -79,6 +80,8 @@ typedef struct rnode {
     int n_up;
     int next_conn;
     rconn *conns;
+    int fence_slot;      /* slot of fence_key, -1 none yet */
+    char fence_key[40];  /* cc_redis_wait's fence: a key in a slot this node serves */
 } rnode;
 
 struct cc_redis {
@@ -335,6 +338,7 @@ static rnode *node_for(cc_redis *r, const char *host, int port) {
     n->idx = r->n_nodes;
     snprintf(n->host, sizeof n->host, "%s", host);
     n->port = port;
+    n->fence_slot = -1;
     n->conns = calloc((size_t)r->cfg.connections, sizeof *n->conns);
     if (!n->conns) abort();
     for (int i = 0; i < r->cfg.connections; i++) {
@@ -490,7 +494,7 @@ static int take_over(rconn *c, rreq *q, redisReply *reply) {
         load_scripts(c);
         return send_on(c, q) == 0;
     }
-    if (!r->url.cluster) return 0;
+    if (!r->url.cluster || q->no_redirect) return 0;
     int moved = !strncmp(s, "MOVED ", 6), ask = !strncmp(s, "ASK ", 4);
     if (moved || ask) {
         if (++q->redirects > MAX_REDIRECTS) return 0;
@@ -1145,6 +1149,13 @@ typedef struct {
     const char *err;
 } wait_all;
 
+static void wait_one_done(wait_all *w) {
+    if (--w->left > 0) return;
+    if (w->err) w->cb(-1, w->err, w->payload);
+    else w->cb(w->min_acked, NULL, w->payload);
+    free(w);
+}
+
 static void on_wait_one(redisReply *reply, const char *err, void *payload) {
     wait_all *w = payload;
     if (!reply || reply->type != REDIS_REPLY_INTEGER) {
@@ -1152,10 +1163,34 @@ static void on_wait_one(redisReply *reply, const char *err, void *payload) {
     } else if (reply->integer < w->min_acked) {
         w->min_acked = (int)reply->integer;
     }
-    if (--w->left > 0) return;
-    if (w->err) w->cb(-1, w->err, w->payload);
-    else w->cb(w->min_acked, NULL, w->payload);
-    free(w);
+    wait_one_done(w);
+}
+
+static void on_fence_one(redisReply *reply, const char *err, void *payload) {
+    wait_all *w = payload;
+    if (!reply || reply->type != REDIS_REPLY_INTEGER)
+        if (!w->err) w->err = reply && reply->type == REDIS_REPLY_ERROR ? "fence write failed" : err ? err : "fence";
+    wait_one_done(w);
+}
+
+/* A key this node serves: "cc:fence" outside a cluster; on a cluster a hash tag found
+ * (a few thousand CRC16s at most, once per node and slot map) for the node's first
+ * slot. */
+static const char *fence_key(cc_redis *r, rnode *n) {
+    if (!r->url.cluster) return "cc:fence";
+    if (n->fence_slot >= 0 && r->slot_node[n->fence_slot] == n->idx) return n->fence_key;
+    int slot = -1;
+    for (int s = 0; s < CC_SLOTS && slot < 0; s++)
+        if (r->slot_node[s] == n->idx) slot = s;
+    if (slot < 0) return NULL;
+    char tag[16];
+    for (unsigned k = 0;; k++) {
+        int len = snprintf(tag, sizeof tag, "f%u", k);
+        if ((cc_crc16(tag, (size_t)len) & (CC_SLOTS - 1)) == slot) break;
+    }
+    snprintf(n->fence_key, sizeof n->fence_key, "cc:fence:{%s}", tag);
+    n->fence_slot = slot;
+    return n->fence_key;
 }
 
 int cc_redis_wait(cc_redis *r, int replicas, int timeout_ms, cc_redis_wait_cb cb, void *payload) {
@@ -1172,10 +1207,22 @@ int cc_redis_wait(cc_redis *r, int replicas, int timeout_ms, cc_redis_wait_cb cb
     w->left = 1; /* held while sending, so no reply can finish it early */
     for (int i = 0; i < r->n_nodes; i++) {
         rnode *n = r->nodes[i];
-        if (!n->wanted) continue;
+        const char *fk = n->wanted ? fence_key(r, n) : NULL;
+        if (!fk) continue;
+        const char *incr[] = {"INCR", fk};
         for (int k = 0; k < r->cfg.connections; k++) {
             rconn *c = &n->conns[k];
             if (c->state != C_UP || !c->ac) continue;
+            /* The fence write, then WAIT, pipelined on the same connection: the fence's
+             * replication offset is past every write this primary applied before it
+             * (ours on any connection, and anybody else's), and WAIT covers it. */
+            rreq *f = req_new(r, on_fence_one, w, 2, incr, NULL);
+            f->no_redirect = 1;
+            if (send_on(c, f) != 0) {
+                free(f);
+                continue;
+            }
+            w->left++;
             rreq *q = req_new(r, on_wait_one, w, 3, argv, NULL);
             /* WAIT blocks its connection up to timeout_ms: give it that much more. */
             q->deadline_ms += (uint64_t)timeout_ms;

@@ -114,10 +114,13 @@ int cc_redis_command_node(cc_redis *r, int node, cc_redis_cb cb, void *payload, 
  * connections asked, or with acked = -1 and `err` when one of them failed. */
 typedef void (*cc_redis_wait_cb)(int acked, const char *err, void *payload);
 
-/** WAIT `replicas` `timeout_ms` on every connection that is up, of every primary: once
- * `cb` reports >= replicas, every write this pool made before the call is on that
- * many replicas of its primary (WAIT covers the writes of its own connection).
- * Returns 0 (cb called exactly once) or -1 when no connection is up. */
+/** Replication fence: on every connection that is up, of every primary, a small
+ * write (INCR of a fence key that primary serves) followed by WAIT `replicas`
+ * `timeout_ms`, pipelined. Once `cb` reports >= replicas, every write any client made
+ * on any primary before the call is on that many replicas of its primary (WAIT covers
+ * the writes of its own connection, and the fence's offset is past all earlier ones,
+ * also those of another process, e.g. a crashed consumer's). Returns 0 (cb called
+ * exactly once) or -1 when no connection is up. */
 int cc_redis_wait(cc_redis *r, int replicas, int timeout_ms, cc_redis_wait_cb cb, void *payload);
 
 /** Sends a command. Returns 0 when queued (cb will be called exactly once), or -1

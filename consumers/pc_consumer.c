@@ -34,11 +34,11 @@
  * every step is idempotent by payment id. Earlier batches still complete and commit.
  *
  * WAIT covers only the writes made on its own connection, and the batch's steps ran
- * on any connection of the pool: so the batch ends with a fence write (INCR
- * cc:pc:fence), then cc_redis_wait, which WAITs on every connection of the pool. The
- * fence's replication offset is past every write Redis applied before it, including
- * all of this batch's (their replies came first), and those of an earlier attempt of
- * a redelivered batch, which may write nothing itself.
+ * on any connection of the pool (of any primary, on a Redis Cluster): so the batch
+ * ends with cc_redis_wait, which writes a fence and WAITs on every connection of every
+ * primary. The fences' replication offsets are past every write Redis applied before
+ * them, including all of this batch's (their replies came first), and those of an
+ * earlier attempt of a redelivered batch, which may write nothing itself.
  *
  * Partitions revoked by a rebalance are unassigned at once: their buffered messages
  * are dropped and in-flight work on them is never committed (another consumer owns
@@ -72,7 +72,6 @@
 
 #define SEATS_MAX 16
 #define NOSCRIPT_TRIES 4
-#define FENCE_KEY "cc:pc:fence"
 
 /* ---- state ---- */
 
@@ -457,40 +456,16 @@ static void on_wait(int acked, const char *err, void *payload) {
     batch_check(b);
 }
 
-static void on_fence(redisReply *r, const char *err, void *payload) {
-    batch *b = payload;
-    pc *p = b->p;
-    b->pending--;
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        p->n_redis_errors++;
-        doom_from(p, b, r ? r->str : err);
-    } else if (!b->doomed) {
-        if (cc_redis_wait(p->redis, p->cfg.redis_wait_replicas, p->cfg.redis_wait_timeout_ms, on_wait, b) == 0)
-            b->pending++;
-        else
-            doom_from(p, b, "redis unavailable");
-    }
-    batch_check(b);
-}
-
-/* The fence: one write after every write of the batch was answered; its replication
- * offset is past all of them and past those of an earlier attempt of a redelivered
- * batch (which may now write nothing). cc_redis_wait then waits on every connection,
- * so also on the fence's. With a Redis Cluster the fence key lives on one primary:
- * there a redelivered batch relies on the writes of its own attempt (docs/DATA.md). */
+/* Replicated when asked: cc_redis_wait writes a fence and WAITs on every connection
+ * of every primary, so it covers this batch's writes and those of an earlier attempt
+ * of a redelivered batch (which may now write nothing). */
 static void start_wait(batch *b) {
     pc *p = b->p;
     b->phase = B_WAIT;
-    if (cc_redis_is_cluster(p->redis)) {
-        if (cc_redis_wait(p->redis, p->cfg.redis_wait_replicas, p->cfg.redis_wait_timeout_ms, on_wait, b) == 0)
-            b->pending++;
-        else
-            doom_from(p, b, "redis unavailable");
-        return;
-    }
-    const char *fence[] = {"INCR", FENCE_KEY};
-    if (cc_redis_command_argv(p->redis, on_fence, b, 2, fence, NULL) == 0) b->pending++;
-    else doom_from(p, b, "redis unavailable");
+    if (cc_redis_wait(p->redis, p->cfg.redis_wait_replicas, p->cfg.redis_wait_timeout_ms, on_wait, b) == 0)
+        b->pending++;
+    else
+        doom_from(p, b, "redis unavailable");
 }
 
 /* Moves a batch on once nothing of it is outstanding. */

@@ -171,6 +171,7 @@ static void start_server(void) {
     start();
     const char *flags[] = {"--admin-key", ADMIN, "--admit-interval-ms", "20", NULL};
     th_server_start(&server, cl.url, flags);
+    cr_assert(th_server_wait_serving(&server, 10000), "server not SERVING on the cluster (log %s)", server.log);
     cli = cc_client_open(server.addr);
 }
 
@@ -379,6 +380,7 @@ static void start_server_metrics(void) {
     start();
     const char *flags[] = {"--admin-key", ADMIN, "--admit-interval-ms", "20", "--metrics", "127.0.0.1:0", NULL};
     th_server_start(&server, cl.url, flags);
+    cr_assert(th_server_wait_serving(&server, 10000), "server not SERVING on the cluster (log %s)", server.log);
     cli = cc_client_open(server.addr);
 }
 

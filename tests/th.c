@@ -199,6 +199,27 @@ static int server_answers(void *arg) {
     return status.code == GRPC_STATUS_OK;
 }
 
+static int server_serving(void *arg) {
+    health_arg *h = arg;
+    if (server_exited(h->s)) return 1; /* stop waiting, the caller asserts */
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    Grpc__Health__V1__HealthCheckResponse *r = NULL;
+    cc_status status;
+    cc_client_unary(h->c, "/grpc.health.v1.Health/Check", &req.base, &grpc__health__v1__health_check_response__descriptor,
+                    (ProtobufCMessage **)&r, NULL, 0, 500, &status);
+    int ok = status.code == GRPC_STATUS_OK && r &&
+             r->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    if (r) protobuf_c_message_free_unpacked(&r->base, NULL);
+    return ok;
+}
+
+int th_server_wait_serving(th_server *s, int limit_ms) {
+    health_arg h = {s, cc_client_open(s->addr)};
+    int ok = th_wait_for(server_serving, &h, 10, limit_ms) && s->pid > 0;
+    cc_client_close(h.c);
+    return ok;
+}
+
 const char *th_server_bin(void) {
     const char *b = getenv("CONCERT_TEST_SERVER_BIN");
     return b && *b ? b : TH_SERVER_BIN;

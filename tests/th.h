@@ -60,6 +60,9 @@ void th_server_spawn(th_server *s, const char *listen, const char *redis_url, co
 int th_server_wait_exit(th_server *s, int limit_ms);
 /** 1 if the server's log holds `needle`. */
 int th_server_log_has(const th_server *s, const char *needle);
+/** Waits until Health/Check says SERVING (Redis reachable; on a cluster: the slot map
+ * known and every primary up). 1 if it did within limit_ms. */
+int th_server_wait_serving(th_server *s, int limit_ms);
 /** SIGTERM, waits; returns its exit status (or -1 if it had to be killed). */
 int th_server_stop(th_server *s);
 
