@@ -13,6 +13,7 @@
 
 #include "cc_kafka.h"
 #include "cc_log.h"
+#include "srv_errors.h"
 #include "srv_tls.h"
 #include "srv_valid.h"
 
@@ -132,6 +133,7 @@ int srv_run(const srv_config *cfg) {
                              .creds = creds, /* taken by srv_rpc_start, also when it fails */
                              .reuse_port = cfg->reuse_port,
                              .decode = srv_decode_request,
+                             .status_details = srv_err_details,
                              .on_fatal = on_rpc_fatal,
                              .fatal_payload = app};
         if (cfg->metrics && *cfg->metrics) {
