@@ -163,6 +163,17 @@ static grpc_status_code ucall_finish(ucall *u, const ProtobufCMessageDescriptor 
     if (dl >= sizeof st->message) dl = sizeof st->message - 1;
     memcpy(st->message, GRPC_SLICE_START_PTR(u->details), dl);
     st->message[dl] = '\0';
+    st->retry_after_ms = 0;
+    for (size_t i = 0; i < u->trail_md.count; i++) {
+        const grpc_metadata *m = &u->trail_md.metadata[i];
+        size_t vl = GRPC_SLICE_LENGTH(m->value);
+        if (grpc_slice_str_cmp(m->key, "retry-after-ms") == 0 && vl > 0 && vl < 20) {
+            char v[20];
+            memcpy(v, GRPC_SLICE_START_PTR(m->value), vl);
+            v[vl] = '\0';
+            st->retry_after_ms = strtoll(v, NULL, 10);
+        }
+    }
     if (resp_out) *resp_out = NULL;
     if (code == GRPC_STATUS_OK && desc && resp_out) {
         *resp_out = cc_pb_unpack(desc, u->resp);

@@ -25,6 +25,8 @@ typedef struct {
 typedef struct {
     grpc_status_code code;
     char message[512];
+    int64_t retry_after_ms; /* unary calls: the `retry-after-ms` trailer of a refusal (rate
+                               limits: when a call would pass again); 0 when none */
 } cc_status;
 
 /** Fills ops[0..3] with the client's half of a call: SEND_INITIAL_METADATA (md),

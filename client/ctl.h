@@ -76,6 +76,29 @@ int ctl_timeout(const ctl_ctx *ctx, int dflt);
 int ctl_unary(ctl_ctx *ctx, const char *method, const ProtobufCMessage *req,
               const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp_out);
 
+/** Every page of a paginated List call (AIP-158: request fields page_token, response
+ * fields next_page_token and the repeated `items` field): the pages as unpacked, and
+ * a view while this lives: the first page's message holding every page's items in
+ * order, next_page_token "". */
+typedef struct {
+    ProtobufCMessage *msg; /* the view (the first page), or NULL before the first page */
+    ProtobufCMessage **pages;
+    size_t n_pages;
+    const ProtobufCFieldDescriptor *items; /* the repeated field merged */
+    void **own_items;                      /* the first page's own array, put back by ctl_pages_free */
+    size_t own_n;
+    char *own_token;
+} ctl_pages;
+
+/** Calls the List `method` with `req` page after page (setting req's page_token each
+ * time; it is "" again on return), until a reply's next_page_token is empty. Each page
+ * is one call with its own deadline; a page refused by a rate limit is asked again
+ * after its `retry-after-ms` (up to 5 times). Returns 0 with *out filled (free with
+ * ctl_pages_free), or prints the error and returns the exit status (*out is freed). */
+int ctl_unary_pages(ctl_ctx *ctx, const char *method, ProtobufCMessage *req,
+                    const ProtobufCMessageDescriptor *resp_desc, const char *items, ctl_pages *out);
+void ctl_pages_free(ctl_pages *p);
+
 /** Starts a server stream with the command's metadata; deadline ctl_timeout(ctx, 0)
  * (streams run until they end unless --timeout-ms is given). NULL on failure, after
  * printing the error; *exit_out is then the exit status. */

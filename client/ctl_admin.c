@@ -286,14 +286,14 @@ static int run_concert_create(ctl_ctx *ctx) {
 static int run_concert_list(ctl_ctx *ctx) {
     Concert__V1__ListConcertsRequest req;
     concert__v1__list_concerts_request__init(&req);
-    ProtobufCMessage *resp;
-    int rc =
-        ctl_unary(ctx, AS "ListConcerts", &req.base, &concert__v1__list_concerts_response__descriptor, &resp);
+    ctl_pages pages; /* every page */
+    int rc = ctl_unary_pages(ctx, AS "ListConcerts", &req.base, &concert__v1__list_concerts_response__descriptor,
+                             "concerts", &pages);
     if (rc) return rc;
-    Concert__V1__ListConcertsResponse *r = (void *)resp;
+    Concert__V1__ListConcertsResponse *r = (void *)pages.msg;
     if (r->n_concerts > 1) qsort(r->concerts, r->n_concerts, sizeof *r->concerts, concert_cmp);
-    ctl_print(ctx, resp, human_concerts);
-    protobuf_c_message_free_unpacked(resp, NULL);
+    ctl_print(ctx, pages.msg, human_concerts);
+    ctl_pages_free(&pages);
     return CTL_EXIT_OK;
 }
 
@@ -563,7 +563,8 @@ const ctl_cmd ctl_admin_cmds[] = {
      "admin policy set).\n" ADMIN_KEY_HELP,
      concert_create_opts, CTL_SEND_ADMIN, 0, run_concert_create},
     {"admin concert list", "list every concert", "",
-     "Calls AdminService.ListConcerts; prints one concert per line, sorted by id.\n" ADMIN_KEY_HELP, NULL,
+     "Calls AdminService.ListConcerts, page after page; prints one concert per line,\n"
+     "sorted by id.\n" ADMIN_KEY_HELP, NULL,
      CTL_SEND_ADMIN, 0, run_concert_list},
     {"admin schedule create", "add a show date with its seat map and prices",
      "--concert ID --schedule ID --starts TIME --seats SPEC",

@@ -45,17 +45,18 @@ static int run_audit(ctl_ctx *ctx) {
     if (audit_concert) return audit_one(ctx, audit_concert);
     Concert__V1__ListConcertsRequest req;
     concert__v1__list_concerts_request__init(&req);
-    ProtobufCMessage *resp;
-    int rc = ctl_unary(ctx, AS "ListConcerts", &req.base, &concert__v1__list_concerts_response__descriptor, &resp);
+    ctl_pages pages;
+    int rc = ctl_unary_pages(ctx, AS "ListConcerts", &req.base, &concert__v1__list_concerts_response__descriptor,
+                             "concerts", &pages);
     if (rc) return rc;
-    const Concert__V1__ListConcertsResponse *l = (const void *)resp;
+    const Concert__V1__ListConcertsResponse *l = (const void *)pages.msg;
     int worst = CTL_EXIT_OK;
     for (size_t i = 0; i < l->n_concerts; i++) {
         int r = audit_one(ctx, l->concerts[i]->concert_id);
         if (r != CTL_EXIT_OK && (worst == CTL_EXIT_OK || worst == CTL_EXIT_NEGATIVE)) worst = r;
     }
     if (l->n_concerts == 0 && !ctx->json) printf("audit: no concerts\n");
-    protobuf_c_message_free_unpacked(resp, NULL);
+    ctl_pages_free(&pages);
     return worst;
 }
 

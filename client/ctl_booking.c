@@ -180,10 +180,11 @@ static int run_seats(ctl_ctx *ctx) {
     Concert__V1__ListSeatsRequest req;
     concert__v1__list_seats_request__init(&req);
     req.schedule_id = (char *)seats_schedule;
-    ProtobufCMessage *resp;
-    if ((rc =
-             ctl_unary(ctx, BS "ListSeats", &req.base, &concert__v1__list_seats_response__descriptor, &resp)))
+    ctl_pages pages; /* every page: the whole schedule */
+    if ((rc = ctl_unary_pages(ctx, BS "ListSeats", &req.base, &concert__v1__list_seats_response__descriptor, "seats",
+                              &pages)))
         return rc;
+    ProtobufCMessage *resp = pages.msg;
     Concert__V1__ListSeatsResponse *r = (void *)resp;
     Concert__V1__Seat **all = r->seats, **avail = NULL;
     size_t n_all = r->n_seats;
@@ -201,7 +202,7 @@ static int run_seats(ctl_ctx *ctx) {
     r->seats = all;
     r->n_seats = n_all;
     free(avail);
-    protobuf_c_message_free_unpacked(resp, NULL);
+    ctl_pages_free(&pages);
     return CTL_EXIT_OK;
 }
 
@@ -325,10 +326,11 @@ const ctl_cmd ctl_booking_cmds[] = {
      schedules_opts, CTL_SEND_AUTH, 0, run_schedules},
     {"booking seats", "a schedule's seats: counts, then ranges by price and state",
      "--schedule ID [--available]",
-     "Calls BookingService.ListSeats. Prints a summary line, then one line per price and\n"
-     "state with the seat numbers as ranges (long lists are cut short). With --available\n"
-     "only the AVAILABLE seats. --json prints the whole reply (every seat with number,\n"
-     "price and state; with --available only the available ones).\n" TOKEN_HELP,
+     "Calls BookingService.ListSeats, page after page (the whole schedule). Prints a\n"
+     "summary line, then one line per price and state with the seat numbers as ranges\n"
+     "(long lists are cut short). With --available only the AVAILABLE seats. --json\n"
+     "prints every page as one reply (every seat with number, price and state; with\n"
+     "--available only the available ones).\n" TOKEN_HELP,
      seats_opts, CTL_SEND_AUTH, 0, run_seats},
     {"booking reserve", "hold seats, all or nothing, until the hold lapses", "--schedule ID --seats 3,4,5",
      "Calls BookingService.ReserveSeats. Either every seat is held for you or none is:\n"

@@ -38,16 +38,113 @@ static int build_md(const ctl_ctx *ctx, cc_md md[2], char **bearer_out) {
     return n;
 }
 
-int ctl_unary(ctl_ctx *ctx, const char *method, const ProtobufCMessage *req,
-              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp_out) {
+static grpc_status_code unary(ctl_ctx *ctx, const char *method, const ProtobufCMessage *req,
+                              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp_out, cc_status *st) {
     cc_md md[2];
     char *bearer;
     int n_md = build_md(ctx, md, &bearer);
-    cc_status st;
     grpc_status_code code = cc_client_unary(ctl_client(ctx), method, req, resp_desc, resp_out, md, n_md,
-                                            ctl_timeout(ctx, CTL_DEFAULT_TIMEOUT_MS), &st);
+                                            ctl_timeout(ctx, CTL_DEFAULT_TIMEOUT_MS), st);
     free(bearer);
-    return code == GRPC_STATUS_OK ? CTL_EXIT_OK : ctl_fail(&st);
+    return code;
+}
+
+int ctl_unary(ctl_ctx *ctx, const char *method, const ProtobufCMessage *req,
+              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp_out) {
+    cc_status st;
+    return unary(ctx, method, req, resp_desc, resp_out, &st) == GRPC_STATUS_OK ? CTL_EXIT_OK : ctl_fail(&st);
+}
+
+/* A string field of `msg` by name (NULL if it has none). */
+static char **str_field(ProtobufCMessage *msg, const char *name) {
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, name);
+    return f && f->type == PROTOBUF_C_TYPE_STRING ? (char **)((char *)msg + f->offset) : NULL;
+}
+
+void ctl_pages_free(ctl_pages *p) {
+    if (p->msg) {
+        char *base = (char *)p->msg;
+        free(*(void ***)(base + p->items->offset));
+        *(void ***)(base + p->items->offset) = p->own_items;
+        *(size_t *)(base + p->items->quantifier_offset) = p->own_n;
+        *str_field(p->msg, "next_page_token") = p->own_token;
+    }
+    for (size_t i = 0; i < p->n_pages; i++) protobuf_c_message_free_unpacked(p->pages[i], NULL);
+    free(p->pages);
+    memset(p, 0, sizeof *p);
+}
+
+#define PAGE_RETRIES 5
+
+int ctl_unary_pages(ctl_ctx *ctx, const char *method, ProtobufCMessage *req,
+                    const ProtobufCMessageDescriptor *resp_desc, const char *items, ctl_pages *out) {
+    memset(out, 0, sizeof *out);
+    out->items = protobuf_c_message_descriptor_get_field_by_name(resp_desc, items);
+    char **req_token = str_field(req, "page_token");
+    if (!out->items || out->items->label != PROTOBUF_C_LABEL_REPEATED || !req_token) abort(); /* a programming error */
+    char *empty = *req_token, *token = NULL;
+    size_t total = 0;
+    int rc = CTL_EXIT_OK;
+    for (;;) {
+        *req_token = token ? token : empty;
+        ProtobufCMessage *resp;
+        cc_status st;
+        grpc_status_code code;
+        /* A rate limit met while following the pages: wait as long as it says (a few
+         * times), as a polite client does. */
+        for (int tries = 0;; tries++) {
+            code = unary(ctx, method, req, resp_desc, &resp, &st);
+            if (code != GRPC_STATUS_RESOURCE_EXHAUSTED || st.retry_after_ms <= 0 || st.retry_after_ms > 10000 ||
+                tries == PAGE_RETRIES)
+                break;
+            struct timespec ts = {st.retry_after_ms / 1000, (long)(st.retry_after_ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+        if (code != GRPC_STATUS_OK) {
+            rc = ctl_fail(&st);
+            break;
+        }
+        out->pages = realloc(out->pages, (out->n_pages + 1) * sizeof *out->pages);
+        if (!out->pages) abort();
+        out->pages[out->n_pages++] = resp;
+        total += *(size_t *)((char *)resp + out->items->quantifier_offset);
+        const char *next = *str_field(resp, "next_page_token");
+        if (!next || !*next) break;
+        if (token && !strcmp(token, next)) {
+            fprintf(stderr, "concertctl: %s: the server answered the same page token twice\n", method);
+            rc = GRPC_STATUS_INTERNAL;
+            break;
+        }
+        free(token);
+        token = strdup(next);
+        if (!token) abort();
+    }
+    *req_token = empty;
+    free(token);
+    if (rc) {
+        ctl_pages_free(out);
+        return rc;
+    }
+    /* The view: every page's items in the first page's message. */
+    char *base = (char *)out->pages[0];
+    void **all = malloc((total ? total : 1) * sizeof *all);
+    if (!all) abort();
+    size_t k = 0;
+    for (size_t i = 0; i < out->n_pages; i++) {
+        char *pb = (char *)out->pages[i];
+        size_t n = *(size_t *)(pb + out->items->quantifier_offset);
+        memcpy(all + k, *(void ***)(pb + out->items->offset), n * sizeof *all);
+        k += n;
+    }
+    out->msg = out->pages[0];
+    out->own_items = *(void ***)(base + out->items->offset);
+    out->own_n = *(size_t *)(base + out->items->quantifier_offset);
+    *(void ***)(base + out->items->offset) = all;
+    *(size_t *)(base + out->items->quantifier_offset) = total;
+    char **tok = str_field(out->msg, "next_page_token");
+    out->own_token = *tok;
+    *tok = (char *)"";
+    return CTL_EXIT_OK;
 }
 
 cc_stream *ctl_stream(ctl_ctx *ctx, const char *method, const ProtobufCMessage *req, int *exit_out) {

@@ -283,7 +283,7 @@ int cc_kafka_ensure_topics(const char *brokers, int request_partitions, int rf, 
     return rc;
 }
 
-typedef struct {
+struct cc_kafka_topics_req {
     uv_loop_t *loop;
     topics_req t;
     kq w;
@@ -292,13 +292,22 @@ typedef struct {
     cc_kafka_topics_cb cb;
     void *payload;
     int answered;
-} topics_async;
+};
+typedef struct cc_kafka_topics_req topics_async;
 
 static void topics_async_closed(void *arg) { free(arg); }
 
 static void topics_async_destroyed(void *arg) {
     topics_async *a = arg;
     kq_close(&a->w, topics_async_closed);
+}
+
+/* The request is over (answered or cancelled): free it, stop watching its queue, and
+ * destroy the admin client off the loop. */
+static void topics_async_drop(topics_async *a) {
+    topics_req_free(&a->t);
+    kq_detach(&a->w);
+    destroy_off_loop(a->loop, a->t.rk, topics_async_destroyed, a);
 }
 
 static void topics_async_serve(void *arg) {
@@ -311,13 +320,17 @@ static void topics_async_serve(void *arg) {
     rd_kafka_event_destroy(ev);
     a->answered = 1;
     a->cb(rc == 0 ? NULL : err, a->payload);
-    topics_req_free(&a->t);
-    kq_detach(&a->w);
-    destroy_off_loop(a->loop, a->t.rk, topics_async_destroyed, a);
+    topics_async_drop(a);
 }
 
-void cc_kafka_ensure_topics_async(uv_loop_t *loop, const char *brokers, int request_partitions, int rf,
-                                  int timeout_ms, cc_kafka_topics_cb cb, void *payload) {
+void cc_kafka_topics_cancel(cc_kafka_topics_req *a) {
+    if (!a || a->answered) return;
+    a->answered = 1;
+    topics_async_drop(a);
+}
+
+cc_kafka_topics_req *cc_kafka_ensure_topics_async(uv_loop_t *loop, const char *brokers, int request_partitions,
+                                                  int rf, int timeout_ms, cc_kafka_topics_cb cb, void *payload) {
     if (timeout_ms <= 0) timeout_ms = 10000;
     topics_async *a = calloc(1, sizeof *a);
     if (!a) abort();
@@ -331,7 +344,7 @@ void cc_kafka_ensure_topics_async(uv_loop_t *loop, const char *brokers, int requ
         if (a->t.rk) rd_kafka_destroy(a->t.rk);
         cb(err, payload);
         free(a);
-        return;
+        return NULL;
     }
     if (kq_start(&a->w, loop, a->t.q, topics_async_serve, a, err, sizeof err) < 0) {
         /* Without the queue the answer cannot reach us; give up now. */
@@ -339,7 +352,9 @@ void cc_kafka_ensure_topics_async(uv_loop_t *loop, const char *brokers, int requ
         rd_kafka_destroy(a->t.rk);
         cb(err, payload);
         free(a);
+        return NULL;
     }
+    return a;
 }
 
 /* ---- producer ---- */

@@ -45,11 +45,19 @@ int cc_kafka_ensure_topics(const char *brokers, int request_partitions, int rf, 
 /** Called on the loop with NULL (topics exist) or the reason they could not be checked. */
 typedef void (*cc_kafka_topics_cb)(const char *err, void *payload);
 
+typedef struct cc_kafka_topics_req cc_kafka_topics_req;
+
 /** cc_kafka_ensure_topics without blocking the loop: the admin request and its answer
- * go through the loop; `cb` is called exactly once (also on failure to start). The
- * admin client is destroyed off the loop (uv_queue_work) afterwards. */
-void cc_kafka_ensure_topics_async(uv_loop_t *loop, const char *brokers, int request_partitions, int rf,
-                                  int timeout_ms, cc_kafka_topics_cb cb, void *payload);
+ * go through the loop; `cb` is called exactly once (also on failure to start), unless
+ * the request is cancelled first. The admin client is destroyed off the loop
+ * (uv_queue_work) afterwards. Returns the pending request, or NULL when `cb` has
+ * already run (it could not start). The request frees itself after `cb`. */
+cc_kafka_topics_req *cc_kafka_ensure_topics_async(uv_loop_t *loop, const char *brokers, int request_partitions,
+                                                  int rf, int timeout_ms, cc_kafka_topics_cb cb, void *payload);
+
+/** Drops a pending request (shutdown): `cb` will not be called, and the loop is not
+ * kept waiting for the broker's answer. Only before `cb` has run. */
+void cc_kafka_topics_cancel(cc_kafka_topics_req *req);
 
 /* ---- producer ---- */
 

@@ -195,6 +195,9 @@ cmd_start() {
       echo "cluster-config-file $d/nodes.conf"
       echo "cluster-node-timeout $NODE_TIMEOUT"
       echo "cluster-replica-validity-factor 0"
+      # A failed primary must not stop the others: with full coverage required (the
+      # default) every node answers CLUSTERDOWN until the failover is over.
+      echo "cluster-require-full-coverage no"
       echo "cluster-allow-reads-when-down no"
       echo "dir $d"
       echo "save \"\""

@@ -1,7 +1,8 @@
 /* srv_admin: AdminService. Every call is checked against --admin-key first (constant
  * time); a server without a key refuses all of them. Catalogue keys live under the
  * concert's hash tag (see srv_booking.c); the list of concerts is one global hash,
- * cc:concerts (id -> "created|name"). A concert exists once created here: only then
+ * cc:concerts (id -> "created|name"), indexed for paging by {cc:concerts}:ids (a zset
+ * of the ids, read by ZRANGEBYLEX). A concert exists once created here: only then
  * may users join its queue (its ticks start with the first user, see srv_queue.c). */
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,17 +11,22 @@
 
 #include "cc_log.h"
 #include "concert/v1/admin.pb-c.h"
+#include "srv_api.h"
 #include "srv_app.h"
 #include "srv_valid.h"
 
 #define MAX_SEATS 100000
 #define MAX_PRICE 1000000000000LL
+#define CONCERTS_PAGE_DEFAULT 100
+#define CONCERTS_PAGE_MAX 1000
+#define CATALOGUE_KEY "cc:concerts"
+#define CATALOGUE_INDEX_KEY "{cc:concerts}:ids" /* in cc:concerts' slot */
 
 extern const unsigned char lua_adm_concert[], lua_adm_schedule[], lua_adm_stats[], lua_adm_policy[],
-    lua_adm_audit[], lua_wallet_audit[];
+    lua_adm_audit[], lua_wallet_audit[], lua_adm_list[];
 extern const size_t lua_adm_concert_len, lua_adm_schedule_len, lua_adm_stats_len, lua_adm_policy_len,
-    lua_adm_audit_len, lua_wallet_audit_len;
-static cc_redis_script s_concert, s_schedule, s_stats, s_policy, s_audit, s_wallet_audit;
+    lua_adm_audit_len, lua_wallet_audit_len, lua_adm_list_len;
+static cc_redis_script s_concert, s_schedule, s_stats, s_policy, s_audit, s_wallet_audit, s_list;
 
 typedef struct {
     srv_call *call;
@@ -28,6 +34,7 @@ typedef struct {
     char sched[SRV_MAX_ID + 1];
     char name[201];
     int64_t starts;
+    int page_size; /* ListConcerts */
 } actx;
 
 static actx *actx_new(srv_call *call, const char *concert) {
@@ -61,7 +68,8 @@ static void on_concert(redisReply *r, const char *err, void *p) {
         int64_t created = srv_int_at(r, 1);
         char val[240];
         snprintf(val, sizeof val, "%" PRId64 "|%s", created, a->name);
-        cc_redis_command(app->redis, ignore_reply, NULL, "HSET cc:concerts %s %s", a->concert, val);
+        cc_redis_command(app->redis, ignore_reply, NULL, "HSET " CATALOGUE_KEY " %s %s", a->concert, val);
+        cc_redis_command(app->redis, ignore_reply, NULL, "ZADD " CATALOGUE_INDEX_KEY " 0 %s", a->concert);
         CC_INFO("concert_created", "concert=%s", a->concert);
         Concert__V1__Concert c;
         concert__v1__concert__init(&c);
@@ -91,28 +99,37 @@ void srv_admin_create_concert(srv_call *call) {
     send_or_fail(a, cc_redis_eval(app->redis, &s_concert, on_concert, a, 1, 3, args, NULL));
 }
 
+/* adm_list's reply {0, id, "created|name", ...}: up to page_size + 1 ids, the extra one
+ * only telling that another page follows. */
 static void on_list(redisReply *r, const char *err, void *p) {
     actx *a = p;
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
-        srv_fail_redis(a->call, r, err);
-    } else {
-        size_t n = r->elements / 2;
+    if (srv_script_ok(a->call, r, err)) {
+        size_t got = (r->elements - 1) / 2, n = got > (size_t)a->page_size ? (size_t)a->page_size : got;
         Concert__V1__Concert *items = calloc(n ? n : 1, sizeof *items);
         Concert__V1__Concert **ptrs = calloc(n ? n : 1, sizeof *ptrs);
         if (!items || !ptrs) abort();
+        size_t k = 0;
         for (size_t i = 0; i < n; i++) {
-            concert__v1__concert__init(&items[i]);
-            items[i].concert_id = (char *)srv_str_at(r, 2 * i);
-            const char *v = srv_str_at(r, 2 * i + 1);
-            items[i].created_at_unix_ms = strtoll(v, NULL, 10);
+            const char *v = srv_str_at(r, 2 + 2 * i);
+            if (!*v) continue; /* indexed, but its catalogue entry is missing */
+            concert__v1__concert__init(&items[k]);
+            items[k].concert_id = (char *)srv_str_at(r, 1 + 2 * i);
+            items[k].created_at_unix_ms = strtoll(v, NULL, 10);
             const char *bar = strchr(v, '|');
-            items[i].name = (char *)(bar ? bar + 1 : "");
-            ptrs[i] = &items[i];
+            items[k].name = (char *)(bar ? bar + 1 : "");
+            ptrs[k] = &items[k];
+            k++;
         }
         Concert__V1__ListConcertsResponse resp;
         concert__v1__list_concerts_response__init(&resp);
-        resp.n_concerts = n;
+        resp.n_concerts = k;
         resp.concerts = ptrs;
+        char next[SRV_PAGE_TOKEN_MAX + 1];
+        if (got > n) {
+            const char *last = srv_str_at(r, 1 + 2 * (n - 1));
+            srv_page_token(next, SRV_PAGE_CONCERTS, "", last, strlen(last));
+            resp.next_page_token = next;
+        }
         srv_call_reply(a->call, &resp.base);
         free(items);
         free(ptrs);
@@ -121,10 +138,29 @@ static void on_list(redisReply *r, const char *err, void *p) {
 }
 
 void srv_admin_list_concerts(srv_call *call) {
+    const Concert__V1__ListConcertsRequest *req = (const void *)srv_call_request(call);
     actx *a = actx_new(call, NULL);
     if (!a) return;
+    srv_page pg;
+    char err[160];
+    int rc = srv_page_read(&pg, req->page_size, req->page_token, SRV_PAGE_CONCERTS, "", CONCERTS_PAGE_DEFAULT,
+                           CONCERTS_PAGE_MAX, err, sizeof err);
+    if (rc == 0 && pg.cursor_len) { /* the cursor: the last id of the previous page */
+        if (pg.cursor_len > SRV_MAX_ID) pg.cursor_len = 0;
+        memcpy(a->concert, pg.cursor, pg.cursor_len), a->concert[pg.cursor_len] = '\0';
+        if (!srv_valid_id(a->concert)) rc = -1, snprintf(err, sizeof err, "%s", SRV_PAGE_TOKEN_BAD);
+    }
+    if (rc < 0) {
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
+        free(a);
+        return;
+    }
+    a->page_size = pg.size;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", a->page_size + 1);
+    const char *args[] = {CATALOGUE_KEY, CATALOGUE_INDEX_KEY, a->concert, limit};
     srv_app *app = srv_call_app(call);
-    send_or_fail(a, cc_redis_command(app->redis, on_list, a, "HGETALL cc:concerts"));
+    send_or_fail(a, cc_redis_eval(app->redis, &s_list, on_list, a, 2, 4, args, NULL));
 }
 
 /* ---- schedules ---- */
@@ -304,7 +340,7 @@ void srv_admin_set_policy(srv_call *call) {
     for (size_t i = 0; i < req->n_update_fields; i++) {
         int f = 0;
         for (; f < F_N; f++)
-            if (!strcmp(req->update_fields[i], pol_fields[f].field)) break;
+            if (srv_field_name_is(pol_fields[f].field, req->update_fields[i])) break; /* max_active or maxActive */
         if (f == F_N) {
             srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "update_fields: unknown field '%.64s'",
                             req->update_fields[i]);
@@ -834,6 +870,7 @@ void srv_admin_init(srv_app *app) {
     srv_script_add(&s_audit, "adm_audit", NULL, 0, lua_adm_audit, lua_adm_audit_len);
     srv_script_add(&s_wallet_audit, "wallet_audit", NULL, 0, lua_wallet_audit, lua_wallet_audit_len);
     srv_script_add(&s_concert, "adm_concert", NULL, 0, lua_adm_concert, lua_adm_concert_len);
+    srv_script_add(&s_list, "adm_list", NULL, 0, lua_adm_list, lua_adm_list_len);
     srv_script_add(&s_schedule, "adm_schedule", NULL, 0, lua_adm_schedule, lua_adm_schedule_len);
     srv_script_add(&s_stats, "adm_stats", NULL, 0, lua_adm_stats, lua_adm_stats_len);
     srv_script_add(&s_policy, "adm_policy", NULL, 0, lua_adm_policy, lua_adm_policy_len);

@@ -67,6 +67,7 @@ typedef struct srv_app {
     srv_config cfg;
     cc_redis *redis;
     cc_kafka_producer *kafka; /* NULL without --kafka */
+    struct cc_kafka_topics_req *topics_req; /* the start-up topic check while pending */
     srv_rpc *rpc;
     int shutting_down;
     /* concerts known to this server, for admission ticks and watchers */

@@ -11,7 +11,8 @@
  *   P ures:<user>      zset  rid -> expiry (the user's live holds)   P uheld  hash user -> seats held
  * Every call checks the bearer token is ACTIVE inside the same script that reads or
  * changes seats, so admission and booking cannot disagree. ListSeats is rate limited
- * per token and served from srv_seatmap's cache, which this server's holds patch. */
+ * per token and served in pages from srv_seatmap's cache, which this server's holds
+ * patch. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,11 +21,16 @@
 
 #include "cc_log.h"
 #include "concert/v1/booking.pb-c.h"
+#include "srv_api.h"
 #include "srv_app.h"
 #include "srv_seatmap.h"
 #include "srv_valid.h"
 
 #define MAX_SEATS_PER_REQUEST 10
+/* ListSeats pages: ~13 bytes a seat, so the default page is ~13 KB and the largest
+ * ~65 KB (a 100,000-seat map was one 1.08 MB message). */
+#define SEATS_PAGE_DEFAULT 1000
+#define SEATS_PAGE_MAX 5000
 
 extern const unsigned char lua_bk_lib[], lua_bk_reserve[], lua_bk_get[], lua_bk_list[], lua_bk_sweep[];
 extern const size_t lua_bk_lib_len, lua_bk_reserve_len, lua_bk_get_len, lua_bk_list_len, lua_bk_sweep_len;
@@ -39,6 +45,8 @@ typedef struct {
     char tag_key[SRV_MAX_ID + 16];
     char sched[SRV_MAX_ID + 1];
     int reserving; /* the reply is a new hold (else a read or a cancel) */
+    int32_t page_after; /* ListSeats: the page's seats are numbered above this */
+    int page_size;
 } bctx;
 
 /* Authenticates and allocates the call context; NULL when the call was finished. */
@@ -242,7 +250,8 @@ static void on_seats_check(redisReply *r, const char *err, void *p) {
     bctx *b = p;
     if (srv_script_ok(b->call, r, err)) {
         srv_app *app = srv_call_app(b->call);
-        srv_seatmaps_serve(app->seatmaps, b->call, b->concert, b->sched, srv_int_at(r, 1));
+        srv_seatmaps_serve(app->seatmaps, b->call, b->concert, b->sched, srv_int_at(r, 1), b->page_after,
+                           b->page_size);
     }
     free(b);
 }
@@ -255,6 +264,23 @@ void srv_booking_list_seats(srv_call *call) {
     }
     bctx *b = bctx_new(call);
     if (!b) return;
+    char scope[2 * SRV_MAX_ID + 2], err[160];
+    snprintf(scope, sizeof scope, "%s/%s", b->concert, req->schedule_id);
+    srv_page pg;
+    int rc = srv_page_read(&pg, req->page_size, req->page_token, SRV_PAGE_SEATS, scope, SEATS_PAGE_DEFAULT,
+                           SEATS_PAGE_MAX, err, sizeof err);
+    if (rc == 0 && pg.cursor_len) { /* the cursor: the previous page's last seat number, 4 bytes big-endian */
+        const uint8_t *c = pg.cursor;
+        if (pg.cursor_len == 4)
+            b->page_after = (int32_t)((uint32_t)c[0] << 24 | (uint32_t)c[1] << 16 | (uint32_t)c[2] << 8 | c[3]);
+        if (b->page_after < 1) rc = -1, snprintf(err, sizeof err, "%s", SRV_PAGE_TOKEN_BAD);
+    }
+    if (rc < 0) {
+        srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
+        free(b);
+        return;
+    }
+    b->page_size = pg.size;
     if (srv_limit_call(call, "token", b->token) < 0) {
         free(b);
         return;

@@ -585,12 +585,15 @@ static void feed_setup(void);
 static void on_retry(uv_timer_t *t) { feed_setup(); }
 
 /* Off the loop (these librdkafka calls block): the partitions of the results topic
- * and each one's end offset. */
+ * and each one's end offset. Each call waits at most SETUP_WAIT_MS: a pending job
+ * keeps the loop (and so a shutdown) waiting, and an unreachable broker is retried
+ * with backoff from the loop anyway. */
+#define SETUP_WAIT_MS 1000
 static void setup_work(uv_work_t *w) {
     setup_job *j = w->data;
     rd_kafka_topic_t *t = rd_kafka_topic_new(j->rk, CC_TOPIC_PAYMENT_RESULTS, NULL);
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t e = rd_kafka_metadata(j->rk, 0, t, &md, 5000);
+    rd_kafka_resp_err_t e = rd_kafka_metadata(j->rk, 0, t, &md, SETUP_WAIT_MS);
     int n = 0;
     if (!e) {
         if (md->topic_cnt == 1 && !md->topics[0].err) n = md->topics[0].partition_cnt;
@@ -606,7 +609,7 @@ static void setup_work(uv_work_t *w) {
     j->l = rd_kafka_topic_partition_list_new(n);
     for (int i = 0; i < n; i++) {
         int64_t lo = 0, hi = 0;
-        e = rd_kafka_query_watermark_offsets(j->rk, CC_TOPIC_PAYMENT_RESULTS, i, &lo, &hi, 5000);
+        e = rd_kafka_query_watermark_offsets(j->rk, CC_TOPIC_PAYMENT_RESULTS, i, &lo, &hi, SETUP_WAIT_MS);
         if (e) {
             snprintf(j->err, sizeof j->err, "end offset of %s[%d]: %s", CC_TOPIC_PAYMENT_RESULTS, i,
                      rd_kafka_err2str(e));

@@ -47,6 +47,8 @@ typedef struct srv_slot {
     grpc_byte_buffer *payload;
 } srv_slot;
 
+#define MAX_TRAILERS 4 /* srv_call_add_trailer's; one more slot for grpc-status-details-bin */
+
 typedef struct wq {
     grpc_byte_buffer *bb;
     struct wq *next;
@@ -78,7 +80,7 @@ struct srv_call {
     int in_list;
     srv_call *prev, *next; /* all live calls, for shutdown */
     int sent_initial_md;
-    grpc_metadata trailers[4]; /* sent with the status; slices owned by the call */
+    grpc_metadata trailers[MAX_TRAILERS + 1]; /* sent with the status (+ the details); slices owned by the call */
     size_t n_trailers;
     uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
 };
@@ -321,6 +323,17 @@ static void send_status(srv_call *c) {
         c->sent_initial_md = 1;
     }
     grpc_slice details = grpc_slice_from_copied_string(c->details ? c->details : "");
+    if (c->code != GRPC_STATUS_OK && c->s->cfg.status_details && c->n_trailers <= MAX_TRAILERS) {
+        grpc_slice d = c->s->cfg.status_details(c, c->code, c->details ? c->details : "");
+        if (GRPC_SLICE_LENGTH(d)) {
+            grpc_metadata *m = &c->trailers[c->n_trailers++];
+            memset(m, 0, sizeof *m);
+            m->key = grpc_slice_from_static_string("grpc-status-details-bin");
+            m->value = d;
+        } else {
+            grpc_slice_unref(d);
+        }
+    }
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[n].data.send_status_from_server.status = c->code;
     ops[n].data.send_status_from_server.status_details = &details;
@@ -752,11 +765,40 @@ void srv_call_peer_addr(const srv_call *c, char *out, size_t len) {
 }
 
 void srv_call_add_trailer(srv_call *c, const char *key, const char *value) {
-    if (c->n_trailers >= sizeof c->trailers / sizeof *c->trailers) return;
+    if (c->n_trailers >= MAX_TRAILERS) return;
     grpc_metadata *m = &c->trailers[c->n_trailers++];
     memset(m, 0, sizeof *m);
     m->key = grpc_slice_from_copied_string(key);
     m->value = grpc_slice_from_copied_string(value);
+}
+
+const char *srv_call_trailer(const srv_call *c, const char *key, size_t *len) {
+    size_t kl = strlen(key);
+    for (size_t i = 0; i < c->n_trailers; i++) {
+        const grpc_metadata *m = &c->trailers[i];
+        if (GRPC_SLICE_LENGTH(m->key) == kl && !memcmp(GRPC_SLICE_START_PTR(m->key), key, kl)) {
+            *len = GRPC_SLICE_LENGTH(m->value);
+            return (const char *)GRPC_SLICE_START_PTR(m->value);
+        }
+    }
+    return NULL;
+}
+
+/* Makes `s` valid UTF-8 in place: a sequence cut at the end (a %.Ns) is dropped, any
+ * other invalid byte becomes '?'. Clients decode status messages as UTF-8. */
+static void utf8_clean(char *s) {
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        size_t n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3 : (*p & 0xf8) == 0xf0 ? 4 : 0;
+        unsigned cp = n == 2 ? *p & 0x1fu : n == 3 ? *p & 0x0fu : *p & 0x07u;
+        size_t i = 1;
+        for (; n > 1 && i < n && (p[i] & 0xc0) == 0x80; i++) cp = cp << 6 | (p[i] & 0x3fu);
+        int ok = n == 1 || (n > 1 && i == n && !(n == 2 && cp < 0x80) && !(n == 3 && cp < 0x800) &&
+                            !(n == 4 && (cp < 0x10000 || cp > 0x10ffff)) && !(cp >= 0xd800 && cp <= 0xdfff));
+        if (ok) p += n;
+        else if (n > 1 && !p[i]) *p = '\0'; /* cut short at the end */
+        else *p++ = '?';
+    }
 }
 
 void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
@@ -802,6 +844,7 @@ void srv_call_finish(srv_call *c, grpc_status_code code, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(buf, sizeof buf, fmt, ap);
         va_end(ap);
+        utf8_clean(buf);
         c->details = strdup(buf);
     }
     if (code != GRPC_STATUS_OK) drop_queue(c); /* errors discard queued stream messages */

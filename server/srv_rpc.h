@@ -61,6 +61,11 @@ typedef struct {
     void (*on_call_start)(void *app, int method);
     void (*on_call_end)(void *app, int method, grpc_status_code code, double seconds);
     grpc_server_credentials *creds; /* taken and released by srv_rpc_start; NULL = plaintext */
+    /* Optional, run on the loop for every non-OK status the server sends (not for those
+     * gRPC core makes itself, e.g. DEADLINE_EXCEEDED): the value of trailer
+     * `grpc-status-details-bin` (a serialized google.rpc.Status whose code and message
+     * are `code` and `message`), a new slice srv_rpc takes; an empty slice for none. */
+    grpc_slice (*status_details)(srv_call *c, grpc_status_code code, const char *message);
 } srv_rpc_config;
 
 /** Creates, binds and starts the server. `methods` must outlive it; `app` is handed
@@ -100,8 +105,13 @@ void srv_call_reply_raw(srv_call *c, grpc_byte_buffer *bb);
 /** Adds trailing metadata sent with the call's status (e.g. "retry-after-ms"); at
  * most 4 pairs, copied. Call before srv_call_finish. */
 void srv_call_add_trailer(srv_call *c, const char *key, const char *value);
-/** Unary or stream: ends the call with `code` and a message naming the problem.
- * Pending stream messages are sent first. The handler must not touch `c` after. */
+/** A trailer added with srv_call_add_trailer, or NULL. Not NUL-terminated: *len. */
+const char *srv_call_trailer(const srv_call *c, const char *key, size_t *len);
+/** Unary or stream: ends the call with `code` and a message naming the problem
+ * (invalid UTF-8 in it, e.g. a character cut by a %.Ns, is replaced: clients decode
+ * the message as UTF-8). With cfg.status_details, a non-OK status also carries the
+ * structured details. Pending stream messages are sent first. The handler must not
+ * touch `c` after. */
 void srv_call_finish(srv_call *c, grpc_status_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

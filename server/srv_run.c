@@ -15,6 +15,7 @@
 #include "cc_log.h"
 #include "srv_adapt.h"
 #include "srv_receipt.h"
+#include "srv_errors.h"
 #include "srv_tls.h"
 #include "srv_valid.h"
 
@@ -26,6 +27,7 @@ static void on_kafka_state(int up, void *payload) { srv_metrics_kafka_state(payl
 
 static void on_topics(const char *err, void *payload) {
     srv_app *app = payload;
+    app->topics_req = NULL;
     if (err) CC_WARN("kafka_topics_unchecked", "brokers=%s reason=\"%s\"", app->cfg.kafka, err);
     else CC_DEBUG("kafka_topics_checked", "brokers=%s", app->cfg.kafka);
 }
@@ -35,6 +37,9 @@ static void on_sig_closed(uv_handle_t *h) {}
 static void on_rpc_done(void *payload) {
     srv_app *app = payload;
     app->rpc = NULL;
+    /* A broker that never answered must not hold the exit for the check's timeout. */
+    if (app->topics_req) cc_kafka_topics_cancel(app->topics_req);
+    app->topics_req = NULL;
     if (app->kafka) cc_kafka_producer_close(app->kafka, 2000);
     cc_redis_close(app->redis);
     uv_close((uv_handle_t *)&sig_term, on_sig_closed);
@@ -105,7 +110,7 @@ int srv_run(const srv_config *cfg) {
     if (!app->shutting_down && cfg->kafka && *cfg->kafka) {
         /* Topics checked in the background: start-up never waits for Kafka (the
          * producer and the results feed reconnect by themselves). */
-        cc_kafka_ensure_topics_async(app->loop, cfg->kafka, 12, -1, 10000, on_topics, app);
+        app->topics_req = cc_kafka_ensure_topics_async(app->loop, cfg->kafka, 12, -1, 10000, on_topics, app);
         cc_kafka_producer_config kc = {.brokers = cfg->kafka, .message_timeout_ms = (int)cfg->kafka_timeout_ms,
                                        .client_id = "concert-server",
                                        .linger_ms = cfg->kafka_linger_ms > 0 ? (int)cfg->kafka_linger_ms : -1};
@@ -138,6 +143,7 @@ int srv_run(const srv_config *cfg) {
                              .creds = creds, /* taken by srv_rpc_start, also when it fails */
                              .reuse_port = cfg->reuse_port,
                              .decode = srv_decode_request,
+                             .status_details = srv_err_details,
                              .on_fatal = on_rpc_fatal,
                              .fatal_payload = app};
         if (cfg->metrics && *cfg->metrics) sc.on_call_start = srv_metrics_call_start;

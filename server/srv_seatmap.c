@@ -7,9 +7,11 @@
 #include <string.h>
 
 #include "cc_log.h"
+#include "cc_pbw.h"
 #include <grpc/byte_buffer.h>
 #include <grpc/slice.h>
 #include "concert/v1/booking.pb-c.h"
+#include "srv_api.h"
 #include "srv_valid.h"
 
 #define SCAN_COUNT "5000"
@@ -21,6 +23,8 @@ enum { ST_FREE = 0, ST_HELD = 1, ST_SOLD = 2 };
 typedef struct waiter {
     srv_call *call;
     int64_t now;
+    int32_t after; /* the page: seats numbered above `after`, at most `size` */
+    int size;
     struct waiter *next;
 } waiter;
 
@@ -46,9 +50,12 @@ typedef struct seatmap {
     uint8_t *state_new;
     int64_t *exp_new;
     waiter *waiters, *waiters_tail;
-    /* the serialized reply, valid until `packed_until` (Redis ms) or a change */
+    /* the last page served, serialized: valid for the same (after, size) until
+     * `packed_until` (Redis ms) or a change */
     grpc_byte_buffer *packed;
     int64_t packed_until;
+    int32_t packed_after;
+    int packed_size;
     uint64_t used_at;
 } seatmap;
 
@@ -150,34 +157,44 @@ static void invalidate(seatmap *s) {
     s->packed = NULL;
 }
 
-/* ListSeatsResponse on the wire, written directly: field 1 schedule_id, then per seat
- * field 2 (a Seat: 1 number, 2 price, 3 state). A 100,000-seat map is ~1.4 MB; building
- * it through protobuf-c's structs cost the loop tens of milliseconds. Proto3 leaves
- * zero values out, as protobuf-c would. */
-static size_t put_varint(uint8_t *p, uint64_t v) {
-    size_t n = 0;
-    while (v >= 0x80) {
-        p[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    p[n++] = (uint8_t)v;
-    return n;
-}
-
-static void build(seatmap *s, int64_t now) {
+/* A page of ListSeatsResponse on the wire, written directly: field 1 schedule_id, then
+ * per seat field 2 (a Seat: 1 number, 2 price, 3 state), then field 3 next_page_token
+ * when seats are left. Building a 100,000-seat map through protobuf-c's structs cost the
+ * loop tens of milliseconds; a page costs microseconds. Proto3 leaves zero values out,
+ * as protobuf-c would. */
+static void build(seatmap *s, int64_t now, int32_t after, int size) {
     size_t sl = strlen(s->sched);
+    /* The first seat numbered above `after` (seats are sorted by number). */
+    size_t lo = 0, hi = s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->num[mid] <= after) lo = mid + 1;
+        else hi = mid;
+    }
+    size_t first = lo, end = s->n - first > (size_t)size ? first + (size_t)size : s->n;
+    char next[SRV_PAGE_TOKEN_MAX + 1] = "";
+    if (end < s->n) {
+        char scope[2 * SRV_MAX_ID + 2];
+        snprintf(scope, sizeof scope, "%s/%s", s->concert, s->sched);
+        uint8_t cur[4];
+        uint32_t last = (uint32_t)s->num[end - 1];
+        cur[0] = (uint8_t)(last >> 24), cur[1] = (uint8_t)(last >> 16), cur[2] = (uint8_t)(last >> 8),
+        cur[3] = (uint8_t)last;
+        srv_page_token(next, SRV_PAGE_SEATS, scope, cur, sizeof cur);
+    }
+    size_t tl = strlen(next);
     /* Per seat at most: 1 tag + 1 length + (1 + 5) + (1 + 10) + (1 + 1). */
-    size_t cap = 2 + 10 + sl + s->n * 21;
+    size_t cap = 2 + 10 + sl + (end - first) * 21 + 2 + tl;
     grpc_slice slice = grpc_slice_malloc(cap);
     uint8_t *out = GRPC_SLICE_START_PTR(slice), *p = out;
     if (sl) {
         *p++ = 0x0a;
-        p += put_varint(p, sl);
+        p += cc_pbw_put_varint(p, sl);
         memcpy(p, s->sched, sl);
         p += sl;
     }
     int64_t until = INT64_MAX;
-    for (size_t i = 0; i < s->n; i++) {
+    for (size_t i = first; i < end; i++) {
         int st = s->state[i];
         if (st == ST_HELD) {
             if (s->exp[i] > now) {
@@ -191,23 +208,32 @@ static void build(seatmap *s, int64_t now) {
                                     : CONCERT__V1__SEAT_STATE__SEAT_STATE_AVAILABLE;
         uint8_t seat[24];
         size_t n = 0;
-        if (s->num[i]) seat[n++] = 0x08, n += put_varint(seat + n, (uint64_t)(int64_t)s->num[i]);
-        if (s->price[i]) seat[n++] = 0x10, n += put_varint(seat + n, (uint64_t)s->price[i]);
-        if (state) seat[n++] = 0x18, n += put_varint(seat + n, (uint64_t)state);
+        if (s->num[i]) seat[n++] = 0x08, n += cc_pbw_put_varint(seat + n, (uint64_t)(int64_t)s->num[i]);
+        if (s->price[i]) seat[n++] = 0x10, n += cc_pbw_put_varint(seat + n, (uint64_t)s->price[i]);
+        if (state) seat[n++] = 0x18, n += cc_pbw_put_varint(seat + n, (uint64_t)state);
         *p++ = 0x12;
-        p += put_varint(p, n);
+        p += cc_pbw_put_varint(p, n);
         memcpy(p, seat, n);
         p += n;
+    }
+    if (tl) {
+        *p++ = 0x1a;
+        p += cc_pbw_put_varint(p, tl);
+        memcpy(p, next, tl);
+        p += tl;
     }
     slice = grpc_slice_sub_no_ref(slice, 0, (size_t)(p - out));
     if (s->packed) grpc_byte_buffer_destroy(s->packed);
     s->packed = grpc_raw_byte_buffer_create(&slice, 1);
     grpc_slice_unref(slice);
     s->packed_until = until;
+    s->packed_after = after;
+    s->packed_size = size;
 }
 
-static void answer(seatmap *s, srv_call *call, int64_t now) {
-    if (!s->packed || now >= s->packed_until) build(s, now);
+static void answer(seatmap *s, srv_call *call, int64_t now, int32_t after, int size) {
+    if (!s->packed || now >= s->packed_until || s->packed_after != after || s->packed_size != size)
+        build(s, now, after, size);
     srv_call_reply_raw(call, s->packed);
 }
 
@@ -227,7 +253,7 @@ static void serve_waiters(seatmap *s) {
     s->waiters = s->waiters_tail = NULL;
     while (w) {
         waiter *n = w->next;
-        answer(s, w->call, w->now);
+        answer(s, w->call, w->now, w->after, w->size);
         free(w);
         w = n;
     }
@@ -352,18 +378,19 @@ static void start_load(seatmap *s) {
     scan_next(s);
 }
 
-void srv_seatmaps_serve(srv_seatmaps *m, srv_call *call, const char *concert, const char *sched, int64_t now) {
+void srv_seatmaps_serve(srv_seatmaps *m, srv_call *call, const char *concert, const char *sched, int64_t now,
+                       int32_t after, int size) {
     seatmap *s = get(m, concert, sched);
     uint64_t loop_now = uv_now(m->app->loop);
     s->used_at = loop_now;
     if (s->prices_ready && s->states_at && loop_now - s->states_at <= (uint64_t)m->app->cfg.seat_cache_ms &&
         !s->loading) {
-        answer(s, call, now);
+        answer(s, call, now, after, size);
         return;
     }
     waiter *w = malloc(sizeof *w);
     if (!w) abort();
-    w->call = call, w->now = now, w->next = NULL;
+    w->call = call, w->now = now, w->after = after, w->size = size, w->next = NULL;
     if (s->waiters_tail) s->waiters_tail->next = w; else s->waiters = w;
     s->waiters_tail = w;
     if (!s->loading) start_load(s);

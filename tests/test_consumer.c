@@ -285,7 +285,7 @@ static void reserve(pay_t **ps, int n, int32_t (*seats)[4], int nseats) {
     cr_assert(n <= 512);
     cc_batch *b = cc_batch_new(cli);
     for (int i = 0; i < n; i++) {
-        snprintf(auth[i], sizeof auth[i], "Bearer %s", ps[i]->token);
+        snprintf(auth[i], sizeof auth[i], "Bearer %.*s", (int)sizeof ps[i]->token - 1, ps[i]->token);
         cc_md md[] = {{"authorization", auth[i]}};
         Concert__V1__ReserveSeatsRequest req = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
         req.schedule_id = "day1";

@@ -7,9 +7,12 @@ flow a client developer needs, printing one logfmt line per step on stderr:
 
   admin: CreateConcert + CreateSchedule (x-admin-key)    queue: IssueToken,
   WatchQueueStatus until ACTIVE                          wallet: Charge
-  booking: ListSchedules, ListSeats, ReserveSeats        payment: Pay, WatchPayment
-  (authorization: Bearer <token>)                         until COMPLETED
+  booking: ListSchedules, ListSeats (every page),        payment: Pay, WatchPayment
+  ReserveSeats (authorization: Bearer <token>)           until COMPLETED
   admin: Audit of the concert (must be ok)
+
+A failed step's line carries the error's structured details when grpcio-status is
+installed (google.rpc.ErrorInfo reason and field, RetryInfo delay).
 
 Every call has a deadline, so a broken server makes it fail, not hang. Exit status:
 0 the flow completed and the audit is ok; 1 a step failed (the line says which, with
@@ -37,6 +40,29 @@ def log(event, **kv):
         v = str(v)
         parts.append("%s=%s" % (k, '"%s"' % v.replace('"', "'") if (" " in v or not v) else v))
     print(" ".join(parts), file=sys.stderr, flush=True)
+
+
+def error_details(e):
+    """The google.rpc details of a failed call (grpc-status-details-bin) as log fields."""
+    try:
+        from grpc_status import rpc_status  # grpcio-status, installed by scripts/install-python.sh
+        from google.rpc import error_details_pb2
+    except ImportError:
+        return {}
+    st = rpc_status.from_call(e) if hasattr(e, "trailing_metadata") else None
+    out = {}
+    for d in st.details if st else []:
+        for name, T in (("ErrorInfo", error_details_pb2.ErrorInfo), ("RetryInfo", error_details_pb2.RetryInfo)):
+            if d.Is(T.DESCRIPTOR):
+                m = T()
+                d.Unpack(m)
+                if name == "ErrorInfo":
+                    out["reason"] = m.reason
+                    if "field" in m.metadata:
+                        out["field"] = m.metadata["field"]
+                else:
+                    out["retry_ms"] = m.retry_delay.seconds * 1000 + m.retry_delay.nanos // 1000000
+    return out
 
 
 def ensure_stubs(stubs_dir):
@@ -71,15 +97,36 @@ class Flow:
         self.admin = g["admin"].AdminServiceStub(self.channel)
         self.admin_md = [("x-admin-key", a.admin_key)]
 
-    def call(self, step, fn, req, md=None, timeout=None):
+    def call(self, step, fn, req, md=None, timeout=None, retries=0):
+        """One unary call; with retries, a rate limit's refusal (RESOURCE_EXHAUSTED with a
+        google.rpc.RetryInfo) is retried after the delay it gives."""
         t0 = time.monotonic()
-        try:
-            resp = fn(req, metadata=md, timeout=timeout or self.a.timeout)
-        except self.grpc.RpcError as e:
-            log("step_failed", step=step, code=e.code().name, message=e.details())
-            raise SystemExit(1)
+        while True:
+            try:
+                resp = fn(req, metadata=md, timeout=timeout or self.a.timeout)
+                break
+            except self.grpc.RpcError as e:
+                det = error_details(e)
+                if retries > 0 and e.code() == self.grpc.StatusCode.RESOURCE_EXHAUSTED and "retry_ms" in det:
+                    retries -= 1
+                    log("step_retry", step=step, after_ms=det["retry_ms"], reason=det.get("reason", ""))
+                    time.sleep(det["retry_ms"] / 1000.0)
+                    continue
+                log("step_failed", step=step, code=e.code().name, message=e.details(), **det)
+                raise SystemExit(1)
         log("step", step=step, ms="%.1f" % ((time.monotonic() - t0) * 1000))
         return resp
+
+    def list_all(self, step, fn, req, items, md=None):
+        """Every item of a paginated List call: follows next_page_token until it is empty."""
+        out, pages = [], 0
+        while True:
+            resp = self.call(step, fn, req, md, retries=5)
+            out.extend(getattr(resp, items))
+            pages += 1
+            if not resp.next_page_token:
+                return out, pages
+            req.page_token = resp.next_page_token
 
     def run(self):
         a, m = self.a, self.pb
@@ -123,9 +170,14 @@ class Flow:
         if [s.schedule_id for s in scheds.schedules] != [schedule]:
             log("step_failed", step="ListSchedules", got=",".join(s.schedule_id for s in scheds.schedules))
             raise SystemExit(1)
-        seats = self.call("ListSeats", self.booking.ListSeats, bk.ListSeatsRequest(schedule_id=schedule), bearer)
-        free = [s.number for s in seats.seats if s.state == bk.SEAT_STATE_AVAILABLE]
-        log("seats", total=len(seats.seats), available=len(free))
+        # Small pages (the default is 1000 seats) so that the loop over pages shows.
+        seats, pages = self.list_all("ListSeats", self.booking.ListSeats,
+                                     bk.ListSeatsRequest(schedule_id=schedule, page_size=8), "seats", bearer)
+        free = [s.number for s in seats if s.state == bk.SEAT_STATE_AVAILABLE]
+        log("seats", total=len(seats), available=len(free), pages=pages)
+        if [s.number for s in seats] != list(range(1, 21)):
+            log("step_failed", step="ListSeats", got=",".join(str(s.number) for s in seats))
+            raise SystemExit(1)
         want = free[:2]
         res = self.call("ReserveSeats", self.booking.ReserveSeats,
                         bk.ReserveSeatsRequest(schedule_id=schedule, seat_numbers=want), bearer)
