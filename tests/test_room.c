@@ -101,6 +101,18 @@ static void set_rate(const char *concert, int64_t rate, int64_t max_active) {
     cr_assert_eq(set_policy(&p, f, &st), GRPC_STATUS_OK, "set admit_rate: %s", st.message);
 }
 
+static Concert__V1__QueuePolicy *get_policy(const char *concert) {
+    cc_md md[] = {{"x-admin-key", KEY}};
+    Concert__V1__GetQueuePolicyRequest req = CONCERT__V1__GET_QUEUE_POLICY_REQUEST__INIT;
+    req.concert_id = (char *)concert;
+    Concert__V1__QueuePolicy *p = NULL;
+    cc_status st;
+    cr_assert_eq(cc_client_unary(cli, AS "GetQueuePolicy", &req.base, &concert__v1__queue_policy__descriptor,
+                                 (ProtobufCMessage **)&p, md, 1, 5000, &st),
+                 GRPC_STATUS_OK, "GetQueuePolicy: %s", st.message);
+    return p;
+}
+
 static Concert__V1__Stats *stats(const char *concert) {
     cc_md md[] = {{"x-admin-key", KEY}};
     Concert__V1__GetStatsRequest req = CONCERT__V1__GET_STATS_REQUEST__INIT;
@@ -723,13 +735,7 @@ Test(room, bad_policy_input_names_the_field_and_changes_nothing, .init = start, 
     g.queueing_method = CONCERT__V1__QUEUEING_METHOD__QUEUEING_METHOD_RANDOM;
     const char *fg[] = {"admission_mode", "admitRateMin", "admit_rate_max", "queueingMethod", NULL}; /* either spelling */
     cr_assert_eq(set_policy(&g, fg, &st), GRPC_STATUS_OK, "%s", st.message);
-    cc_md md[] = {{"x-admin-key", KEY}};
-    Concert__V1__GetQueuePolicyRequest gr = CONCERT__V1__GET_QUEUE_POLICY_REQUEST__INIT;
-    gr.concert_id = "bad";
-    Concert__V1__QueuePolicy *back = NULL;
-    cr_assert_eq(cc_client_unary(cli, AS "GetQueuePolicy", &gr.base, &concert__v1__queue_policy__descriptor,
-                                 (ProtobufCMessage **)&back, md, 1, 5000, &st),
-                 GRPC_STATUS_OK);
+    Concert__V1__QueuePolicy *back = get_policy("bad");
     cr_expect_eq(back->admission_mode, CONCERT__V1__ADMISSION_MODE__ADMISSION_MODE_ADAPTIVE);
     cr_expect_eq(back->admit_rate_min, 5);
     cr_expect_eq(back->admit_rate_max, 50);
@@ -756,13 +762,7 @@ Test(room, policy_fields_in_both_spellings, .init = start, .fini = stop) {
                                "admit_rate_max", NULL};
         const char *json[] = {"saleOpensAtUnixMs", "prequeueOpensAtUnixMs", "admitRateMin", "admitRateMax", NULL};
         cr_assert_eq(set_policy(&p, camel ? json : snake, &st), GRPC_STATUS_OK, "%s", st.message);
-        cc_md md[] = {{"x-admin-key", KEY}};
-        Concert__V1__GetQueuePolicyRequest gr = CONCERT__V1__GET_QUEUE_POLICY_REQUEST__INIT;
-        gr.concert_id = "spell";
-        Concert__V1__QueuePolicy *back = NULL;
-        cr_assert_eq(cc_client_unary(cli, AS "GetQueuePolicy", &gr.base, &concert__v1__queue_policy__descriptor,
-                                     (ProtobufCMessage **)&back, md, 1, 5000, &st),
-                     GRPC_STATUS_OK);
+        Concert__V1__QueuePolicy *back = get_policy("spell");
         cr_expect_eq(back->sale_opens_at_unix_ms, p.sale_opens_at_unix_ms);
         cr_expect_eq(back->prequeue_opens_at_unix_ms, p.prequeue_opens_at_unix_ms);
         cr_expect_eq(back->admit_rate_min, p.admit_rate_min);
