@@ -354,8 +354,9 @@ static void send_issue(ictx *x);
 static void answer_issued(ictx *x) {
     x->st.token = x->q.token;
     x->st.concert_id = x->q.concert;
-    srv_call_reply(x->q.call, &x->st.base);
+    /* Registered first: its SADD is on its way to Redis before the client has the answer. */
     concert_note(x->q.app, x->q.concert);
+    srv_call_reply(x->q.call, &x->st.base);
 }
 
 static void on_undo(redisReply *r, const char *err, void *p) {}
