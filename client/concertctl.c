@@ -76,9 +76,11 @@ static const ctl_cmd server_cmds[] = {
 
 /* The issue-3 areas (ctl.h lists the others; these belong there too). */
 extern const ctl_cmd ctl_admin_cmds[], ctl_booking_cmds[], ctl_wallet_cmds[], ctl_seed_cmds[], ctl_audit_cmds[], ctl_pay_cmds[];
+extern const ctl_cmd ctl_receipt_cmds[];
 
 static const ctl_cmd *const areas[] = {
     ctl_queue_cmds,
+    ctl_receipt_cmds,
     ctl_booking_cmds,
     ctl_wallet_cmds,
     ctl_admin_cmds,

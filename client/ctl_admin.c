@@ -1,6 +1,6 @@
 /* ctl_admin: the `admin ...` commands of concertctl (concert.v1.AdminService):
- * concert create/list, schedule create, policy set/get, stats. Every one sends the
- * admin key (CTL_SEND_ADMIN). Builds requests from options (seat maps from a
+ * concert create/list, schedule create, policy set/get, stats, sale export. Every one
+ * sends the admin key (CTL_SEND_ADMIN). Builds requests from options (seat maps from a
  * "1-100:15000,101-500:9000" spec, start times from RFC 3339 or Unix ms), prints
  * replies; argv, metadata, deadlines and exit statuses are ctl_out's and
  * concertctl.c's business. */
@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "concert/v1/admin.pb-c.h"
@@ -209,12 +211,33 @@ static void human_policy(const ProtobufCMessage *m, FILE *out) {
     else fputs("  idle-timeout-ms     0 (never)\n", out);
     fprintf(out, "  hold-ttl-ms         %lld (%s)\n", (long long)p->hold_ttl_ms, c);
     fprintf(out, "  max-seats-per-user  %lld\n", (long long)p->max_seats_per_user);
+    static const char *const methods[] = {"fifo", "fifo", "random", "passthrough", "reject"};
+    int qm = (int)p->queueing_method;
+    fprintf(out, "  queueing-method     %s\n", qm >= 0 && qm <= 4 ? methods[qm] : "?");
+    if (p->admission_mode == CONCERT__V1__ADMISSION_MODE__ADMISSION_MODE_ADAPTIVE)
+        fprintf(out, "  admission-mode      adaptive, %lld..%lld per second\n", (long long)p->admit_rate_min,
+                (long long)p->admit_rate_max);
+    else
+        fputs("  admission-mode      fixed (admit-rate)\n", out);
+    if (p->sale_opens_at_unix_ms) {
+        ctl_fmt_time_ms(a, sizeof a, p->sale_opens_at_unix_ms);
+        fprintf(out, "  sale-opens-at       %s (%lld)\n", a, (long long)p->sale_opens_at_unix_ms);
+        if (p->prequeue_opens_at_unix_ms) {
+            ctl_fmt_time_ms(b, sizeof b, p->prequeue_opens_at_unix_ms);
+            fprintf(out, "  prequeue-opens-at   %s (%lld)\n", b, (long long)p->prequeue_opens_at_unix_ms);
+        } else {
+            fputs("  prequeue-opens-at   none (joining opens with the sale)\n", out);
+        }
+    } else {
+        fputs("  sale-opens-at       none (no scheduled sale)\n", out);
+    }
 }
 
 static void human_stats(const ProtobufCMessage *m, FILE *out) {
     const Concert__V1__Stats *s = (const void *)m;
-    fprintf(out, "concert %s: %lld waiting, %lld active, %zu schedule%s\n", s->concert_id,
-            (long long)s->waiting, (long long)s->active, s->n_schedules, s->n_schedules == 1 ? "" : "s");
+    fprintf(out, "concert %s: %lld waiting, %lld active, admitting %lld per second, %zu schedule%s\n",
+            s->concert_id, (long long)s->waiting, (long long)s->active, (long long)s->effective_admit_rate,
+            s->n_schedules, s->n_schedules == 1 ? "" : "s");
     int w = 0;
     for (size_t i = 0; i < s->n_schedules; i++) {
         int l = (int)strlen(s->schedules[i]->schedule_id);
@@ -329,6 +352,38 @@ static const char *policy_concert;
 static int64_t pol_admit_rate = -1, pol_max_active = -1, pol_active_ttl = -1, pol_idle_timeout = -1,
                pol_hold_ttl = -1, pol_max_seats = -1;
 
+static const char *pol_method, *pol_mode, *pol_sale_at, *pol_prequeue_at;
+static int64_t pol_rate_min = -1, pol_rate_max = -1;
+
+/* A sale time: RFC 3339, Unix ms, "+N[s|m|h]" from now, or "none" / "0" (no sale). */
+static int parse_when(const char *s, int64_t *out, const char **why) {
+    if (!strcmp(s, "none") || !strcmp(s, "0")) {
+        *out = 0;
+        return 0;
+    }
+    if (s[0] == '+') {
+        char *end;
+        errno = 0;
+        long long n = strtoll(s + 1, &end, 10);
+        int64_t unit = *end == 's' ? 1000 : *end == 'm' ? 60000 : *end == 'h' ? 3600000 : 0;
+        if (errno || n <= 0 || !unit || end[1]) {
+            *why = "a relative time is +N followed by s, m or h (+90s, +5m, +2h)";
+            return -1;
+        }
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        *out = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000 + n * unit;
+        return 0;
+    }
+    return parse_starts(s, out, why);
+}
+
+static int parse_enum(const char *s, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcasecmp(s, names[i])) return i;
+    return -1;
+}
+
 static const cc_opt policy_set_opts[] = {
     {"concert", NULL, CC_OPT_STR, &policy_concert, "ID", "the concert (must exist)", 0, 0},
     {"admit-rate", NULL, CC_OPT_INT, &pol_admit_rate, "N", "admissions per second (0 pauses admission)", 0,
@@ -341,6 +396,16 @@ static const cc_opt policy_set_opts[] = {
     {"hold-ttl-ms", NULL, CC_OPT_INT, &pol_hold_ttl, "MS", "how long ReserveSeats holds seats", 0, INT64_MAX},
     {"max-seats-per-user", NULL, CC_OPT_INT, &pol_max_seats, "N", "seats one user may hold at once", 0,
      INT64_MAX},
+    {"queueing-method", NULL, CC_OPT_STR, &pol_method, "METHOD",
+     "fifo, random (uniform picks), passthrough (everyone ACTIVE at once) or reject (no new tokens)", 0, 0},
+    {"prequeue-opens-at", NULL, CC_OPT_STR, &pol_prequeue_at, "TIME",
+     "a scheduled sale's pre-queue opens (TIME as --sale-opens-at)", 0, 0},
+    {"sale-opens-at", NULL, CC_OPT_STR, &pol_sale_at, "TIME",
+     "a scheduled sale opens: RFC 3339, Unix ms, +N[s|m|h] from now, or none", 0, 0},
+    {"admission-mode", NULL, CC_OPT_STR, &pol_mode, "MODE",
+     "fixed (admit-rate) or adaptive (between the bounds, following the payment back end)", 0, 0},
+    {"admit-rate-min", NULL, CC_OPT_INT, &pol_rate_min, "N", "adaptive: the lowest rate", 0, INT64_MAX},
+    {"admit-rate-max", NULL, CC_OPT_INT, &pol_rate_max, "N", "adaptive: the highest rate", 0, INT64_MAX},
     {0},
 };
 
@@ -366,17 +431,46 @@ static int run_policy_set(ctl_ctx *ctx) {
         {pol_idle_timeout, &pol.idle_timeout_ms, "idle_timeout_ms"},
         {pol_hold_ttl, &pol.hold_ttl_ms, "hold_ttl_ms"},
         {pol_max_seats, &pol.max_seats_per_user, "max_seats_per_user"},
+        {pol_rate_min, &pol.admit_rate_min, "admit_rate_min"},
+        {pol_rate_max, &pol.admit_rate_max, "admit_rate_max"},
     };
-    char *fields[sizeof given / sizeof given[0]];
+    char *fields[sizeof given / sizeof given[0] + 4];
     size_t n = 0;
     for (size_t i = 0; i < sizeof given / sizeof given[0]; i++) {
         if (given[i].v < 0) continue;
         *given[i].field = given[i].v;
         fields[n++] = (char *)given[i].name;
     }
+    static const char *const methods[] = {"fifo", "random", "passthrough", "reject"};
+    static const char *const modes[] = {"fixed", "adaptive"};
+    const char *why;
+    if (pol_method) {
+        int m = parse_enum(pol_method, methods, 4);
+        if (m < 0) return ctl_usage_error(ctx, "--queueing-method: expected fifo, random, passthrough or reject");
+        pol.queueing_method = (Concert__V1__QueueingMethod)(m + 1);
+        fields[n++] = "queueing_method";
+    }
+    if (pol_mode) {
+        int m = parse_enum(pol_mode, modes, 2);
+        if (m < 0) return ctl_usage_error(ctx, "--admission-mode: expected fixed or adaptive");
+        pol.admission_mode = (Concert__V1__AdmissionMode)(m + 1);
+        fields[n++] = "admission_mode";
+    }
+    if (pol_sale_at) {
+        if (parse_when(pol_sale_at, &pol.sale_opens_at_unix_ms, &why) < 0)
+            return ctl_usage_error(ctx, "--sale-opens-at: %s", why);
+        fields[n++] = "sale_opens_at_unix_ms";
+    }
+    if (pol_prequeue_at) {
+        if (parse_when(pol_prequeue_at, &pol.prequeue_opens_at_unix_ms, &why) < 0)
+            return ctl_usage_error(ctx, "--prequeue-opens-at: %s", why);
+        fields[n++] = "prequeue_opens_at_unix_ms";
+    }
     if (!n)
         return ctl_usage_error(ctx, "give at least one of --admit-rate, --max-active, --active-ttl-ms, "
-                                    "--idle-timeout-ms, --hold-ttl-ms, --max-seats-per-user");
+                                    "--idle-timeout-ms, --hold-ttl-ms, --max-seats-per-user, --queueing-method, "
+                                    "--sale-opens-at, --prequeue-opens-at, --admission-mode, --admit-rate-min, "
+                                    "--admit-rate-max");
     Concert__V1__SetQueuePolicyRequest req;
     concert__v1__set_queue_policy_request__init(&req);
     req.policy = &pol;
@@ -414,6 +508,48 @@ static int run_stats(ctl_ctx *ctx) {
     return call_print(ctx, AS "GetStats", &req.base, &concert__v1__stats__descriptor, human_stats);
 }
 
+/* ---- admin sale export ---- */
+
+static const char *export_concert;
+
+static const cc_opt export_opts[] = {
+    {"concert", NULL, CC_OPT_STR, &export_concert, "ID", "the concert", 0, 0},
+    {0},
+};
+
+/* "1 3f1c...e0" per pre-queued user: place, SHA-256 of the token id. */
+static void human_order(const ProtobufCMessage *m, FILE *out) {
+    const Concert__V1__SaleOrder *o = (const void *)m;
+    for (size_t i = 0; i < o->n_token_id_sha256; i++) {
+        fprintf(out, "%lld ", (long long)(o->first_place + (int64_t)i));
+        for (size_t k = 0; k < o->token_id_sha256[i].len; k++) fprintf(out, "%02x", o->token_id_sha256[i].data[k]);
+        fputc('\n', out);
+    }
+}
+
+static int run_export(ctl_ctx *ctx) {
+    int rc;
+    if ((rc = ctl_require(ctx, "concert", export_concert))) return rc;
+    Concert__V1__ExportSaleOrderRequest req;
+    concert__v1__export_sale_order_request__init(&req);
+    req.concert_id = (char *)export_concert;
+    cc_stream *s = ctl_stream(ctx, AS "ExportSaleOrder", &req.base, &rc);
+    if (!s) return rc;
+    ProtobufCMessage *m;
+    int n;
+    while ((n = cc_stream_next(s, &concert__v1__sale_order__descriptor, &m)) == 1) {
+        ctl_print(ctx, m, human_order);
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    if (n < 0) {
+        cc_stream_close(s, NULL);
+        cc_status st = {.code = GRPC_STATUS_INTERNAL};
+        snprintf(st.message, sizeof st.message, "response is not a valid concert.v1.SaleOrder");
+        return ctl_fail(&st);
+    }
+    return ctl_stream_end(s);
+}
+
 /* ---- the table ---- */
 
 #define ADMIN_KEY_HELP                                                                                       \
@@ -444,15 +580,27 @@ const ctl_cmd ctl_admin_cmds[] = {
      "Calls AdminService.SetQueuePolicy with update_fields naming just the options given;\n"
      "the other fields keep their value. At least one is needed. Prints the whole policy\n"
      "afterwards. Out-of-range values are INVALID_ARGUMENT (exit 3), naming the field.\n"
-     "Takes effect at once on every server (admission, holds, caps).\n" ADMIN_KEY_HELP,
+     "Takes effect at once on every server (admission, holds, caps). A scheduled sale:\n"
+     "  --prequeue-opens-at +10m --sale-opens-at +40m   (users join a pre-queue from +10m;\n"
+     "  at +40m the shuffle gives them their places; see `sale proof`). An opened sale\n"
+     "  cannot move (FAILED_PRECONDITION, exit 9), nor an open pre-queue's start.\n"
+     "Adaptive admission: --admission-mode adaptive --admit-rate-min 20 --admit-rate-max 500.\n"
+     ADMIN_KEY_HELP,
      policy_set_opts, CTL_SEND_ADMIN, 0, run_policy_set},
     {"admin policy get", "show a concert's queue policy", "--concert ID",
      "Calls AdminService.GetQueuePolicy. Fields never set for the concert show the\n"
      "server's defaults (concert-server --admit-rate, --hold-ttl-ms, ...).\n" ADMIN_KEY_HELP,
      policy_get_opts, CTL_SEND_ADMIN, 0, run_policy_get},
     {"admin stats", "a concert's queue (waiting, active) and seats per schedule", "--concert ID",
-     "Calls AdminService.GetStats: users waiting and active in the queue, and for each\n"
-     "schedule its seats available, held and sold.\n" ADMIN_KEY_HELP,
+     "Calls AdminService.GetStats: users waiting and active in the queue, the admission\n"
+     "rate in force (the adaptive controller's under --admission-mode adaptive), and for\n"
+     "each schedule its seats available, held and sold.\n" ADMIN_KEY_HELP,
      stats_opts, CTL_SEND_ADMIN, 0, run_stats},
+    {"admin sale export", "the drawn order of a scheduled sale's pre-queue, for an audit", "--concert ID",
+     "Calls AdminService.ExportSaleOrder (only once the sale has opened): prints one line per\n"
+     "pre-queued user, its place and SHA-256 of its token id, in drawn order (--json: the\n"
+     "SaleOrder messages, with the seed). Recompute it: client/python/verify_sale.py,\n"
+     "README \"Scheduled sales\".\n" ADMIN_KEY_HELP,
+     export_opts, CTL_SEND_ADMIN, 0, run_export},
     {0},
 };

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "cc_receipt.h"
 #include "concert/v1/queue.pb-c.h"
 #include "ctl.h"
 
@@ -32,7 +33,9 @@ static void human_status(const ProtobufCMessage *m, FILE *out) {
     fprintf(out, "token %s %s", s->token, state_name(s->state));
     switch (s->state) {
     case CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING:
-        if (s->estimated_wait_seconds < 0) {
+        if (s->position == 0) {
+            fputs(" in the pre-queue (places are drawn when the sale opens)", out);
+        } else if (s->estimated_wait_seconds < 0) {
             fprintf(out, " position %lld (admission paused)", (long long)s->position);
         } else {
             ctl_fmt_duration(a, sizeof a, s->estimated_wait_seconds);
@@ -45,6 +48,13 @@ static void human_status(const ProtobufCMessage *m, FILE *out) {
             ctl_fmt_time_ms(a, sizeof a, s->expires_at_unix_ms);
             ctl_fmt_duration(b, sizeof b, left < 0 ? 0 : left);
             fprintf(out, " until %s (%s left)", a, b);
+        }
+        if (s->admission_receipt.len) {
+            Concert__V1__AdmissionReceipt *r = NULL;
+            if (cc_receipt_parse(s->admission_receipt.data, s->admission_receipt.len, &r) == 0) {
+                fprintf(out, ", receipt signed by key %s", r->key_id);
+                protobuf_c_message_free_unpacked(&r->base, NULL);
+            }
         }
         break;
     default: break;

@@ -28,7 +28,8 @@ pkgs=(build-essential cmake ninja-build pkg-config git python3
       libgrpc-dev protobuf-compiler libprotobuf-c-dev protobuf-c-compiler
       libhiredis-dev librdkafka-dev libuv1-dev libcriterion-dev
       redis-server redis-sentinel gnuplot-nox procps
-      prometheus python3-venv openssl libssl-dev util-linux ca-certificates jq)
+      prometheus python3-venv openssl libssl-dev util-linux ca-certificates jq python3-cryptography)
+# python3-cryptography: the admission-receipt check (client/python/verify_receipt.py)
 # prometheus: promtool, which checks our /metrics pages and alert rules
 if [ "$build_only" -eq 1 ]; then
   pkgs=(build-essential cmake ninja-build pkg-config git ca-certificates libgrpc-dev protobuf-compiler

@@ -43,6 +43,10 @@ int main(int argc, char **argv) {
         .rate_peer = "2000:4000",
         .max_queues_per_user = 10,
         .seat_cache_ms = 500,
+        .adapt_interval_ms = 2000,
+        .adapt_pending_ms = 5000,
+        .adapt_backlog = 1000,
+        .adapt_error_permille = 50,
     };
     const cc_opt opts[] = {
         {"listen", "CONCERT_LISTEN", CC_OPT_STR, &cfg.listen, "HOST:PORT", "address to serve gRPC on (default 127.0.0.1:50051)", 0, 0},
@@ -77,6 +81,11 @@ int main(int argc, char **argv) {
         {"rate-peer", "CONCERT_RATE_PEER", CC_OPT_STR, &cfg.rate_peer, "RATE[:BURST]", "the same per caller IP address and method (default 2000:4000; 0 = off, e.g. behind a gateway)", 0, 0},
         {"max-queues-per-user", "CONCERT_MAX_QUEUES_PER_USER", CC_OPT_INT, &cfg.max_queues_per_user, "N", "concerts one user may wait in (or be ACTIVE in) at once (default 10)", 1, 1000},
         {"seat-cache-ms", "CONCERT_SEAT_CACHE_MS", CC_OPT_INT, &cfg.seat_cache_ms, "MS", "how old a seat map ListSeats serves may be (this server's own holds show at once; default 500)", 0, 60000},
+        {"signing-key", "CONCERT_SIGNING_KEY", CC_OPT_STR, &cfg.signing_key, "FILE", "Ed25519 private key (PEM) that signs admission receipts; unset = a key generated at start-up (a warning: its receipts verify only until they expire)", 0, 0},
+        {"adapt-interval-ms", "CONCERT_ADAPT_INTERVAL_MS", CC_OPT_INT, &cfg.adapt_interval_ms, "MS", "ADAPTIVE admission: how often the rate is recomputed (default 2000)", 200, 60000},
+        {"adapt-pending-ms", "CONCERT_ADAPT_PENDING_MS", CC_OPT_INT, &cfg.adapt_pending_ms, "MS", "ADAPTIVE admission: unhealthy while a payment of the concert is pending longer than this (default 5000)", 100, 3600000},
+        {"adapt-backlog", "CONCERT_ADAPT_BACKLOG", CC_OPT_INT, &cfg.adapt_backlog, "N", "ADAPTIVE admission: unhealthy while more of the concert's payments than this are unsettled (default 1000)", 1, 100000000},
+        {"adapt-error-permille", "CONCERT_ADAPT_ERROR_PERMILLE", CC_OPT_INT, &cfg.adapt_error_permille, "N", "ADAPTIVE admission: unhealthy while more booking calls than this per mille fail on the server side (default 50)", 0, 1000},
         {0},
     };
     if (cc_opt_parse(opts, argc, argv, usage, NULL, 0, NULL) < 0) return SRV_EXIT_USAGE;

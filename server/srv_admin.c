@@ -258,28 +258,58 @@ void srv_admin_create_schedule(srv_call *call) {
     free(sorted);
 }
 
-/* ---- policy ---- */
+/* ---- policy ----
+ * Each QueuePolicy field, its Redis hash field (queue scripts read "rate" ...), its
+ * bounds and the server's default. Range checks are here; the checks that need the
+ * stored policy or Redis' clock (a sale's times, admit_rate_min <= admit_rate_max) are
+ * in adm_policy.lua, before it writes anything. */
 
-static const char *const policy_fields[] = {"admit_rate", "max_active", "active_ttl_ms", "idle_timeout_ms",
-                                            "hold_ttl_ms", "max_seats_per_user", NULL};
-/* The Redis hash field of each (queue scripts read "rate"). */
-static const char *const policy_keys[] = {"rate", "max_active", "active_ttl_ms", "idle_timeout_ms",
-                                          "hold_ttl_ms", "max_seats_per_user", NULL};
+enum { F_RATE, F_MAX_ACTIVE, F_TTL, F_IDLE, F_HOLD, F_SEATS, F_METHOD, F_PRE, F_SALE, F_MODE, F_RMIN, F_RMAX, F_N };
+
+static const struct {
+    const char *field, *key;
+    int64_t lo, hi;
+} pol_fields[F_N] = {
+    {"admit_rate", "rate", 0, 1000000},
+    {"max_active", "max_active", 0, 100000000},
+    {"active_ttl_ms", "active_ttl_ms", 1000, 86400000},
+    {"idle_timeout_ms", "idle_timeout_ms", 0, 86400000},
+    {"hold_ttl_ms", "hold_ttl_ms", 1000, 3600000},
+    {"max_seats_per_user", "max_seats_per_user", 1, 100},
+    {"queueing_method", "method", 0, 4},
+    {"prequeue_opens_at_unix_ms", "prequeue_at", 0, 32503680000000LL},
+    {"sale_opens_at_unix_ms", "sale_at", 0, 32503680000000LL},
+    {"admission_mode", "mode", 0, 2},
+    {"admit_rate_min", "rate_min", 0, 1000000},
+    {"admit_rate_max", "rate_max", 0, 1000000},
+};
+
+static void policy_values(const Concert__V1__QueuePolicy *p, int64_t v[F_N]) {
+    v[F_RATE] = p->admit_rate, v[F_MAX_ACTIVE] = p->max_active, v[F_TTL] = p->active_ttl_ms;
+    v[F_IDLE] = p->idle_timeout_ms, v[F_HOLD] = p->hold_ttl_ms, v[F_SEATS] = p->max_seats_per_user;
+    v[F_METHOD] = (int64_t)p->queueing_method, v[F_PRE] = p->prequeue_opens_at_unix_ms;
+    v[F_SALE] = p->sale_opens_at_unix_ms, v[F_MODE] = (int64_t)p->admission_mode;
+    v[F_RMIN] = p->admit_rate_min, v[F_RMAX] = p->admit_rate_max;
+}
 
 static void on_policy(redisReply *r, const char *err, void *p) {
     actx *a = p;
     if (srv_script_ok(a->call, r, err)) {
         srv_app *app = srv_call_app(a->call);
-        int64_t v[6] = {app->cfg.admit_rate,      app->cfg.max_active,  app->cfg.active_ttl_ms,
-                        app->cfg.idle_timeout_ms, app->cfg.hold_ttl_ms, app->cfg.max_seats_per_user};
+        int64_t v[F_N] = {app->cfg.admit_rate,      app->cfg.max_active,  app->cfg.active_ttl_ms,
+                          app->cfg.idle_timeout_ms, app->cfg.hold_ttl_ms, app->cfg.max_seats_per_user};
         for (size_t i = 1; i + 1 < r->elements; i += 2)
-            for (int f = 0; policy_keys[f]; f++)
-                if (!strcmp(srv_str_at(r, i), policy_keys[f])) v[f] = srv_int_at(r, i + 1);
+            for (int f = 0; f < F_N; f++)
+                if (!strcmp(srv_str_at(r, i), pol_fields[f].key)) v[f] = srv_int_at(r, i + 1);
         Concert__V1__QueuePolicy pol;
         concert__v1__queue_policy__init(&pol);
         pol.concert_id = a->concert;
-        pol.admit_rate = v[0], pol.max_active = v[1], pol.active_ttl_ms = v[2];
-        pol.idle_timeout_ms = v[3], pol.hold_ttl_ms = v[4], pol.max_seats_per_user = v[5];
+        pol.admit_rate = v[F_RATE], pol.max_active = v[F_MAX_ACTIVE], pol.active_ttl_ms = v[F_TTL];
+        pol.idle_timeout_ms = v[F_IDLE], pol.hold_ttl_ms = v[F_HOLD], pol.max_seats_per_user = v[F_SEATS];
+        pol.queueing_method = (Concert__V1__QueueingMethod)v[F_METHOD];
+        pol.prequeue_opens_at_unix_ms = v[F_PRE], pol.sale_opens_at_unix_ms = v[F_SALE];
+        pol.admission_mode = (Concert__V1__AdmissionMode)v[F_MODE];
+        pol.admit_rate_min = v[F_RMIN], pol.admit_rate_max = v[F_RMAX];
         srv_call_reply(a->call, &pol.base);
     }
     free(a);
@@ -289,7 +319,7 @@ static void send_policy(actx *a, const char **pairs, int npairs) {
     char k1[SRV_MAX_ID + 20], k2[SRV_MAX_ID + 20];
     snprintf(k1, sizeof k1, "cc:{%s}:concert", a->concert);
     snprintf(k2, sizeof k2, "cc:{%s}:policy", a->concert);
-    const char *args[2 + 12] = {k1, k2};
+    const char *args[2 + 2 * F_N] = {k1, k2};
     for (int i = 0; i < npairs; i++) args[2 + i] = pairs[i];
     srv_app *app = srv_call_app(a->call);
     send_or_fail(a, cc_redis_eval(app->redis, &s_policy, on_policy, a, 2, 2 + npairs, args, NULL));
@@ -304,16 +334,14 @@ void srv_admin_set_policy(srv_call *call) {
     const Concert__V1__QueuePolicy *p = req->policy;
     actx *a = actx_new(call, p->concert_id);
     if (!a) return;
-    int64_t v[6] = {p->admit_rate, p->max_active, p->active_ttl_ms, p->idle_timeout_ms, p->hold_ttl_ms,
-                    p->max_seats_per_user};
-    static const int64_t lo[6] = {0, 0, 1000, 0, 1000, 1};
-    static const int64_t hi[6] = {1000000, 100000000, 86400000, 86400000, 3600000, 100};
-    int use[6] = {0};
+    int64_t v[F_N];
+    policy_values(p, v);
+    int use[F_N] = {0};
     for (size_t i = 0; i < req->n_update_fields; i++) {
         int f = 0;
-        for (; policy_fields[f]; f++)
-            if (srv_field_name_is(policy_fields[f], req->update_fields[i])) break; /* max_active or maxActive */
-        if (!policy_fields[f]) {
+        for (; f < F_N; f++)
+            if (srv_field_name_is(pol_fields[f].field, req->update_fields[i])) break; /* max_active or maxActive */
+        if (f == F_N) {
             srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "update_fields: unknown field '%.64s'",
                             req->update_fields[i]);
             free(a);
@@ -321,19 +349,23 @@ void srv_admin_set_policy(srv_call *call) {
         }
         use[f] = 1;
     }
-    const char *pairs[12];
-    char vals[6][24];
+    const char *pairs[2 * F_N];
+    char vals[F_N][24];
     int n = 0;
-    for (int f = 0; f < 6; f++) {
+    for (int f = 0; f < F_N; f++) {
         if (req->n_update_fields && !use[f]) continue;
-        if (v[f] < lo[f] || v[f] > hi[f]) {
-            srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "policy.%s: must be %lld..%lld", policy_fields[f],
-                            (long long)lo[f], (long long)hi[f]);
+        if (v[f] < pol_fields[f].lo || v[f] > pol_fields[f].hi) {
+            if (f == F_METHOD || f == F_MODE)
+                srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "policy.%s: unknown value %lld (0..%lld)",
+                                pol_fields[f].field, (long long)v[f], (long long)pol_fields[f].hi);
+            else
+                srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "policy.%s: must be %lld..%lld",
+                                pol_fields[f].field, (long long)pol_fields[f].lo, (long long)pol_fields[f].hi);
             free(a);
             return;
         }
         snprintf(vals[f], sizeof vals[f], "%" PRId64, v[f]);
-        pairs[n++] = policy_keys[f];
+        pairs[n++] = pol_fields[f].key;
         pairs[n++] = vals[f];
     }
     CC_INFO("policy_set", "concert=%s fields=%d", a->concert, n / 2);
@@ -351,17 +383,17 @@ void srv_admin_get_policy(srv_call *call) {
 static void on_stats(redisReply *r, const char *err, void *p) {
     actx *a = p;
     if (srv_script_ok(a->call, r, err)) {
-        size_t n = r->elements >= 3 ? (r->elements - 3) / 4 : 0;
+        size_t n = r->elements >= 4 ? (r->elements - 4) / 4 : 0;
         Concert__V1__ScheduleStats *items = calloc(n ? n : 1, sizeof *items);
         Concert__V1__ScheduleStats **ptrs = calloc(n ? n : 1, sizeof *ptrs);
         if (!items || !ptrs) abort();
         for (size_t i = 0; i < n; i++) {
             Concert__V1__ScheduleStats *s = &items[i];
             concert__v1__schedule_stats__init(s);
-            s->schedule_id = (char *)srv_str_at(r, 3 + 4 * i);
-            s->seats_total = srv_int_at(r, 4 + 4 * i);
-            s->held = srv_int_at(r, 5 + 4 * i);
-            s->sold = srv_int_at(r, 6 + 4 * i);
+            s->schedule_id = (char *)srv_str_at(r, 4 + 4 * i);
+            s->seats_total = srv_int_at(r, 5 + 4 * i);
+            s->held = srv_int_at(r, 6 + 4 * i);
+            s->sold = srv_int_at(r, 7 + 4 * i);
             s->available = s->seats_total - s->held - s->sold;
             ptrs[i] = s;
         }
@@ -370,6 +402,7 @@ static void on_stats(redisReply *r, const char *err, void *p) {
         st.concert_id = a->concert;
         st.waiting = srv_int_at(r, 1);
         st.active = srv_int_at(r, 2);
+        st.effective_admit_rate = srv_int_at(r, 3);
         st.n_schedules = n;
         st.schedules = ptrs;
         srv_call_reply(a->call, &st.base);
@@ -383,12 +416,13 @@ void srv_admin_stats(srv_call *call) {
     const Concert__V1__GetStatsRequest *req = (const void *)srv_call_request(call);
     actx *a = actx_new(call, req->concert_id);
     if (!a) return;
-    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8];
+    srv_app *app = srv_call_app(call);
+    char key[SRV_MAX_ID + 20], prefix[SRV_MAX_ID + 8], rate[24];
     snprintf(key, sizeof key, "cc:{%s}:concert", a->concert);
     snprintf(prefix, sizeof prefix, "cc:{%s}:", a->concert);
-    const char *args[] = {key, prefix};
-    srv_app *app = srv_call_app(call);
-    send_or_fail(a, cc_redis_eval(app->redis, &s_stats, on_stats, a, 1, 2, args, NULL));
+    snprintf(rate, sizeof rate, "%" PRId64, app->cfg.admit_rate);
+    const char *args[] = {key, prefix, rate};
+    send_or_fail(a, cc_redis_eval(app->redis, &s_stats, on_stats, a, 1, 3, args, NULL));
 }
 
 /* ---- audit ----

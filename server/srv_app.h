@@ -43,6 +43,12 @@ typedef struct {
     int64_t max_queues_per_user; /* concerts one user may wait in (or be ACTIVE in) at once */
     int64_t seat_cache_ms;       /* how old a seat map served by ListSeats may be */
     const char *tls_cert, *tls_key, *tls_client_ca; /* srv_tls.h; unset = plaintext */
+    const char *signing_key;      /* --signing-key FILE: Ed25519 private key (PEM) signing admission
+                                     receipts; NULL = one generated at start-up (srv_receipt.h) */
+    int64_t adapt_interval_ms;    /* ADAPTIVE admission: how often the rate is recomputed */
+    int64_t adapt_pending_ms;     /* ... unhealthy while a payment is pending longer than this */
+    int64_t adapt_backlog;        /* ... or more payments of the concert than this are unsettled */
+    int64_t adapt_error_permille; /* ... or more booking calls than this fail (per mille) */
 } srv_config;
 
 typedef struct srv_concert srv_concert;
@@ -52,6 +58,9 @@ typedef struct srv_health_watcher srv_health_watcher;
 typedef struct cc_kafka_producer cc_kafka_producer;
 typedef struct srv_ident srv_ident;
 typedef struct srv_seatmaps srv_seatmaps;
+typedef struct srv_queue_state srv_queue_state;
+typedef struct srv_receipts srv_receipts;
+typedef struct srv_adapt srv_adapt;
 
 typedef struct srv_app {
     uv_loop_t *loop;
@@ -75,6 +84,9 @@ typedef struct srv_app {
     uv_timer_t limit_timer;
     srv_ident *ident; /* NULL: user_id is trusted (gateway mode) */
     srv_seatmaps *seatmaps; /* ListSeats cache (srv_booking.c) */
+    srv_queue_state *queue; /* srv_queue.c: argument strings, Redis clock offset */
+    srv_receipts *receipts; /* srv_receipt.c: the signing key */
+    srv_adapt *adapt;       /* srv_adapt.c: booking error counts for ADAPTIVE admission */
     int exit_code;    /* what the process exits with (srv_run.h) */
 } srv_app;
 
@@ -108,6 +120,8 @@ void srv_queue_issue_token(srv_call *c);
 void srv_queue_get_status(srv_call *c);
 void srv_queue_watch(srv_call *c);
 void srv_queue_leave(srv_call *c);
+void srv_queue_sale_proof(srv_call *c);
+void srv_receipt_keys(srv_call *c);
 void srv_health_check(srv_call *c);
 void srv_health_watch(srv_call *c);
 void srv_reflection_info(srv_call *c);
@@ -139,6 +153,10 @@ void srv_metrics_call_start(void *app, int method);
 void srv_metrics_call_end(void *app, int method, grpc_status_code code, double seconds);
 /** One admission tick's reply for `concert` (queue gauges, admitted counter). */
 void srv_metrics_queue_tick(srv_app *app, const char *concert, int64_t admitted, int64_t waiting, int64_t active);
+/** Users admitted outside a tick (IssueToken straight through, PASSTHROUGH). */
+void srv_metrics_queue_admitted(srv_app *app, const char *concert, int64_t admitted);
+/** The concert's effective admission rate (concert_queue_effective_admit_rate). */
+void srv_metrics_queue_rate(srv_app *app, const char *concert, int64_t rate);
 /** Counts one Pay answer by `outcome` (pending, completed, failed, unavailable, rejected). */
 void srv_metrics_payment(srv_app *app, const char *outcome);
 /** The Kafka producer's state changed. */
@@ -157,6 +175,7 @@ void srv_admin_set_policy(srv_call *c);
 void srv_admin_get_policy(srv_call *c);
 void srv_admin_stats(srv_call *c);
 void srv_admin_audit(srv_call *c);
+void srv_admin_export_sale(srv_call *c);
 
 /** Scripts registered with the Redis pool, filled by the services' init functions
  * (at most SRV_MAX_SCRIPTS: srv_script_add aborts beyond, at start-up). */

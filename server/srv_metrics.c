@@ -6,9 +6,10 @@
  *   grpc_server_handled_total, grpc_server_handling_seconds (histogram), labels
  *   grpc_service / grpc_method / grpc_type (/ grpc_code), fed by srv_rpc's call
  *   observer with series handles cached per method (no lookup per call);
- * - the queue per concert: concert_queue_waiting, concert_queue_active (gauges, as
- *   this server's last admission tick saw them) and concert_queue_admitted_total
- *   (admissions this server's ticks made; sum over servers for the concert's total);
+ * - the queue per concert: concert_queue_waiting, concert_queue_active and
+ *   concert_queue_effective_admit_rate (gauges, as this server's last admission tick
+ *   saw them) and concert_queue_admitted_total (admissions this server made, by its
+ *   ticks or straight through in IssueToken; sum over servers for the concert's total);
  * - Redis and Kafka health: up gauges, command counters, and Redis memory
  *   (used_memory, maxmemory) from an `INFO memory` every few seconds;
  * - process_* and concert_build_info, from cc_metrics.
@@ -48,7 +49,7 @@ static struct {
     srv_app *app;
     method_series *methods; /* srv_n_methods + 1 (unknown) */
     cc_metric *started, *handled, *seconds;
-    cc_metric *q_waiting, *q_active, *q_admitted;
+    cc_metric *q_waiting, *q_active, *q_admitted, *q_rate;
     cc_series *calls_active, *redis_up, *redis_cmds, *redis_errors, *redis_timeouts, *redis_reconnects;
     cc_metric *redis_used, *redis_max;
     cc_series *kafka_up, *kafka_pending, *concerts;
@@ -100,6 +101,18 @@ void srv_metrics_queue_tick(srv_app *app, const char *concert, int64_t admitted,
     cc_series_set(cc_metric_with(M.q_active, v), (double)active);
     cc_series *a = cc_metric_with(M.q_admitted, v);
     if (admitted > 0) cc_series_add(a, (double)admitted);
+}
+
+void srv_metrics_queue_admitted(srv_app *app, const char *concert, int64_t admitted) {
+    if (!M.reg || admitted <= 0) return;
+    const char *v[] = {concert};
+    cc_series_add(cc_metric_with(M.q_admitted, v), (double)admitted);
+}
+
+void srv_metrics_queue_rate(srv_app *app, const char *concert, int64_t rate) {
+    if (!M.reg) return;
+    const char *v[] = {concert};
+    cc_series_set(cc_metric_with(M.q_rate, v), (double)rate);
 }
 
 void srv_metrics_payment(srv_app *app, const char *outcome) {
@@ -215,7 +228,8 @@ int srv_metrics_start(srv_app *app, const char *hostport) {
     const char *lc[] = {"concert"};
     M.q_waiting = cc_metrics_gauge(r, "concert_queue_waiting", "Users waiting in the concert's queue, as this server's last admission tick saw it.", 1, lc);
     M.q_active = cc_metrics_gauge(r, "concert_queue_active", "ACTIVE users of the concert, as this server's last admission tick saw it.", 1, lc);
-    M.q_admitted = cc_metrics_counter(r, "concert_queue_admitted_total", "Users this server's admission ticks moved from WAITING to ACTIVE (sum over servers for the concert).", 1, lc);
+    M.q_admitted = cc_metrics_counter(r, "concert_queue_admitted_total", "Users this server admitted: moved from WAITING to ACTIVE by its ticks, or ACTIVE at once by IssueToken (sum over servers for the concert).", 1, lc);
+    M.q_rate = cc_metrics_gauge(r, "concert_queue_effective_admit_rate", "Admissions per second the concert's queue admits at now: admit_rate, or the adaptive controller's rate, as this server's last admission tick saw it.", 1, lc);
     const char *lo[] = {"outcome"};
     M.payments = cc_metrics_counter(r, "concert_payments_total", "Pay calls by how they were answered (pending, completed, failed, unavailable, rejected).", 1, lo);
     M.redis_up = single(cc_metrics_gauge(r, "concert_redis_up", "1 while at least one Redis connection is up.", 0, NULL));

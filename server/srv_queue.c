@@ -1,15 +1,14 @@
 /* srv_queue: QueueService (IssueToken, GetQueueStatus, WatchQueueStatus, LeaveQueue)
  * plus the per-concert registry that drives admission ticks and watcher refreshes.
  *
- * Redis layout, one hash tag per concert so a concert's queue lives in one slot:
- *   cc:{C}:q:users  hash  user -> latest token  cc:{C}:q:tok    hash  token -> user
- *   cc:{C}:q:wait   zset  token -> seq          cc:{C}:q:seen   zset  token -> last seen ms
- *   cc:{C}:q:active zset  token -> expiry ms    cc:{C}:q:gone   zset  token -> ended ms
- *   cc:{C}:q:seq    counter                     cc:{C}:q:adm    hash  token bucket
- *   cc:{C}:policy   hash  rate, max_active, active_ttl_ms, idle_timeout_ms (admin)
- *   cc:{C}:concert  hash  the concert (admin): no queue exists without it
- *   cc:{w:U}:queues hash  concert -> token, the concerts user U waits in (the cap)
- *   cc:queues       set   concerts with someone waiting, active or holding seats
+ * Redis layout (docs/DATA.md "Queue"; server/lua/queue_lib.lua), one hash tag per
+ * concert so a concert's queue lives in one slot. A waiting user costs one member of
+ * the sorted set q:wait (token id + user, scored by the join number n the token
+ * carries) and one field of q:users (user -> n), plus bits in per-chunk bitmaps for the
+ * idle timeout; ACTIVE and ended tokens are keyed by token (q:tok, q:active, q:gone,
+ * q:since) as the booking and payment scripts expect. cc:{uq:<b>}:users (the users'
+ * concerts, for the cap; in 65536 small buckets, see queue_user.lua) and cc:queues
+ * (concerts with live users).
  *
  * Work is proportional to live state, never to ids a stranger made up: IssueToken,
  * GetQueueStatus, WatchQueueStatus and LeaveQueue on a concert no admin created answer
@@ -17,33 +16,61 @@
  * cc:queues) only through a real join or a live token, and leaves both once its
  * admission tick finds it empty. Watchers: one refresh per concert per tick asks for
  * all of its watched tokens in one script call (in chunks), never one round trip per
- * watcher, and a refresh starts only when every batch of the previous one is back. */
+ * watcher, and a refresh starts only when every batch of the previous one is back.
+ *
+ * GetQueueStatus of a waiting user (the call everyone repeats) is three plain reads
+ * pipelined (ZRANGEBYSCORE proves the token and finds the member, ZCOUNT gives the
+ * position, GETBIT tells whether this idle epoch already saw the user) when this
+ * server's last admission tick of the concert is fresh: the rate, the idle timeout and
+ * the sale's opening come from that tick, and Redis' clock from this server's clock
+ * plus the offset the ticks measure. Anything else goes through queue_status.lua.
+ *
+ * ACTIVE answers carry a signed admission receipt (srv_receipt.h). */
 #include <inttypes.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #include "cc_log.h"
+#include "cc_receipt.h"
 #include "concert/v1/queue.pb-c.h"
+#include "srv_adapt.h"
 #include "srv_app.h"
+#include "srv_queue.h"
+#include "srv_receipt.h"
+#include "srv_sale.h"
 #include "srv_valid.h"
 
 #define WATCH_CHUNK 500
 #define GONE_KEEP_MS (3600 * 1000)
-
 #define NOTE_EVERY_MS 1000 /* how often a live concert re-asserts itself in cc:queues */
+#define INFO_FRESH_MS 2000 /* the fast path trusts a tick's figures this long */
+#define ISSUE_TRIES 4      /* seed / tie retries of one IssueToken */
+#define CHUNK 65536        /* join numbers per idle bitmap (queue_lib.lua) */
 
-extern const unsigned char lua_queue_issue[], lua_queue_status[], lua_queue_leave[], lua_queue_admit[],
-    lua_queue_watch[], lua_queue_user[];
-extern const size_t lua_queue_issue_len, lua_queue_status_len, lua_queue_leave_len, lua_queue_admit_len,
-    lua_queue_watch_len, lua_queue_user_len;
+extern const unsigned char lua_queue_lib[], lua_queue_issue[], lua_queue_status[], lua_queue_leave[],
+    lua_queue_admit[], lua_queue_watch[], lua_queue_user[];
+extern const size_t lua_queue_lib_len, lua_queue_issue_len, lua_queue_status_len, lua_queue_leave_len,
+    lua_queue_admit_len, lua_queue_watch_len, lua_queue_user_len;
 
 static cc_redis_script s_issue, s_status, s_leave, s_admit, s_watch, s_user;
+
+struct srv_queue_state {
+    char d_rate[24], d_max[24], d_ttl[24], d_idle[24], gone_keep[24];
+    char a_interval[24], a_pending[24], a_backlog[24], a_errors[24];
+    int64_t clock_offset; /* Redis ms minus uv_now, from the admission ticks */
+    int clock_known;
+};
 
 struct srv_watcher {
     srv_call *call;
     srv_concert *concert; /* NULL until the first status proved the token */
     char token[SRV_TOKEN_MAX + 1];
+    char n[24];             /* the token's join number */
+    unsigned char id[16];   /* and its id */
     int refs;    /* the list's + each in-flight refresh's */
     int dead;    /* finished or cancelled */
     int last_state;
@@ -61,30 +88,34 @@ struct srv_concert {
     uint64_t noted_ms; /* when this server last wrote it into cc:queues */
     size_t n_watchers;
     srv_watcher *watchers;
+    /* What this server's last admission tick said (the fast path's inputs). */
+    uint64_t admit_sent; /* uv_now when the tick was sent */
+    uint64_t info_at;    /* uv_now of its reply, 0 = none yet */
+    int64_t rate, idle_ms, sale_at, waiting;
+    int method;
+    /* The scheduled sale's seed once drawn (pre-queue joins need it). */
+    int have_seed;
+    unsigned char seed[32];
+    char commit[65];
 };
 
-/* ---- keys ---- */
+/* ---- keys and scripts ---- */
 
-enum { K_USERS, K_TOK, K_WAIT, K_SEEN, K_ACTIVE, K_GONE, K_SEQ, K_ADM, K_POLICY, K_CONCERT, K_HOLDS, K_N };
-static const char *const key_suffix[K_N] = {"q:users", "q:tok",  "q:wait",  "q:seen",  "q:active", "q:gone",
-                                            "q:seq",   "q:adm",  "policy",  "concert", "holds"};
-
-typedef struct {
-    char k[K_N][SRV_MAX_ID + 24];
-} queue_keys;
-
-/* "cc:{<concert>}:<suffix>" for every key, by copying (this runs for every queue call:
- * snprintf here was a tenth of the server's instructions on the GetQueueStatus path). */
-static void make_keys(queue_keys *qk, const char *concert) {
+void srv_queue_keys_of(srv_queue_keys *k, const char *concert) {
+    /* By copying: this runs for every queue call (snprintf here was a tenth of the
+     * server's instructions on the GetQueueStatus path). */
     size_t cl = strnlen(concert, SRV_MAX_ID);
-    for (int i = 0; i < K_N; i++) {
-        char *p = qk->k[i];
-        memcpy(p, "cc:{", 4);
-        memcpy(p + 4, concert, cl);
-        p[4 + cl] = '}', p[5 + cl] = ':';
-        size_t sl = strlen(key_suffix[i]);
-        memcpy(p + 6 + cl, key_suffix[i], sl + 1);
-    }
+    char *p = k->prefix;
+    memcpy(p, "cc:{", 4);
+    memcpy(p + 4, concert, cl);
+    p[4 + cl] = '}', p[5 + cl] = ':', p[6 + cl] = '\0';
+    k->plen = 6 + cl;
+    memcpy(k->slot, k->prefix, k->plen);
+    memcpy(k->slot + k->plen, "q:wait", 7);
+}
+
+void srv_queue_script_add(cc_redis_script *s, const char *name, const unsigned char *body, size_t len) {
+    srv_script_add(s, name, lua_queue_lib, lua_queue_lib_len, body, len);
 }
 
 /* ---- registry ---- */
@@ -125,6 +156,7 @@ static void concert_drop(srv_app *app, srv_concert *c, int exists) {
     app->n_concerts--;
     CC_INFO("queue_idle", "concert=%s exists=%d", c->id, exists);
     cc_redis_command(app->redis, ignore_reply, NULL, "SREM cc:queues %s", c->id);
+    OPENSSL_cleanse(c->seed, sizeof c->seed);
     free(c);
 }
 
@@ -152,32 +184,46 @@ void srv_concerts_foreach(srv_app *app, void (*fn)(srv_app *app, const char *con
     FOR_EACH_CONCERT(app, c) fn(app, c->id, arg);
 }
 
-/* ---- replies ---- */
-
-static int64_t estimate_wait(int64_t position, int64_t rate) {
-    if (rate <= 0) return -1;
-    return (position + rate - 1) / rate;
+/* Redis' clock as this server estimates it (ms). */
+static int64_t redis_now(const srv_app *app) {
+    return (int64_t)uv_now(app->loop) + app->queue->clock_offset;
 }
 
-static void fill_status(Concert__V1__QueueStatus *st, const char *token, const char *concert, int state,
-                        int64_t pos, int64_t expires, int64_t rate) {
+/* ---- replies ---- */
+
+/* Seconds until admission: the position over the rate (FIFO), or everyone waiting
+ * over the rate (RANDOM: each admission is a draw among all of them); -1 while
+ * admission is paused or the place is not drawn yet (pre-queue). */
+static int64_t estimate_wait(int64_t position, int64_t waiting, int64_t rate, int method, int phase) {
+    if (rate <= 0 || phase == 2) return -1;
+    int64_t ahead = method == 2 ? (waiting > position ? waiting : position) : position;
+    return (ahead + rate - 1) / rate;
+}
+
+static void status_init(Concert__V1__QueueStatus *st, const char *token, const char *concert) {
     concert__v1__queue_status__init(st);
     st->token = (char *)token;
     st->concert_id = (char *)concert;
-    switch (state) {
-    case 1:
-        st->state = CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING;
-        st->position = pos;
-        st->estimated_wait_seconds = estimate_wait(pos, rate);
-        break;
-    case 2:
-        st->state = CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE;
-        st->expires_at_unix_ms = expires;
-        break;
-    default:
-        st->state = CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED;
-        break;
-    }
+}
+
+static void status_waiting(Concert__V1__QueueStatus *st, int64_t pos, int64_t est) {
+    st->state = CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING;
+    st->position = pos;
+    st->estimated_wait_seconds = est;
+}
+
+/* ACTIVE, with the receipt signed into buf[CC_RECEIPT_MAX] (kept by the caller until
+ * the status is sent). */
+static void status_active(srv_app *app, Concert__V1__QueueStatus *st, const char *concert, const unsigned char id[16],
+                          const char *user, int64_t since, int64_t expires, uint8_t *buf) {
+    st->state = CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE;
+    st->expires_at_unix_ms = expires;
+    size_t n = user && *user ? srv_receipt_make(app, concert, id, user, since, expires, buf) : 0;
+    if (n) st->admission_receipt.data = buf, st->admission_receipt.len = n;
+}
+
+static void status_expired(Concert__V1__QueueStatus *st) {
+    st->state = CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED;
 }
 
 static void finish_no_concert(srv_call *call, const char *field, const char *concert) {
@@ -190,6 +236,8 @@ typedef struct {
     srv_app *app;
     char concert[SRV_MAX_ID + 1];
     char token[SRV_TOKEN_MAX + 1];
+    char n[24];           /* the token's join number ("0": a v1 token) */
+    unsigned char id[16]; /* the token id */
 } qctx;
 
 static qctx *qctx_new(srv_call *call) {
@@ -200,10 +248,17 @@ static qctx *qctx_new(srv_call *call) {
     return q;
 }
 
-/* Validates a request's token field: fills q->token and q->concert, or finishes the
+static void parts_into(qctx *q, const srv_token_parts *p) {
+    memcpy(q->concert, p->concert, sizeof q->concert);
+    snprintf(q->n, sizeof q->n, "%" PRId64, p->n);
+    memcpy(q->id, p->id, 16);
+}
+
+/* Validates a request's token field: fills q (token, concert, n, id), or finishes the
  * call with the error and returns -1. */
 static int take_token(srv_call *call, qctx *q, const char *token) {
     size_t len = token ? strlen(token) : 0;
+    srv_token_parts p;
     if (len == 0) {
         srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "token: required");
         return -1;
@@ -212,29 +267,53 @@ static int take_token(srv_call *call, qctx *q, const char *token) {
         srv_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "token: longer than 256 bytes");
         return -1;
     }
-    if (srv_token_parse(token, len, q->concert) < 0) {
+    if (srv_token_split(token, len, &p) < 0) {
         srv_call_finish(call, GRPC_STATUS_UNAUTHENTICATED, "token: unknown token");
         return -1;
     }
     memcpy(q->token, token, len + 1);
+    parts_into(q, &p);
     return 0;
+}
+
+/* The script arguments every queue script starts with: slot, prefix, concert, then
+ * (with defaults) the server's default policy. Returns how many were filled. */
+static int base_args(const srv_app *app, const srv_queue_keys *k, const char *concert, int defaults,
+                     const char **args) {
+    srv_queue_state *s = app->queue;
+    args[0] = k->slot, args[1] = k->prefix, args[2] = concert;
+    if (!defaults) return 3;
+    args[3] = s->d_rate, args[4] = s->d_max, args[5] = s->d_ttl, args[6] = s->d_idle;
+    return 7;
 }
 
 /* ---- the per-user record (cap on concerts waited in at once) ---- */
 
-static void user_key(char *out, size_t len, const char *user) { snprintf(out, len, "cc:{w:%s}:queues", user); }
+#define USER_BUCKETS 65536 /* queue_user.lua: records in small hashes (listpacks) */
 
-/* 'del' one (concert, token) of the user's record; not awaited. */
-static void user_record(srv_app *app, const char *user, const char *concert, const char *token, const char *mode) {
-    char key[SRV_MAX_USER + 24];
+/* The bucket of a user's record: "cc:{uq:<FNV-1a(user) mod 65536>}:users". */
+static void user_key(char *out, size_t len, const char *user) {
+    snprintf(out, len, "cc:{uq:%u}:users", (unsigned)(hash_str(user) % USER_BUCKETS));
+}
+
+/* 'del' the (concert, token) entry of the user's record; not awaited. */
+static void user_record(srv_app *app, const char *user, const char *concert, const char *token) {
+    srv_token_parts tp;
+    if (srv_token_split(token, strlen(token), &tp) < 0) return;
+    char key[48], n[24];
     user_key(key, sizeof key, user);
-    const char *args[] = {key, mode, concert, token};
-    cc_redis_eval(app->redis, &s_user, ignore_reply, NULL, 1, 4, args, NULL);
+    snprintf(n, sizeof n, "%" PRId64, tp.n);
+    const char *args[] = {key, "del", user, concert, n};
+    cc_redis_eval(app->redis, &s_user, ignore_reply, NULL, 1, 5, args, NULL);
 }
 
 /* ---- IssueToken ----
  * 1. queue_issue (concert slot): NOT_FOUND unless an admin created the concert; an
  *    existing WAITING or ACTIVE token is answered at once (one round trip, as ever).
+ *    Straight through to ACTIVE when nobody waits and there is credit and room;
+ *    everyone under PASSTHROUGH; UNAVAILABLE under REJECT; FAILED_PRECONDITION before a
+ *    scheduled sale's pre-queue opens. A pre-queue join needs the sale's seed: the
+ *    script hands it over (or takes one this server draws) and the call is sent again.
  * 2. For a new token only: queue_user 'add' (user slot) records it unless the user
  *    already waits in --max-queues-per-user concerts. When full, each recorded token is
  *    looked at in its own concert (queue_watch) and the dead ones are pruned before a
@@ -250,9 +329,13 @@ typedef struct {
 } cap_entry;
 
 typedef struct {
-    qctx q; /* q.token: the fresh token, then the one issued */
+    qctx q; /* q.token: the token issued */
     char user[SRV_MAX_USER + 1];
+    char hex[33];                /* the fresh token id in hex (q.id: its bytes) */
+    int tries;
+    int offer_seed;              /* the script has no seed yet: draw one and offer it */
     Concert__V1__QueueStatus st; /* the answer, sent once the token is recorded */
+    uint8_t receipt[CC_RECEIPT_MAX];
     int pruned;
     int pending;
     int failed;
@@ -266,41 +349,138 @@ static void ictx_free(ictx *x) {
 }
 
 static void send_add(ictx *x);
+static void send_issue(ictx *x);
 
 static void answer_issued(ictx *x) {
     x->st.token = x->q.token;
     x->st.concert_id = x->q.concert;
-    srv_call_reply(x->q.call, &x->st.base);
+    /* Registered first: its SADD is on its way to Redis before the client has the answer. */
     concert_note(x->q.app, x->q.concert);
+    srv_call_reply(x->q.call, &x->st.base);
 }
 
 static void on_undo(redisReply *r, const char *err, void *p) {}
 
+/* Runs a script that takes the base arguments (with the defaults or not) and then the
+ * token's n, id and text. */
+static int eval_token(srv_app *app, const cc_redis_script *script, const qctx *q, int defaults, cc_redis_cb cb,
+                      void *payload) {
+    srv_queue_keys k;
+    srv_queue_keys_of(&k, q->concert);
+    const char *args[12];
+    size_t lens[12];
+    int n = base_args(app, &k, q->concert, defaults, args);
+    int id_at = n + 1;
+    args[n++] = q->n, args[n++] = (const char *)q->id, args[n++] = q->token;
+    for (int i = 0; i < n; i++) lens[i] = i == id_at ? 16 : strlen(args[i]);
+    return cc_redis_eval(app->redis, script, cb, payload, 1, n, args, lens);
+}
+
+static void send_leave(srv_app *app, qctx *q, cc_redis_cb cb, void *payload, int *rc) {
+    *rc = eval_token(app, &s_leave, q, 0, cb, payload);
+}
+
 /* Over the cap: the token just made is given up, then the call refused. */
 static void refuse_over_cap(ictx *x) {
-    queue_keys qk;
-    make_keys(&qk, x->q.concert);
-    const char *args[] = {qk.k[K_USERS],  qk.k[K_TOK],  qk.k[K_WAIT],    qk.k[K_SEEN],
-                          qk.k[K_ACTIVE], qk.k[K_GONE], qk.k[K_CONCERT], x->q.token};
-    cc_redis_eval(x->q.app->redis, &s_leave, on_undo, NULL, 7, 8, args, NULL);
+    int rc;
+    send_leave(x->q.app, &x->q, on_undo, NULL, &rc);
     srv_call_finish(x->q.call, GRPC_STATUS_RESOURCE_EXHAUSTED,
                     "concert_id: user_id already waits in %" PRId64 " concerts, the most at once; leave one first",
                     x->q.app->cfg.max_queues_per_user);
     ictx_free(x);
 }
 
+static void fmt_utc(int64_t ms, char *out, size_t len) {
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Sent again with a fresh token id (a tie in the pre-queue's draw). */
+static int new_id(ictx *x) {
+    if (srv_token_id_new(x->q.id, x->hex) < 0) {
+        srv_call_finish(x->q.call, GRPC_STATUS_INTERNAL, "no randomness available");
+        return -1;
+    }
+    return 0;
+}
+
+static void retry_issue(ictx *x) {
+    if (++x->tries >= ISSUE_TRIES) {
+        srv_call_finish(x->q.call, GRPC_STATUS_UNAVAILABLE, "concert_id: the pre-queue is busy, try again");
+        ictx_free(x);
+        return;
+    }
+    send_issue(x);
+}
+
 static void on_issue(redisReply *r, const char *err, void *p) {
     ictx *x = p;
     qctx *q = &x->q;
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 6) {
+    srv_app *app = q->app;
+    int64_t code = srv_int_at(r, 0);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         srv_fail_redis(q->call, r, err);
-    } else if (srv_int_at(r, 1) < 0) {
+    } else if (code == -1) {
         finish_no_concert(q->call, "concert_id", q->concert);
+    } else if (code == -4) {
+        srv_call_finish(q->call, GRPC_STATUS_UNAVAILABLE,
+                        "concert_id: the waiting room of '%s' admits nobody new now (queueing method REJECT, "
+                        "maintenance); try again later",
+                        q->concert);
+    } else if (code == -5) {
+        char a[32], b[32];
+        int64_t pre = srv_int_at(r, 1), sale = srv_int_at(r, 2);
+        fmt_utc(sale, b, sizeof b);
+        if (pre > 0) {
+            fmt_utc(pre, a, sizeof a);
+            srv_call_finish(q->call, GRPC_STATUS_FAILED_PRECONDITION,
+                            "concert_id: the pre-queue of '%s' opens at %s (%" PRId64 " ms), the sale at %s (%" PRId64
+                            " ms)",
+                            q->concert, a, pre, b, sale);
+        } else {
+            srv_call_finish(q->call, GRPC_STATUS_FAILED_PRECONDITION,
+                            "concert_id: the sale of '%s' opens at %s (%" PRId64 " ms); joining opens then", q->concert,
+                            b, sale);
+        }
+    } else if (code == -2) {
+        /* The pre-queue's seed: the one drawn (kept for the next joins), or none yet. */
+        const char *seed = srv_str_at(r, 1), *commit = srv_str_at(r, 2);
+        srv_concert *c = concert_note(app, q->concert);
+        if (strlen(seed) == 64 && strlen(commit) == 64 && srv_sale_unhex(seed, 32, c->seed) == 0) {
+            memcpy(c->commit, commit, 65);
+            c->have_seed = 1;
+            x->offer_seed = 0;
+        } else {
+            x->offer_seed = 1;
+        }
+        retry_issue(x);
+        return;
+    } else if (code == -3) {
+        if (new_id(x) == 0) {
+            retry_issue(x);
+            return;
+        }
+    } else if (code != 0 || r->elements < 11) {
+        srv_fail_redis(q->call, r, err);
     } else {
-        const char *tok = r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str : "";
-        fill_status(&x->st, NULL, NULL, (int)srv_int_at(r, 1), srv_int_at(r, 2), srv_int_at(r, 3), srv_int_at(r, 4));
+        const char *tok = srv_str_at(r, 1);
+        int64_t state = srv_int_at(r, 2), flags = srv_int_at(r, 7);
         snprintf(q->token, sizeof q->token, "%s", tok);
-        if (srv_int_at(r, 5)) {
+        srv_token_parts tp;
+        if (srv_token_split(q->token, strlen(q->token), &tp) == 0) parts_into(q, &tp);
+        status_init(&x->st, NULL, NULL);
+        if (state == 2) {
+            status_active(app, &x->st, q->concert, q->id, x->user, srv_int_at(r, 5), srv_int_at(r, 4), x->receipt);
+        } else {
+            int64_t pos = srv_int_at(r, 3);
+            status_waiting(&x->st, pos,
+                           estimate_wait(pos, srv_int_at(r, 10), srv_int_at(r, 6), (int)srv_int_at(r, 9),
+                                         (int)srv_int_at(r, 8)));
+        }
+        if (flags & 2) srv_metrics_queue_admitted(app, q->concert, 1);
+        if (flags & 1) {
             send_add(x); /* a new token: counted against the cap first */
             return;
         }
@@ -312,13 +492,37 @@ static void on_issue(redisReply *r, const char *err, void *p) {
 static void send_issue(ictx *x) {
     qctx *q = &x->q;
     srv_app *app = q->app;
-    queue_keys qk;
-    make_keys(&qk, q->concert);
-    char rate[24];
-    snprintf(rate, sizeof rate, "%" PRId64, app->cfg.admit_rate);
-    const char *args[] = {qk.k[K_USERS],  qk.k[K_TOK],     qk.k[K_WAIT], qk.k[K_SEEN], qk.k[K_ACTIVE], qk.k[K_SEQ],
-                          qk.k[K_POLICY], qk.k[K_CONCERT], qk.k[K_GONE], x->user,      q->token,       rate};
-    if (cc_redis_eval(app->redis, &s_issue, on_issue, x, 9, 12, args, NULL) < 0) {
+    srv_queue_keys k;
+    srv_queue_keys_of(&k, q->concert);
+    const char *args[16];
+    size_t lens[16];
+    int n = base_args(app, &k, q->concert, 1, args);
+    char score[SRV_SALE_SCORE_MAX] = "", seed_hex[65] = "", commit[65] = "";
+    unsigned char sha[32], cand[32];
+    int have_draw = 0;
+    srv_concert *c = concert_get(app, q->concert, 0);
+    if (x->offer_seed) {
+        if (srv_sale_seed_new(cand, seed_hex, commit) == 0) {
+            srv_sale_draw(cand, q->id, sha, NULL, score);
+            have_draw = 1;
+        }
+        OPENSSL_cleanse(cand, sizeof cand);
+    } else if (c && c->have_seed && (!c->info_at || c->sale_at > redis_now(app))) {
+        memcpy(commit, c->commit, 65);
+        srv_sale_draw(c->seed, q->id, sha, NULL, score);
+        have_draw = 1;
+    }
+    args[n++] = x->user;
+    args[n++] = (const char *)q->id;
+    args[n++] = x->hex;
+    args[n++] = commit;
+    args[n++] = score;
+    args[n++] = have_draw ? (const char *)sha : "";
+    args[n++] = seed_hex;
+    for (int i = 0; i < n; i++) lens[i] = i == 8 ? 16 : i == 12 ? (have_draw ? 32 : 0) : strlen(args[i]);
+    int rc = cc_redis_eval(app->redis, &s_issue, on_issue, x, 1, n, args, lens);
+    OPENSSL_cleanse(seed_hex, sizeof seed_hex);
+    if (rc < 0) {
         srv_fail_no_redis(q->call);
         ictx_free(x);
     }
@@ -338,8 +542,8 @@ static void probes_done(ictx *x) {
 static void on_probe(redisReply *r, const char *err, void *p) {
     probe_arg *a = p;
     ictx *x = a->x;
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 3) {
-        int64_t state = srv_int_at(r, 1);
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 8) {
+        int64_t state = srv_int_at(r, 4);
         x->entries[a->i].dead = state != 1 && state != 2;
     } else if (!x->failed) {
         x->failed = 1;
@@ -354,22 +558,20 @@ static void probe_entries(ictx *x) {
     x->pending = 1;
     for (size_t i = 0; i < x->n_entries; i++) {
         cap_entry *e = &x->entries[i];
-        char concert[SRV_MAX_ID + 1];
-        if (!srv_valid_id(e->concert) || srv_token_parse(e->token, strlen(e->token), concert) < 0 ||
-            strcmp(concert, e->concert) != 0) {
+        srv_token_parts tp;
+        if (!srv_valid_id(e->concert) || srv_token_split(e->token, strlen(e->token), &tp) < 0 ||
+            strcmp(tp.concert, e->concert) != 0) {
             e->dead = 1; /* not something the server wrote */
             continue;
         }
-        queue_keys qk;
-        make_keys(&qk, e->concert);
-        char rate[24];
-        snprintf(rate, sizeof rate, "%" PRId64, app->cfg.admit_rate);
-        const char *args[] = {qk.k[K_TOK], qk.k[K_WAIT], qk.k[K_SEEN], qk.k[K_ACTIVE], qk.k[K_POLICY], rate, e->token};
+        qctx pq = {.app = app};
+        parts_into(&pq, &tp);
+        snprintf(pq.token, sizeof pq.token, "%s", e->token);
         probe_arg *a = malloc(sizeof *a);
         if (!a) abort();
         a->x = x, a->i = i;
         x->pending++;
-        if (cc_redis_eval(app->redis, &s_watch, on_probe, a, 5, 7, args, NULL) < 0) {
+        if (eval_token(app, &s_watch, &pq, 1, on_probe, a) < 0) {
             free(a);
             x->pending--;
             if (!x->failed) {
@@ -413,19 +615,30 @@ static void on_add(redisReply *r, const char *err, void *p) {
 
 static void send_add(ictx *x) {
     srv_app *app = x->q.app;
-    char key[SRV_MAX_USER + 24], cap[24];
+    char key[48], cap[24];
     user_key(key, sizeof key, x->user);
     snprintf(cap, sizeof cap, "%" PRId64, app->cfg.max_queues_per_user);
     size_t n_dead = 0;
     for (size_t i = 0; i < x->n_entries; i++) n_dead += x->entries[i].dead;
-    const char **args = calloc(5 + 2 * n_dead, sizeof *args);
-    if (!args) abort();
-    args[0] = key, args[1] = "add", args[2] = x->q.concert, args[3] = x->q.token, args[4] = cap;
-    size_t k = 5;
-    for (size_t i = 0; i < x->n_entries; i++)
-        if (x->entries[i].dead) args[k++] = x->entries[i].concert, args[k++] = x->entries[i].token;
-    int rc = cc_redis_eval(app->redis, &s_user, on_add, x, 1, (int)k, args, NULL);
+    const char **args = calloc(7 + 2 * n_dead, sizeof *args);
+    size_t *lens = calloc(7 + 2 * n_dead, sizeof *lens);
+    char(*nums)[24] = calloc(n_dead + 1, sizeof *nums);
+    if (!args || !lens || !nums) abort();
+    args[0] = key, args[1] = "add", args[2] = x->user, args[3] = x->q.concert, args[4] = x->q.n;
+    args[5] = (const char *)x->q.id, args[6] = cap;
+    size_t k = 7, d = 0;
+    for (size_t i = 0; i < x->n_entries; i++) {
+        srv_token_parts tp;
+        if (!x->entries[i].dead) continue;
+        if (srv_token_split(x->entries[i].token, strlen(x->entries[i].token), &tp) < 0) tp.n = 0;
+        snprintf(nums[d], sizeof nums[d], "%" PRId64, tp.n);
+        args[k++] = x->entries[i].concert, args[k++] = nums[d++];
+    }
+    for (size_t i = 0; i < k; i++) lens[i] = i == 5 ? 16 : strlen(args[i]);
+    int rc = cc_redis_eval(app->redis, &s_user, on_add, x, 1, (int)k, args, lens);
     free(args);
+    free(lens);
+    free(nums);
     if (rc < 0) {
         srv_fail_no_redis(x->q.call);
         ictx_free(x);
@@ -451,9 +664,8 @@ void srv_queue_issue_token(srv_call *call) {
     x->q.app = srv_call_app(call);
     snprintf(x->q.concert, sizeof x->q.concert, "%s", req->concert_id);
     snprintf(x->user, sizeof x->user, "%s", req->user_id);
-    if (srv_token_new(x->q.token, x->q.concert) < 0) {
+    if (new_id(x) < 0) {
         ictx_free(x);
-        srv_call_finish(call, GRPC_STATUS_INTERNAL, "no randomness available");
         return;
     }
     send_issue(x);
@@ -461,49 +673,167 @@ void srv_queue_issue_token(srv_call *call) {
 
 /* ---- GetQueueStatus ---- */
 
+/* A live token proves a live queue: make sure someone ticks it. */
+static void note_live(srv_app *app, const char *concert) {
+    if (!concert_get(app, concert, 0)) concert_note(app, concert);
+}
+
+typedef struct {
+    qctx q;
+    uint8_t receipt[CC_RECEIPT_MAX];
+} sctx;
+
 static void on_status(redisReply *r, const char *err, void *p) {
-    qctx *q = p;
+    sctx *s = p;
+    qctx *q = &s->q;
     int64_t state = srv_int_at(r, 0);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 5) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         srv_fail_redis(q->call, r, err);
     } else if (state < 0) {
         finish_no_concert(q->call, "token", q->concert);
     } else if (state == 0) {
         srv_call_finish(q->call, GRPC_STATUS_UNAUTHENTICATED, "token: unknown token");
+    } else if (r->elements < 6) {
+        srv_fail_redis(q->call, r, err);
     } else {
         Concert__V1__QueueStatus st;
-        fill_status(&st, q->token, q->concert, (int)state, srv_int_at(r, 1), srv_int_at(r, 2), srv_int_at(r, 3));
-        srv_call_reply(q->call, &st.base);
-        /* A live token proves a live queue: make sure someone ticks it. */
-        if (state == 1 || state == 2) {
-            srv_concert *c = concert_get(q->app, q->concert, 0);
-            if (!c) concert_note(q->app, q->concert);
+        status_init(&st, q->token, q->concert);
+        if (state == 1 && r->elements >= 12) {
+            int64_t pos = srv_int_at(r, 1);
+            status_waiting(&st, pos,
+                           estimate_wait(pos, srv_int_at(r, 8), srv_int_at(r, 4), (int)srv_int_at(r, 7),
+                                         (int)srv_int_at(r, 6)));
+        } else if (state == 2) {
+            status_active(q->app, &st, q->concert, q->id, srv_str_at(r, 5), srv_int_at(r, 3), srv_int_at(r, 2),
+                          s->receipt);
+        } else {
+            status_expired(&st);
         }
+        srv_call_reply(q->call, &st.base);
+        if (state == 1 || state == 2) note_live(q->app, q->concert);
     }
-    free(q);
+    free(s);
 }
 
-static int send_status_query(srv_app *app, const char *concert, const char *token, cc_redis_cb cb, void *payload) {
-    queue_keys qk;
-    make_keys(&qk, concert);
-    char rate[24];
-    snprintf(rate, sizeof rate, "%" PRId64, app->cfg.admit_rate);
-    const char *args[] = {qk.k[K_TOK],    qk.k[K_WAIT],    qk.k[K_SEEN], qk.k[K_ACTIVE],
-                          qk.k[K_POLICY], qk.k[K_CONCERT], token,        rate};
-    return cc_redis_eval(app->redis, &s_status, cb, payload, 6, 8, args, NULL);
+static int send_status_script(srv_app *app, const qctx *q, cc_redis_cb cb, void *payload) {
+    return eval_token(app, &s_status, q, 1, cb, payload);
+}
+
+static void status_by_script(sctx *s) {
+    if (send_status_script(s->q.app, &s->q, on_status, s) < 0) {
+        srv_fail_no_redis(s->q.call);
+        free(s);
+    }
+}
+
+/* The fast path: three plain reads of a waiting user (see the top of the file). The
+ * tick's figures are copied: the concert may leave the registry meanwhile. */
+typedef struct {
+    sctx s;
+    int64_t rate, waiting, idle_ms;
+    int method;
+    char seen_key[SRV_MAX_ID + 48];
+    char bit[16];
+    int pending, failed, found, got_bit;
+    int64_t pos, bitval;
+} fctx;
+
+static void fast_done(fctx *f) {
+    sctx *s = &f->s;
+    if (f->failed || !f->found || f->pos <= 0) {
+        /* Not a plain waiting user (or Redis hiccuped): the script answers. */
+        sctx *again = malloc(sizeof *again);
+        if (!again) abort();
+        again->q = s->q;
+        free(f);
+        status_by_script(again);
+        return;
+    }
+    Concert__V1__QueueStatus st;
+    status_init(&st, s->q.token, s->q.concert);
+    status_waiting(&st, f->pos, estimate_wait(f->pos, f->waiting, f->rate, f->method, 0));
+    srv_call_reply(s->q.call, &st.base);
+    if (f->got_bit && f->bitval == 0) {
+        const char *argv[] = {"SETBIT", f->seen_key, f->bit, "1"};
+        cc_redis_command_argv(s->q.app->redis, ignore_reply, NULL, 4, argv, NULL);
+    }
+    free(f);
+}
+
+static void on_fast_member(redisReply *r, const char *err, void *p) {
+    fctx *f = p;
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        f->failed = 1;
+    } else if (r->elements == 1 && r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len > 16 &&
+               CRYPTO_memcmp(r->element[0]->str, f->s.q.id, 16) == 0 && r->element[0]->str[16] != 1) {
+        f->found = 1;
+    }
+    if (--f->pending == 0) fast_done(f);
+}
+
+static void on_fast_count(redisReply *r, const char *err, void *p) {
+    fctx *f = p;
+    if (!r || r->type != REDIS_REPLY_INTEGER) f->failed = 1;
+    else f->pos = r->integer;
+    if (--f->pending == 0) fast_done(f);
+}
+
+static void on_fast_bit(redisReply *r, const char *err, void *p) {
+    fctx *f = p;
+    if (r && r->type == REDIS_REPLY_INTEGER) {
+        f->got_bit = 1;
+        f->bitval = r->integer;
+    }
+    if (--f->pending == 0) fast_done(f);
+}
+
+/* 1 if the fast path may answer for concert c now. */
+static int fast_ok(const srv_app *app, const srv_concert *c) {
+    if (!c || !c->info_at || !app->queue->clock_known) return 0;
+    if (uv_now(app->loop) - c->info_at > INFO_FRESH_MS) return 0;
+    return c->sale_at <= 0 || c->sale_at <= redis_now(app);
+}
+
+static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
+    fctx *f = calloc(1, sizeof *f);
+    if (!f) abort();
+    f->s.q = *q;
+    f->rate = c->rate, f->waiting = c->waiting, f->idle_ms = c->idle_ms, f->method = c->method;
+    srv_queue_keys k;
+    srv_queue_keys_of(&k, q->concert);
+    int64_t n = strtoll(q->n, NULL, 10);
+    f->pending = 1; /* held until every command is sent */
+    const char *zr[] = {"ZRANGEBYSCORE", k.slot, q->n, q->n, "LIMIT", "0", "1"};
+    if (cc_redis_command_argv(app->redis, on_fast_member, f, 7, zr, NULL) == 0) f->pending++;
+    else f->failed = 1;
+    const char *zc[] = {"ZCOUNT", k.slot, "-inf", q->n};
+    if (cc_redis_command_argv(app->redis, on_fast_count, f, 4, zc, NULL) == 0) f->pending++;
+    else f->failed = 1;
+    if (f->idle_ms > 0) {
+        int64_t L = (f->idle_ms + 1) / 2;
+        int64_t slot = (redis_now(app) / L) % 3;
+        snprintf(f->seen_key, sizeof f->seen_key, "%sq:seen:%" PRId64 ":%" PRId64, k.prefix, slot, n / CHUNK);
+        snprintf(f->bit, sizeof f->bit, "%" PRId64, n % CHUNK);
+        const char *gb[] = {"GETBIT", f->seen_key, f->bit};
+        if (cc_redis_command_argv(app->redis, on_fast_bit, f, 3, gb, NULL) == 0) f->pending++;
+    }
+    if (--f->pending == 0) fast_done(f);
 }
 
 void srv_queue_get_status(srv_call *call) {
     const Concert__V1__GetQueueStatusRequest *req = (const void *)srv_call_request(call);
-    qctx *q = qctx_new(call);
-    if (take_token(call, q, req->token) < 0 || srv_limit_call(call, "token", q->token) < 0) {
-        free(q);
+    srv_app *app = srv_call_app(call);
+    qctx q = {.call = call, .app = app};
+    if (take_token(call, &q, req->token) < 0 || srv_limit_call(call, "token", q.token) < 0) return;
+    srv_concert *c = q.n[0] != '0' ? concert_get(app, q.concert, 0) : NULL;
+    if (fast_ok(app, c)) {
+        status_fast(app, c, &q);
         return;
     }
-    if (send_status_query(q->app, q->concert, q->token, on_status, q) < 0) {
-        free(q);
-        srv_fail_no_redis(call);
-    }
+    sctx *s = malloc(sizeof *s);
+    if (!s) abort();
+    s->q = q;
+    status_by_script(s);
 }
 
 /* ---- LeaveQueue ---- */
@@ -523,7 +853,7 @@ static void on_leave(redisReply *r, const char *err, void *p) {
         resp.previous_state = (Concert__V1__QueueState)prev;
         srv_call_reply(q->call, &resp.base);
         const char *user = srv_str_at(r, 1);
-        if (*user && srv_valid_user(user)) user_record(q->app, user, q->concert, q->token, "del");
+        if (*user && srv_valid_user(user)) user_record(q->app, user, q->concert, q->token);
     }
     free(q);
 }
@@ -535,11 +865,9 @@ void srv_queue_leave(srv_call *call) {
         free(q);
         return;
     }
-    queue_keys qk;
-    make_keys(&qk, q->concert);
-    const char *args[] = {qk.k[K_USERS],  qk.k[K_TOK],  qk.k[K_WAIT],    qk.k[K_SEEN],
-                          qk.k[K_ACTIVE], qk.k[K_GONE], qk.k[K_CONCERT], q->token};
-    if (cc_redis_eval(q->app->redis, &s_leave, on_leave, q, 7, 8, args, NULL) < 0) {
+    int rc;
+    send_leave(q->app, q, on_leave, q, &rc);
+    if (rc < 0) {
         free(q);
         srv_fail_no_redis(call);
     }
@@ -568,22 +896,38 @@ static void watcher_end(srv_watcher *w, grpc_status_code code, const char *msg) 
     watcher_unref(w);
 }
 
+/* What a refresh found for one token. */
+typedef struct {
+    int state;
+    int64_t value; /* position (waiting) or expiry (active) */
+    int64_t since;
+    const char *user;
+    int64_t rate, waiting;
+    int method, phase;
+} watch_seen;
+
 /* Sends the status if it changed; ends the stream on a terminal state. */
-static void watcher_update(srv_watcher *w, int state, int64_t value, int64_t rate) {
+static void watcher_update(srv_watcher *w, const watch_seen *v) {
     if (w->dead) return;
-    if (state == 0) {
+    if (v->state == 0) {
         watcher_end(w, GRPC_STATUS_UNAUTHENTICATED, "token: unknown token");
         return;
     }
-    int64_t pos = state == 1 ? value : 0;
-    if (state == w->last_state && pos == w->last_pos) return;
-    if (state == 1 && srv_call_pending_writes(w->call) > 1) return; /* slow reader: skip a step */
+    int64_t pos = v->state == 1 ? v->value : 0;
+    if (v->state == w->last_state && pos == w->last_pos) return;
+    if (v->state == 1 && srv_call_pending_writes(w->call) > 1) return; /* slow reader: skip a step */
+    srv_app *app = srv_call_app(w->call);
+    const char *concert = w->concert ? w->concert->id : "";
     Concert__V1__QueueStatus st;
-    fill_status(&st, w->token, w->concert ? w->concert->id : "", state, pos, state == 2 ? value : 0, rate);
+    uint8_t receipt[CC_RECEIPT_MAX];
+    status_init(&st, w->token, concert);
+    if (v->state == 1) status_waiting(&st, pos, estimate_wait(pos, v->waiting, v->rate, v->method, v->phase));
+    else if (v->state == 2) status_active(app, &st, concert, w->id, v->user, v->since, v->value, receipt);
+    else status_expired(&st);
     srv_call_send(w->call, &st.base);
-    w->last_state = state;
+    w->last_state = v->state;
     w->last_pos = pos;
-    if (state != 1) watcher_end(w, GRPC_STATUS_OK, "");
+    if (v->state != 1) watcher_end(w, GRPC_STATUS_OK, "");
 }
 
 typedef struct {
@@ -594,10 +938,16 @@ typedef struct {
 
 static void on_watch_batch(redisReply *r, const char *err, void *p) {
     watch_batch *b = p;
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 + 2 * b->n) {
-        int64_t rate = srv_int_at(r, 0);
-        for (size_t i = 0; i < b->n; i++)
-            watcher_update(b->w[i], (int)srv_int_at(r, 1 + 2 * i), srv_int_at(r, 2 + 2 * i), rate);
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 4 + 4 * b->n) {
+        watch_seen v = {.rate = srv_int_at(r, 0), .phase = (int)srv_int_at(r, 1), .method = (int)srv_int_at(r, 2),
+                        .waiting = srv_int_at(r, 3)};
+        for (size_t i = 0; i < b->n; i++) {
+            v.state = (int)srv_int_at(r, 4 + 4 * i);
+            v.value = srv_int_at(r, 5 + 4 * i);
+            v.since = srv_int_at(r, 6 + 4 * i);
+            v.user = srv_str_at(r, 7 + 4 * i);
+            watcher_update(b->w[i], &v);
+        }
     } else if (r && r->type == REDIS_REPLY_ERROR) {
         CC_WARN("watch_refresh_failed", "concert=%s error=\"%s\"", b->concert->id, r->str);
     }
@@ -612,25 +962,28 @@ static void on_watch_batch(redisReply *r, const char *err, void *p) {
 static void refresh_watchers(srv_concert *c) {
     srv_app *app = c->app;
     if (c->watch_batches || !c->watchers) return;
-    queue_keys qk;
-    make_keys(&qk, c->id);
-    char rate[24];
-    snprintf(rate, sizeof rate, "%" PRId64, app->cfg.admit_rate);
-    const char *args[6 + WATCH_CHUNK];
-    args[0] = qk.k[K_TOK], args[1] = qk.k[K_WAIT], args[2] = qk.k[K_SEEN], args[3] = qk.k[K_ACTIVE];
-    args[4] = qk.k[K_POLICY], args[5] = rate;
+    srv_queue_keys k;
+    srv_queue_keys_of(&k, c->id);
+    const char **args = malloc((7 + 3 * WATCH_CHUNK) * sizeof *args);
+    size_t *lens = malloc((7 + 3 * WATCH_CHUNK) * sizeof *lens);
+    if (!args || !lens) abort();
+    int base = base_args(app, &k, c->id, 1, args);
+    for (int i = 0; i < base; i++) lens[i] = strlen(args[i]);
     srv_watcher *w = c->watchers;
     while (w) {
         watch_batch *b = calloc(1, sizeof *b);
         if (!b) abort();
         b->concert = c;
+        int n = base;
         for (; w && b->n < WATCH_CHUNK; w = w->next) {
             b->w[b->n] = w;
-            args[6 + b->n] = w->token;
+            args[n] = w->n, lens[n] = strlen(w->n), n++;
+            args[n] = (const char *)w->id, lens[n] = 16, n++;
+            args[n] = w->token, lens[n] = strlen(w->token), n++;
             w->refs++;
             b->n++;
         }
-        if (cc_redis_eval(app->redis, &s_watch, on_watch_batch, b, 5, 6 + (int)b->n, args, NULL) < 0) {
+        if (cc_redis_eval(app->redis, &s_watch, on_watch_batch, b, 1, n, args, lens) < 0) {
             CC_DEBUG("watch_refresh_not_sent", "concert=%s watchers=%zu", c->id, b->n);
             for (size_t i = 0; i < b->n; i++) watcher_unref(b->w[i]);
             free(b);
@@ -638,6 +991,8 @@ static void refresh_watchers(srv_concert *c) {
         }
         c->watch_batches++;
     }
+    free(args);
+    free(lens);
 }
 
 static void on_watch_cancel(srv_call *call) {
@@ -658,7 +1013,7 @@ static void on_watch_first(redisReply *r, const char *err, void *p) {
     int64_t state = srv_int_at(r, 0);
     char concert[SRV_MAX_ID + 1];
     srv_token_parse(w->token, strlen(w->token), concert);
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 5) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         char msg[256];
         grpc_status_code code = srv_redis_status(r, err, msg, sizeof msg);
         watcher_end(w, code == GRPC_STATUS_OK ? GRPC_STATUS_INTERNAL : code, msg);
@@ -668,9 +1023,11 @@ static void on_watch_first(redisReply *r, const char *err, void *p) {
         watcher_end(w, GRPC_STATUS_NOT_FOUND, msg);
     } else if (state == 0) {
         watcher_end(w, GRPC_STATUS_UNAUTHENTICATED, "token: unknown token");
+    } else if (r->elements < 6) {
+        watcher_end(w, GRPC_STATUS_INTERNAL, "unexpected reply from redis");
     } else if (app->shutting_down) {
         watcher_end(w, GRPC_STATUS_UNAVAILABLE, "server shutting down");
-    } else if (state == 1) {
+    } else if (state == 1 && r->elements >= 12) {
         /* WAITING: from now on the concert's refresh ticks update this watcher. */
         srv_concert *c = concert_get(app, concert, 0);
         if (!c) c = concert_note(app, concert);
@@ -679,11 +1036,18 @@ static void on_watch_first(redisReply *r, const char *err, void *p) {
         if (c->watchers) c->watchers->prev = w;
         c->watchers = w;
         c->n_watchers++;
-        watcher_update(w, 1, srv_int_at(r, 1), srv_int_at(r, 3));
+        watch_seen v = {.state = 1, .value = srv_int_at(r, 1), .rate = srv_int_at(r, 4), .phase = (int)srv_int_at(r, 6),
+                        .method = (int)srv_int_at(r, 7), .waiting = srv_int_at(r, 8)};
+        watcher_update(w, &v);
     } else {
         /* ACTIVE or EXPIRED: sent, then the end. */
         Concert__V1__QueueStatus st;
-        fill_status(&st, w->token, concert, (int)state, 0, state == 2 ? srv_int_at(r, 2) : 0, srv_int_at(r, 3));
+        uint8_t receipt[CC_RECEIPT_MAX];
+        status_init(&st, w->token, concert);
+        if (state == 2)
+            status_active(app, &st, concert, w->id, srv_str_at(r, 5), srv_int_at(r, 3), srv_int_at(r, 2), receipt);
+        else
+            status_expired(&st);
         srv_call_send(w->call, &st.base);
         watcher_end(w, GRPC_STATUS_OK, "");
     }
@@ -703,10 +1067,12 @@ void srv_queue_watch(srv_call *call) {
     if (!w) abort();
     w->call = call;
     memcpy(w->token, q.token, sizeof w->token);
+    memcpy(w->n, q.n, sizeof w->n);
+    memcpy(w->id, q.id, 16);
     w->refs = 2; /* the call's and the first status query's */
     srv_call_set_data(call, w);
     srv_call_on_cancel(call, on_watch_cancel);
-    if (send_status_query(app, q.concert, w->token, on_watch_first, w) < 0) {
+    if (send_status_script(app, &q, on_watch_first, w) < 0) {
         w->refs--;
         watcher_end(w, GRPC_STATUS_UNAVAILABLE, "redis unavailable");
     }
@@ -723,15 +1089,29 @@ static void on_admit(redisReply *r, const char *err, void *p) {
         int64_t expired = srv_int_at(r, 3), idled = srv_int_at(r, 4), holds = srv_int_at(r, 5);
         int exists = srv_int_at(r, 6) != 0;
         srv_metrics_queue_tick(c->app, c->id, admitted, waiting, active);
+        if (exists && r->elements >= 13) {
+            uint64_t now = uv_now(app->loop);
+            int64_t rnow = srv_int_at(r, 7);
+            c->rate = srv_int_at(r, 8);
+            c->idle_ms = srv_int_at(r, 9);
+            c->method = (int)srv_int_at(r, 10);
+            c->sale_at = srv_int_at(r, 11);
+            c->waiting = waiting;
+            c->info_at = now ? now : 1;
+            /* Redis' clock: its reading is halfway between send and reply. */
+            app->queue->clock_offset = rnow - (int64_t)(c->admit_sent + (now - c->admit_sent) / 2);
+            app->queue->clock_known = 1;
+            srv_metrics_queue_rate(app, c->id, c->rate);
+        }
         if (admitted || expired || idled)
             CC_DEBUG("queue_tick", "concert=%s admitted=%" PRId64 " waiting=%" PRId64 " active=%" PRId64
                      " expired=%" PRId64 " idled=%" PRId64, c->id, admitted, waiting, active, expired, idled);
         /* Tell this server's watchers of the new admissions without waiting a tick. */
         if (admitted && c->watchers) refresh_watchers(c);
         /* Ended tokens the queue forgot: out of their users' records too. */
-        for (size_t i = 7; i + 1 < r->elements; i += 2) {
+        for (size_t i = 13; i + 1 < r->elements; i += 2) {
             const char *user = srv_str_at(r, i);
-            if (srv_valid_user(user)) user_record(app, user, c->id, srv_str_at(r, i + 1), "del");
+            if (srv_valid_user(user)) user_record(app, user, c->id, srv_str_at(r, i + 1));
         }
         int empty = !exists || (waiting == 0 && active == 0 && holds == 0);
         if (!empty) {
@@ -746,21 +1126,26 @@ static void on_admit(redisReply *r, const char *err, void *p) {
 
 static void on_admit_timer(uv_timer_t *t) {
     srv_app *app = t->data;
+    srv_queue_state *s = app->queue;
     if (!cc_redis_is_up(app->redis)) return;
-    char a[5][24];
-    snprintf(a[0], 24, "%" PRId64, app->cfg.admit_rate);
-    snprintf(a[1], 24, "%" PRId64, app->cfg.max_active);
-    snprintf(a[2], 24, "%" PRId64, app->cfg.active_ttl_ms);
-    snprintf(a[3], 24, "%" PRId64, app->cfg.idle_timeout_ms);
-    snprintf(a[4], 24, "%d", GONE_KEEP_MS);
+    char calls[24], errors[24];
+    int64_t wc, we;
+    srv_adapt_window(app, &wc, &we);
+    snprintf(calls, sizeof calls, "%" PRId64, wc);
+    snprintf(errors, sizeof errors, "%" PRId64, we);
     FOR_EACH_CONCERT(app, c) {
         if (c->admit_inflight) continue;
-        queue_keys qk;
-        make_keys(&qk, c->id);
-        const char *args[] = {qk.k[K_USERS],  qk.k[K_TOK],     qk.k[K_WAIT],  qk.k[K_SEEN], qk.k[K_ACTIVE],
-                              qk.k[K_GONE],   qk.k[K_ADM],     qk.k[K_POLICY], qk.k[K_CONCERT], qk.k[K_HOLDS],
-                              a[0],           a[1],            a[2],          a[3],         a[4]};
-        if (cc_redis_eval(app->redis, &s_admit, on_admit, c, 10, 15, args, NULL) == 0) c->admit_inflight = 1;
+        unsigned char rnd[16];
+        char rhex[33];
+        if (srv_token_id_new(rnd, rhex) < 0) return; /* RANDOM picks need the CSPRNG */
+        srv_queue_keys k;
+        srv_queue_keys_of(&k, c->id);
+        const char *args[16];
+        int n = base_args(app, &k, c->id, 1, args);
+        args[n++] = s->gone_keep, args[n++] = rhex, args[n++] = calls, args[n++] = errors;
+        args[n++] = s->a_interval, args[n++] = s->a_pending, args[n++] = s->a_backlog, args[n++] = s->a_errors;
+        c->admit_sent = uv_now(app->loop);
+        if (cc_redis_eval(app->redis, &s_admit, on_admit, c, 1, n, args, NULL) == 0) c->admit_inflight = 1;
     }
 }
 
@@ -788,12 +1173,27 @@ static void on_refresh_timer(uv_timer_t *t) {
 /* ---- life cycle ---- */
 
 int srv_queue_init(srv_app *app) {
-    srv_script_add(&s_issue, "queue_issue", NULL, 0, lua_queue_issue, lua_queue_issue_len);
-    srv_script_add(&s_status, "queue_status", NULL, 0, lua_queue_status, lua_queue_status_len);
-    srv_script_add(&s_leave, "queue_leave", NULL, 0, lua_queue_leave, lua_queue_leave_len);
-    srv_script_add(&s_admit, "queue_admit", NULL, 0, lua_queue_admit, lua_queue_admit_len);
-    srv_script_add(&s_watch, "queue_watch", NULL, 0, lua_queue_watch, lua_queue_watch_len);
+    srv_queue_script_add(&s_issue, "queue_issue", lua_queue_issue, lua_queue_issue_len);
+    srv_queue_script_add(&s_status, "queue_status", lua_queue_status, lua_queue_status_len);
+    srv_queue_script_add(&s_leave, "queue_leave", lua_queue_leave, lua_queue_leave_len);
+    srv_queue_script_add(&s_admit, "queue_admit", lua_queue_admit, lua_queue_admit_len);
+    srv_queue_script_add(&s_watch, "queue_watch", lua_queue_watch, lua_queue_watch_len);
     srv_script_add(&s_user, "queue_user", NULL, 0, lua_queue_user, lua_queue_user_len);
+    srv_sale_init(app);
+    srv_adapt_init(app);
+    srv_queue_state *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    const srv_config *cfg = &app->cfg;
+    snprintf(s->d_rate, sizeof s->d_rate, "%" PRId64, cfg->admit_rate);
+    snprintf(s->d_max, sizeof s->d_max, "%" PRId64, cfg->max_active);
+    snprintf(s->d_ttl, sizeof s->d_ttl, "%" PRId64, cfg->active_ttl_ms);
+    snprintf(s->d_idle, sizeof s->d_idle, "%" PRId64, cfg->idle_timeout_ms);
+    snprintf(s->gone_keep, sizeof s->gone_keep, "%d", GONE_KEEP_MS);
+    snprintf(s->a_interval, sizeof s->a_interval, "%" PRId64, cfg->adapt_interval_ms);
+    snprintf(s->a_pending, sizeof s->a_pending, "%" PRId64, cfg->adapt_pending_ms);
+    snprintf(s->a_backlog, sizeof s->a_backlog, "%" PRId64, cfg->adapt_backlog);
+    snprintf(s->a_errors, sizeof s->a_errors, "%" PRId64, cfg->adapt_error_permille);
+    app->queue = s;
     app->n_buckets = 1024;
     app->concert_buckets = calloc(app->n_buckets, sizeof *app->concert_buckets);
     if (!app->concert_buckets) abort();
@@ -816,18 +1216,25 @@ void srv_queue_free(srv_app *app) {
         srv_concert *c = app->concert_buckets[b];
         while (c) {
             srv_concert *next = c->hnext;
+            OPENSSL_cleanse(c->seed, sizeof c->seed);
             free(c);
             c = next;
         }
     }
     free(app->concert_buckets);
     app->concert_buckets = NULL;
+    free(app->queue);
+    app->queue = NULL;
+    srv_adapt_free(app);
+    srv_receipts_free(app);
 }
 
 void srv_queue_shutdown(srv_app *app) {
     uv_close((uv_handle_t *)&app->admit_timer, on_timer_closed);
     uv_close((uv_handle_t *)&app->watch_timer, on_timer_closed);
     uv_close((uv_handle_t *)&app->refresh_timer, on_timer_closed);
+    srv_adapt_shutdown(app);
+    srv_receipts_shutdown(app);
     FOR_EACH_CONCERT(app, c) {
         while (c->watchers) watcher_end(c->watchers, GRPC_STATUS_UNAVAILABLE, "server shutting down");
     }

@@ -13,6 +13,8 @@
 
 #include "cc_kafka.h"
 #include "cc_log.h"
+#include "srv_adapt.h"
+#include "srv_receipt.h"
 #include "srv_errors.h"
 #include "srv_tls.h"
 #include "srv_valid.h"
@@ -101,6 +103,10 @@ int srv_run(const srv_config *cfg) {
         fprintf(stderr, "concert-server: %s\n", err);
         srv_stop(app, SRV_EXIT_USAGE, err);
     }
+    if (!app->shutting_down && srv_receipts_init(app, err, sizeof err) < 0) {
+        fprintf(stderr, "concert-server: %s\n", err);
+        srv_stop(app, SRV_EXIT_USAGE, err);
+    }
     if (!app->shutting_down && cfg->kafka && *cfg->kafka) {
         /* Topics checked in the background: start-up never waits for Kafka (the
          * producer and the results feed reconnect by themselves). */
@@ -140,10 +146,8 @@ int srv_run(const srv_config *cfg) {
                              .status_details = srv_err_details,
                              .on_fatal = on_rpc_fatal,
                              .fatal_payload = app};
-        if (cfg->metrics && *cfg->metrics) {
-            sc.on_call_start = srv_metrics_call_start;
-            sc.on_call_end = srv_metrics_call_end;
-        }
+        if (cfg->metrics && *cfg->metrics) sc.on_call_start = srv_metrics_call_start;
+        sc.on_call_end = srv_adapt_call_end; /* booking errors for ADAPTIVE admission, then metrics */
         int port = 0;
         if (srv_rpc_start(&app->rpc, app->loop, &sc, srv_methods, srv_n_methods, app, &port) < 0) {
             app->rpc = NULL;

@@ -28,13 +28,81 @@ int srv_valid_user(const char *s) {
     return n > 0;
 }
 
-int srv_token_new(char *out, const char *concert_id) { return srv_id_new(out, "v1", concert_id); }
+static const char hexd[] = "0123456789abcdef";
 
-int srv_token_parse(const char *tok, size_t len, char *concert) { return srv_id_parse(tok, len, "v1", concert); }
+int srv_token_id_new(unsigned char id[16], char hex[33]) {
+    if (getrandom(id, 16, 0) != 16) return -1;
+    for (int i = 0; i < 16; i++) hex[2 * i] = hexd[id[i] >> 4], hex[2 * i + 1] = hexd[id[i] & 15];
+    hex[32] = '\0';
+    return 0;
+}
+
+size_t srv_token_format(char *out, const char *concert_id, int64_t n, const char *hex) {
+    size_t cl = strnlen(concert_id, SRV_MAX_ID);
+    char digits[24];
+    int dl = 0;
+    uint64_t v = n > 0 ? (uint64_t)n : 0;
+    do digits[dl++] = (char)('0' + v % 10), v /= 10;
+    while (v && dl < 20);
+    char *p = out;
+    memcpy(p, "v2.", 3), p += 3;
+    memcpy(p, concert_id, cl), p += cl;
+    *p++ = '.';
+    while (dl) *p++ = digits[--dl];
+    *p++ = '.';
+    memcpy(p, hex, 32), p += 32;
+    *p = '\0';
+    return (size_t)(p - out);
+}
+
+static int hexval(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    return -1;
+}
+
+int srv_token_split(const char *tok, size_t len, srv_token_parts *out) {
+    if (len < 3 + 1 + 1 + 32 || len > SRV_TOKEN_MAX || tok[0] != 'v' || tok[2] != '.') return -1;
+    if (tok[1] != '1' && tok[1] != '2') return -1;
+    const char *hex = tok + len - 32;
+    if (hex[-1] != '.') return -1;
+    for (int i = 0; i < 16; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) return -1;
+        out->id[i] = (unsigned char)(hi << 4 | lo);
+    }
+    const char *c = tok + 3, *end = hex - 1; /* the concert (and n) lie in [c, end) */
+    out->n = 0;
+    if (tok[1] == '2') {
+        const char *d = end;
+        while (d > c && d[-1] >= '0' && d[-1] <= '9') d--;
+        size_t nd = (size_t)(end - d);
+        if (nd == 0 || nd > 16 || *d == '0' || d - 1 <= c || d[-1] != '.') return -1;
+        int64_t n = 0;
+        for (const char *q = d; q < end; q++) n = n * 10 + (*q - '0');
+        if (n > SRV_TOKEN_N_MAX) return -1;
+        out->n = n;
+        end = d - 1;
+    }
+    size_t cl = (size_t)(end - c);
+    if (cl == 0 || cl > SRV_MAX_ID) return -1;
+    for (size_t i = 0; i < cl; i++)
+        if (!id_char((unsigned char)c[i])) return -1;
+    memcpy(out->concert, c, cl);
+    out->concert[cl] = '\0';
+    return 0;
+}
+
+int srv_token_parse(const char *tok, size_t len, char *concert) {
+    srv_token_parts p;
+    if (srv_token_split(tok, len, &p) < 0) return -1;
+    memcpy(concert, p.concert, strlen(p.concert) + 1);
+    return 0;
+}
 
 int srv_id_new(char *out, const char *prefix, const char *concert_id) {
     unsigned char r[16];
-    static const char hex[] = "0123456789abcdef";
+    const char *hex = hexd;
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) return -1;
     size_t cl = strlen(concert_id);
     memcpy(out, prefix, 2);

@@ -1,7 +1,10 @@
 /* srv_valid: input validation and queue-token format; pure functions (unit tested).
- * Tokens look like "v1.<concert_id>.<32 hex digits>": 128 bits from the kernel's
- * CSPRNG, with the concert in clear so a token finds its queue without a lookup. The
- * binding to user and concert is stored in Redis, not derived from the text. */
+ * Tokens look like "v2.<concert_id>.<n>.<32 hex digits>": the concert in clear so a
+ * token finds its queue without a lookup, n the concert's join number (decimal, the
+ * token's key in the queue's sorted set, see docs/DATA.md) and the token id, 128 bits
+ * from the kernel's CSPRNG. The binding to user and concert is stored in Redis, not
+ * derived from the text. "v1.<concert_id>.<32 hex>" (the layout before) still parses,
+ * with n = 0: such a token is unknown to its queue. */
 #ifndef SRV_VALID_H
 #define SRV_VALID_H
 
@@ -11,7 +14,8 @@
 
 #define SRV_MAX_ID 64       /* concert, schedule and reservation ids */
 #define SRV_MAX_USER 128    /* user ids */
-#define SRV_TOKEN_MAX (3 + SRV_MAX_ID + 1 + 32)
+#define SRV_TOKEN_MAX (3 + SRV_MAX_ID + 1 + 16 + 1 + 32)
+#define SRV_TOKEN_N_MAX 9007199254740991LL /* join numbers stay exact in a Redis score (2^53 - 1) */
 
 /** 1 if `s` is 1..64 characters of [A-Za-z0-9_-]. */
 int srv_valid_id(const char *s);
@@ -20,11 +24,25 @@ int srv_valid_id(const char *s);
  * change a Redis Cluster hash tag). */
 int srv_valid_user(const char *s);
 
-/** Writes a fresh token for `concert_id` into out[SRV_TOKEN_MAX + 1]; 0 or -1. */
-int srv_token_new(char *out, const char *concert_id);
+/** A fresh token id: 16 bytes from the kernel's CSPRNG into id and their 32 lowercase
+ * hex digits into hex[33]; 0 or -1 (no randomness). */
+int srv_token_id_new(unsigned char id[16], char hex[33]);
 
-/** Parses a token of `len` bytes: 0 and the concert into concert[SRV_MAX_ID + 1], or
- * -1 if it is not of the token format. */
+/** Writes "v2.<concert_id>.<n>.<hex>" into out[SRV_TOKEN_MAX + 1]; returns its length. */
+size_t srv_token_format(char *out, const char *concert_id, int64_t n, const char *hex);
+
+/** A token taken apart. */
+typedef struct {
+    char concert[SRV_MAX_ID + 1];
+    int64_t n;            /* the join number; 0 for a v1 token */
+    unsigned char id[16]; /* the token id */
+} srv_token_parts;
+
+/** Parses a token of `len` bytes (v2, or v1 with n = 0): 0 and its parts, or -1 if it
+ * is not of the token format. */
+int srv_token_split(const char *tok, size_t len, srv_token_parts *out);
+
+/** srv_token_split for the concert alone, into concert[SRV_MAX_ID + 1]. */
 int srv_token_parse(const char *tok, size_t len, char *concert);
 
 /** Ids of other entities bound to a concert use the same shape with another prefix:

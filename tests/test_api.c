@@ -490,6 +490,12 @@ Test(update_fields, every_policy_field_in_both_spellings, .init = start, .fini =
         const ProtobufCFieldDescriptor *f = &d->fields[i];
         if (f->type != PROTOBUF_C_TYPE_INT64 && f->type != PROTOBUF_C_TYPE_INT32 && f->type != PROTOBUF_C_TYPE_BOOL)
             continue;
+        /* Fields whose valid values depend on other fields or on the clock (a sale's
+         * times, the adaptive bounds) have no valid neighbour to try here: their two
+         * spellings are tested in test_room (policy_fields_in_both_spellings). */
+        if (!strcmp(f->name, "prequeue_opens_at_unix_ms") || !strcmp(f->name, "sale_opens_at_unix_ms") ||
+            !strcmp(f->name, "admit_rate_min") || !strcmp(f->name, "admit_rate_max"))
+            continue;
         char camel[128];
         json_name(f->name, camel);
         const char *spellings[] = {f->name, camel};

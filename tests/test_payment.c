@@ -87,19 +87,7 @@ static void setup_user(const char *user, int seat, int64_t money, char *token, c
         cr_assert_eq(cc_client_unary(cli, "/concert.v1.WalletService/Charge", &ch.base, NULL, NULL, NULL, 0, 5000, NULL),
                      GRPC_STATUS_OK);
     }
-    char auth[100];
-    snprintf(auth, sizeof auth, "Bearer %s", token);
-    cc_md md[] = {{"authorization", auth}};
-    Concert__V1__ReserveSeatsRequest rq = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
-    rq.schedule_id = "d1";
-    rq.n_seat_numbers = 1;
-    rq.seat_numbers = &seat;
-    Concert__V1__Reservation *r = NULL;
-    cr_assert_eq(cc_client_unary(cli, "/concert.v1.BookingService/ReserveSeats", &rq.base,
-                                 &concert__v1__reservation__descriptor, (ProtobufCMessage **)&r, md, 1, 5000, NULL),
-                 GRPC_STATUS_OK);
-    snprintf(rid, 64, "%s", r->reservation_id);
-    free_msg(r);
+    cr_assert_eq(th_reserve_seat(cli, token, "d1", seat, rid, 64, NULL), GRPC_STATUS_OK);
 }
 
 static grpc_status_code pay(const char *token, const char *rid, const char *key, int timeout_ms,

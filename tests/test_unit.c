@@ -42,13 +42,29 @@ Test(valid, users) {
 }
 
 Test(token, round_trip_and_uniqueness) {
-    char a[SRV_TOKEN_MAX + 1], b[SRV_TOKEN_MAX + 1], concert[SRV_MAX_ID + 1];
-    cr_assert(srv_token_new(a, "c1") == 0);
-    cr_assert(srv_token_new(b, "c1") == 0);
-    cr_expect_str_neq(a, b, "two tokens must differ");
-    cr_expect_eq(strlen(a), 3 + 2 + 1 + 32, "token %s has 128 bits in 32 hex digits", a);
+    char a[SRV_TOKEN_MAX + 1], b[SRV_TOKEN_MAX + 1], ha[33], hb[33], concert[SRV_MAX_ID + 1];
+    unsigned char ia[16], ib[16];
+    cr_assert(srv_token_id_new(ia, ha) == 0);
+    cr_assert(srv_token_id_new(ib, hb) == 0);
+    cr_expect_str_neq(ha, hb, "two token ids must differ");
+    size_t la = srv_token_format(a, "c1", 42, ha);
+    srv_token_format(b, "c1", 9007199254740991LL, hb);
+    cr_expect_eq(la, strlen(a));
+    cr_expect_eq(strlen(a), 3 + 2 + 1 + 2 + 1 + 32, "token %s: concert, n, 128 bits in 32 hex digits", a);
+    srv_token_parts p;
+    cr_assert(srv_token_split(a, strlen(a), &p) == 0);
+    cr_expect_str_eq(p.concert, "c1");
+    cr_expect_eq(p.n, 42);
+    cr_expect(!memcmp(p.id, ia, 16));
+    cr_assert(srv_token_split(b, strlen(b), &p) == 0, "%s", b);
+    cr_expect_eq(p.n, 9007199254740991LL);
     cr_assert(srv_token_parse(a, strlen(a), concert) == 0);
     cr_expect_str_eq(concert, "c1");
+    /* The layout before (v1) still parses, as a token of its concert with n = 0. */
+    const char *v1 = "v1.c-1.0123456789abcdef0123456789abcdef";
+    cr_assert(srv_token_split(v1, strlen(v1), &p) == 0);
+    cr_expect_str_eq(p.concert, "c-1");
+    cr_expect_eq(p.n, 0);
 }
 
 Test(token, forged_shapes_are_refused) {
@@ -56,7 +72,13 @@ Test(token, forged_shapes_are_refused) {
     const char *bad[] = {"", "v1.c1", "v2.c1.0123456789abcdef0123456789abcdef",
                          "v1.c1.0123456789abcdef0123456789abcdeF", "v1.c1.0123456789abcdef0123456789abcde",
                          "v1.c 1.0123456789abcdef0123456789abcdef", "v1..0123456789abcdef0123456789abcdef",
-                         "v1.c1x0123456789abcdef0123456789abcdef"};
+                         "v1.c1x0123456789abcdef0123456789abcdef", "v2.c1.0.0123456789abcdef0123456789abcdef",
+                         "v2.c1.07.0123456789abcdef0123456789abcdef", "v2.c1.-7.0123456789abcdef0123456789abcdef",
+                         "v2.c1.12345678901234567.0123456789abcdef0123456789abcdef",
+                         "v2.c1.9007199254740992.0123456789abcdef0123456789abcdef",
+                         "v2..7.0123456789abcdef0123456789abcdef", "v2.7.0123456789abcdef0123456789abcdef",
+                         "v2.c.1.7.0123456789abcdef0123456789abcdef", "v3.c1.7.0123456789abcdef0123456789abcdef",
+                         "v2.c1.7.0123456789abcdef0123456789abcdef0"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         cr_expect(srv_token_parse(bad[i], strlen(bad[i]), concert) < 0, "'%s' must not parse", bad[i]);
 }
@@ -357,4 +379,71 @@ Test(scripts, the_table_has_a_bound, .signal = SIGABRT) {
     static cc_redis_script s[SRV_MAX_SCRIPTS + 1];
     static const unsigned char body[] = "return 1";
     for (int i = 0; i <= SRV_MAX_SCRIPTS; i++) srv_script_add(&s[i], "x", NULL, 0, body, sizeof body - 1);
+}
+
+/* ---- the sale's draw and admission receipts (issue 11) ---- */
+#include "cc_receipt.h"
+#include "srv_sale.h"
+
+Test(sale, draw_matches_the_documented_hmac) {
+    unsigned char seed[32], id[16], sha[32], mac[32];
+    for (int i = 0; i < 32; i++) seed[i] = (unsigned char)i;
+    for (int i = 0; i < 16; i++) id[i] = (unsigned char)(100 + i);
+    char score[SRV_SALE_SCORE_MAX];
+    srv_sale_draw(seed, id, sha, mac, score);
+    /* Python: hmac.new(bytes(range(32)), sha256(bytes(range(100, 116))).digest(), sha256) */
+    static const unsigned char want[8] = {0x87, 0xb4, 0x30, 0x75, 0xd4, 0x4b, 0x6d, 0x52};
+    cr_expect(!memcmp(mac, want, 8), "HMAC-SHA256(seed, SHA-256(token id))");
+    cr_expect_str_eq(score, "-2116271997107018", "the first 52 bits minus 2^52");
+    /* The score orders like the HMAC (where the first 52 bits differ). */
+    for (int k = 0; k < 200; k++) {
+        unsigned char a[16], b[16], ma[32], mb[32], s1[32];
+        char sa[SRV_SALE_SCORE_MAX], sb[SRV_SALE_SCORE_MAX];
+        for (int i = 0; i < 16; i++) a[i] = (unsigned char)(k * 7 + i), b[i] = (unsigned char)(k * 13 + 3 * i);
+        srv_sale_draw(seed, a, s1, ma, sa);
+        srv_sale_draw(seed, b, s1, mb, sb);
+        long long na = atoll(sa), nb = atoll(sb);
+        cr_assert(na < 0 && nb < 0 && na >= -(1LL << 52));
+        if (na != nb) cr_expect_eq(na < nb, memcmp(ma, mb, 32) < 0, "score order = HMAC order (%d)", k);
+    }
+    char h1[65], h2[65];
+    unsigned char s2[32];
+    cr_assert(srv_sale_seed_new(s2, h1, h2) == 0);
+    cr_expect_eq(strlen(h1), 64);
+    unsigned char c[32], back[32];
+    cr_assert(srv_sale_unhex(h2, 32, c) == 0 && srv_sale_unhex(h1, 32, back) == 0);
+    cr_expect(!memcmp(back, s2, 32));
+    unsigned char want_c[32];
+    cc_receipt_sha256(s2, 32, want_c);
+    cr_expect(!memcmp(c, want_c, 32), "the commitment is SHA-256 of the seed");
+}
+
+Test(receipt, sign_verify_and_layout) {
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    cr_assert(k);
+    unsigned char pub[32], other[32];
+    size_t pl = 32;
+    cr_assert(EVP_PKEY_get_raw_public_key(k, pub, &pl) == 1);
+    char kid[17];
+    cc_receipt_key_id(pub, kid);
+    unsigned char id[16] = {1, 2, 3};
+    uint8_t buf[CC_RECEIPT_MAX];
+    size_t n = cc_receipt_sign(k, kid, "show", id, "alice", 1780000000000LL, 1780000600000LL, buf);
+    cr_assert_eq(n, 2 + 4 + 18 + 34 + 34 + 7 + 7 + 64, "the documented length (%zu)", n);
+    cr_expect_eq(cc_receipt_verify(buf, n, pub), 0);
+    Concert__V1__AdmissionReceipt *r = NULL;
+    cr_assert(cc_receipt_parse(buf, n, &r) == 0);
+    cr_expect_str_eq(r->key_id, kid);
+    cr_expect_eq(r->expires_at_unix_ms, 1780000600000LL);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    for (size_t i = 0; i < n; i++) {
+        buf[i] ^= 0x80;
+        cr_expect_neq(cc_receipt_verify(buf, n, pub), 0, "byte %zu changed", i);
+        buf[i] ^= 0x80;
+    }
+    memcpy(other, pub, 32);
+    other[0] ^= 1;
+    cr_expect_neq(cc_receipt_verify(buf, n, other), 0, "another key");
+    cr_expect_neq(cc_receipt_verify(buf, 64, pub), 0, "too short");
+    EVP_PKEY_free(k);
 }

@@ -335,6 +335,7 @@ int th_state(cc_client *c, const char *token) {
 
 /* ---- catalogue helpers ---- */
 #include "concert/v1/admin.pb-c.h"
+#include "concert/v1/booking.pb-c.h"
 
 grpc_status_code th_admin_concert(cc_client *c, const char *admin_key, const char *concert) {
     cc_md md[] = {{"x-admin-key", admin_key}};
@@ -385,6 +386,27 @@ int th_active_token(cc_client *c, const char *user, const char *concert, char *t
     return th_wait_for(is_active, &a, 10, 10000) ? 0 : -1;
 }
 
+grpc_status_code th_reserve_seat(cc_client *c, const char *token, const char *schedule, int seat, char *rid,
+                                 size_t len, cc_status *st) {
+    char auth[320];
+    snprintf(auth, sizeof auth, "Bearer %s", token);
+    cc_md md[] = {{"authorization", auth}};
+    Concert__V1__ReserveSeatsRequest rq = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
+    rq.schedule_id = (char *)schedule;
+    rq.n_seat_numbers = 1;
+    rq.seat_numbers = &seat;
+    Concert__V1__Reservation *r = NULL;
+    cc_status local;
+    grpc_status_code code = cc_client_unary(c, "/concert.v1.BookingService/ReserveSeats", &rq.base,
+                                            &concert__v1__reservation__descriptor, (ProtobufCMessage **)&r, md, 1,
+                                            5000, st ? st : &local);
+    if (code == GRPC_STATUS_OK) {
+        snprintf(rid, len, "%s", r->reservation_id);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    }
+    return code;
+}
+
 int th_wait_active(cc_client *c, const char *token) {
     active_arg a = {c, token};
     return th_wait_for(is_active, &a, 10, 15000) ? 0 : -1;
@@ -396,11 +418,13 @@ char *th_redis_digest(const th_redis *r) {
     redisReply *keys = redisCommand(rc, "KEYS *");
     size_t cap = 64 + keys->elements * 96, used = 0;
     char *out = calloc(1, cap);
-    /* Sorted for a stable digest; admission bookkeeping (q:adm) ticks on its own. */
+    /* Sorted for a stable digest; admission bookkeeping (q:adm) and the idle sweep's
+     * cursor (q:ep) tick on their own. */
     char **names = calloc(keys->elements + 1, sizeof *names);
     size_t n = 0;
     for (size_t i = 0; i < keys->elements; i++)
-        if (!strstr(keys->element[i]->str, ":q:adm")) names[n++] = keys->element[i]->str;
+        if (!strstr(keys->element[i]->str, ":q:adm") && !strstr(keys->element[i]->str, ":q:ep"))
+            names[n++] = keys->element[i]->str;
     for (size_t i = 1; i < n; i++)
         for (size_t j = i; j > 0 && strcmp(names[j - 1], names[j]) > 0; j--) {
             char *t = names[j];

@@ -143,6 +143,10 @@ grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const c
 int th_active_token(cc_client *c, const char *user, const char *concert, char *token, size_t len);
 /** Waits until an issued token is ACTIVE; 0 or -1. */
 int th_wait_active(cc_client *c, const char *token);
+/** ReserveSeats of one seat with an ACTIVE token; on OK its reservation id into
+ * rid[len]. */
+grpc_status_code th_reserve_seat(cc_client *c, const char *token, const char *schedule, int seat, char *rid,
+                                 size_t len, cc_status *st);
 /** A digest of every key's value (but the admission clock), to prove that nothing
  * changed. Caller frees. */
 char *th_redis_digest(const th_redis *r);

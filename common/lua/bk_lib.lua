@@ -13,12 +13,23 @@ end
 -- The user of an ACTIVE token, or nil, code, message.
 local function active_user(P, tok, now)
   local user = redis.call('HGET', P .. 'q:tok', tok)
-  if not user then return nil, 16, 'token: unknown token' end
+  if not user then
+    -- A waiting token is not in q:tok (the queue's layout, server/lua/queue_lib.lua):
+    -- its member in q:wait is found by its join number and starts with its id.
+    local n, hex = string.match(tok, '^v2%.[%w_-]+%.(%d+)%.(%x+)$')
+    if n and #hex == 32 then
+      local m = redis.call('ZRANGEBYSCORE', P .. 'q:wait', n, n, 'LIMIT', 0, 1)[1]
+      if not m then
+        local s = redis.call('HGET', P .. 'q:pre', n)
+        if s then m = redis.call('ZRANGEBYSCORE', P .. 'q:wait', s, s, 'LIMIT', 0, 1)[1] end
+      end
+      local id = string.gsub(hex, '%x%x', function(h) return string.char(tonumber(h, 16)) end)
+      if m and string.sub(m, 1, 16) == id then return nil, 7, 'token: not admitted yet (WAITING)' end
+    end
+    return nil, 16, 'token: unknown token'
+  end
   local e = redis.call('ZSCORE', P .. 'q:active', tok)
   if e and tonumber(e) > now then return user end
-  if redis.call('ZSCORE', P .. 'q:wait', tok) then
-    return nil, 7, 'token: not admitted yet (WAITING)'
-  end
   return nil, 7, 'token: not active (EXPIRED)'
 end
 

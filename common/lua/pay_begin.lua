@@ -40,6 +40,7 @@ if pid then
   if code ~= 0 then return {code, msg} end
   redis.call('HSET', p, 'status', 'SUBMITTING', 'updated', now, 'token', tok)
   redis.call('HSET', r, 'payment', pid)
+  redis.call('ZADD', P .. 'pend', now, pid) -- unsettled payments, for ADAPTIVE admission (queue_admit)
   return pay_reply(P, pid, 2)
 end
 local code, total = payable(nil)
@@ -48,5 +49,6 @@ redis.call('HSET', P .. 'p:' .. newpid, 'rid', rid, 'user', user, 'amount', tota
   'status', 'SUBMITTING', 'reason', '', 'created', now, 'updated', now, 'token', tok)
 redis.call('HSET', P .. 'pk:' .. user, key, newpid)
 redis.call('SADD', P .. 'pays', newpid)
+redis.call('ZADD', P .. 'pend', now, newpid) -- unsettled payments, for ADAPTIVE admission (queue_admit)
 redis.call('HSET', r, 'payment', newpid)
 return pay_reply(P, newpid, 1)

@@ -13,6 +13,7 @@ local f = redis.call('HMGET', p, 'status', 'rid', 'user', 'token')
 if not f[1] then return {5, 'payment ' .. pid .. ' not found'} end
 if f[1] == 'COMPLETED' or f[1] == 'FAILED' then return pay_reply(P, pid, 0) end
 local now = now_ms()
+redis.call('ZREM', P .. 'pend', pid) -- settled now (pend: unsettled payments, see pay_begin)
 local function fail(reason)
   redis.call('HSET', p, 'status', 'FAILED', 'reason', reason, 'updated', now)
   return pay_reply(P, pid, 0)

@@ -1,31 +1,39 @@
--- queue_watch: the status of many watched tokens of one concert in one round trip,
--- refreshing the waiting ones' idle timers.
--- KEYS: 1 tok, 2 wait, 3 seen, 4 active, 5 policy
--- ARGV: 1 default rate, 2.. tokens
--- Returns {rate, state1, value1, state2, value2, ...}: state 1 waiting (value position),
--- 2 active (value expiry ms), 3 expired, 0 unknown.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local rate = tonumber(redis.call('HGET', KEYS[5], 'rate') or ARGV[1])
-local out = {rate}
-for i = 2, #ARGV do
-  local tok = ARGV[i]
-  local r = redis.call('ZRANK', KEYS[2], tok)
-  if r then
-    redis.call('ZADD', KEYS[3], 'XX', now, tok)
+-- queue_watch: the status of many tokens of one concert in one round trip, refreshing
+-- the waiting ones' idle timers (queue_lib prepended). Watcher refreshes and the
+-- per-user cap's probes use it.
+-- KEYS: 1 q:wait (declares the slot)
+-- ARGV: 1 P, 2 concert, 3..6 defaults (rate, max_active, active_ttl_ms, idle_timeout_ms),
+--       then per token: n, token id (16 raw bytes), token
+-- Returns {rate, phase, method, waiting, state1, value1, since1, user1, ...}: state 1
+-- waiting (value: position, 0 in a pre-queue), 2 active (value: expiry ms, since:
+-- admitted ms, user), 3 expired, 0 unknown.
+local now = now_ms()
+local pol = policy({ARGV[3], ARGV[4], ARGV[5], ARGV[6]})
+local phase = sale_phase(now, pol)
+local out = {effective_rate(pol), phase, pol.method, redis.call('ZCARD', P .. 'q:wait')}
+for i = 7, #ARGV - 2, 3 do
+  local m, score = find_waiting(ARGV[i], ARGV[i + 1])
+  if m then
+    local _, n = member_parts(m, score)
+    seen(n, now, pol.idle)
     out[#out + 1] = 1
-    out[#out + 1] = r + 1
+    out[#out + 1] = phase == 2 and 0 or redis.call('ZRANK', P .. 'q:wait', m) + 1
+    out[#out + 1] = 0
+    out[#out + 1] = ''
   else
-    local e = redis.call('ZSCORE', KEYS[4], tok)
-    if e and tonumber(e) > now then
+    local tok = ARGV[i + 2]
+    local e = redis.call('ZSCORE', P .. 'q:active', tok)
+    local user = redis.call('HGET', P .. 'q:tok', tok)
+    if e and tonumber(e) > now and user then
       out[#out + 1] = 2
       out[#out + 1] = tonumber(e)
-    elseif redis.call('HEXISTS', KEYS[1], tok) == 1 then
-      out[#out + 1] = 3
-      out[#out + 1] = 0
+      out[#out + 1] = tonumber(redis.call('HGET', P .. 'q:since', tok) or 0)
+      out[#out + 1] = user
     else
+      out[#out + 1] = user and 3 or 0
       out[#out + 1] = 0
       out[#out + 1] = 0
+      out[#out + 1] = ''
     end
   end
 end

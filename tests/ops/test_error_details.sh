@@ -205,7 +205,10 @@ elif mode == "redis-down":
 elif mode == "update-fields":
     concert = "pol-" + uuid.uuid4().hex[:8]
     admin.CreateConcert(adm.CreateConcertRequest(concert_id=concert, name="Policy"), metadata=AK, timeout=5)
-    fields = [f for f in adm.QueuePolicy.DESCRIPTOR.fields if f.name != "concert_id"]
+    # A sale's times and the adaptive bounds have no valid neighbour value on their own
+    # (they depend on each other and on the clock): test_room checks their spellings.
+    skip = {"concert_id", "prequeue_opens_at_unix_ms", "sale_opens_at_unix_ms", "admit_rate_min", "admit_rate_max"}
+    fields = [f for f in adm.QueuePolicy.DESCRIPTOR.fields if f.name not in skip]
     for f in fields:
         for spelling in (f.name, f.json_name):
             pol = admin.GetQueuePolicy(adm.GetQueuePolicyRequest(concert_id=concert), metadata=AK, timeout=5)
