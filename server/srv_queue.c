@@ -167,15 +167,22 @@ static void concert_drop(srv_app *app, srv_concert *c, int exists) {
 /* A concert with live users (a join, a live token): ticked here, and written into
  * cc:queues so that every server ticks it (again every NOTE_EVERY_MS while it lives,
  * which heals a race with a server that just found it empty). */
-static srv_concert *concert_note(srv_app *app, const char *concert) {
+static srv_concert *concert_note_then(srv_app *app, const char *concert, cc_redis_cb done, void *payload,
+                                      int *sent) {
     srv_concert *c = concert_get(app, concert, 1);
     uint64_t now = uv_now(app->loop);
     c->idle_ticks = 0;
+    *sent = 0;
     if (!c->noted_ms || now - c->noted_ms >= NOTE_EVERY_MS) {
         c->noted_ms = now ? now : 1;
-        cc_redis_command(app->redis, ignore_reply, NULL, "SADD cc:queues %s", concert);
+        *sent = cc_redis_command(app->redis, done, payload, "SADD cc:queues %s", concert) == 0;
     }
     return c;
+}
+
+static srv_concert *concert_note(srv_app *app, const char *concert) {
+    int sent;
+    return concert_note_then(app, concert, ignore_reply, NULL, &sent);
 }
 
 void srv_concert_remember(srv_app *app, const char *concert) { concert_note(app, concert); }
@@ -351,12 +358,23 @@ static void ictx_free(ictx *x) {
 static void send_add(ictx *x);
 static void send_issue(ictx *x);
 
-static void answer_issued(ictx *x) {
+static void reply_issued(ictx *x) {
     x->st.token = x->q.token;
     x->st.concert_id = x->q.concert;
-    /* Registered first: its SADD is on its way to Redis before the client has the answer. */
-    concert_note(x->q.app, x->q.concert);
     srv_call_reply(x->q.call, &x->st.base);
+    ictx_free(x);
+}
+
+static void on_noted(redisReply *r, const char *err, void *p) { reply_issued(p); }
+
+/* Answers and frees x. The concert is registered first: when this join writes it into
+ * cc:queues (a new or long-unnoted concert, at most once a second), the answer waits for
+ * the SADD's reply, so a client that has its token finds the queue registered (an
+ * answer sent while the SADD still sat in the output buffer raced it under load). */
+static void answer_issued(ictx *x) {
+    int sent;
+    concert_note_then(x->q.app, x->q.concert, on_noted, x, &sent);
+    if (!sent) reply_issued(x);
 }
 
 static void on_undo(redisReply *r, const char *err, void *p) {}
@@ -485,6 +503,7 @@ static void on_issue(redisReply *r, const char *err, void *p) {
             return;
         }
         answer_issued(x);
+        return;
     }
     ictx_free(x);
 }
@@ -592,7 +611,6 @@ static void on_add(redisReply *r, const char *err, void *p) {
     }
     if (srv_int_at(r, 0) == 0) {
         answer_issued(x);
-        ictx_free(x);
         return;
     }
     if (x->pruned) {
