@@ -30,33 +30,22 @@ static cc_client *cli;
 static void start_with(const char *const *extra) {
     memset(&redis, 0, sizeof redis);
     th_redis_start(&redis);
-    const char *flags[24] = {"--admin-key", KEY};
-    int n = 2;
-    for (int i = 0; extra && extra[i] && n < 23; i++) flags[n++] = extra[i];
-    flags[n] = NULL;
-    th_server_start(&server, redis.url, flags);
+    static const char *const base[] = {"--admin-key", KEY, NULL};
+    th_server_start_with(&server, redis.url, base, extra);
     cli = cc_client_open(server.addr);
 }
 
 static void start(void) { start_with(NULL); }
 
 static void stop(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     th_redis_stop(&redis);
 }
 
 static void end_test(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    int rc = th_server_stop(&server);
+    int rc = th_server_close(&server, &cli);
     cr_assert_eq(rc, 0, "concert-server must exit 0 on SIGTERM, without a sanitizer report (got %d, log %s)", rc,
                  server.log);
-}
-
-static void free_msg(void *m) {
-    if (m) protobuf_c_message_free_unpacked(m, NULL);
 }
 
 static long long redis_int(const char *fmt, const char *arg) {
@@ -125,7 +114,7 @@ Test(amplification, made_up_concerts_register_nothing, .init = start, .fini = st
     cr_assert_eq(th_admin_concert(cli, KEY, "real"), GRPC_STATUS_OK);
     Concert__V1__QueueStatus *s = NULL;
     cr_assert_eq(th_issue(cli, "fan", "real", &s, NULL), GRPC_STATUS_OK, "a created concert takes users");
-    free_msg(s);
+    th_free_msg(s);
     th_pause_ms(1500); /* let the registry settle */
     double before = commands_per_s(2000);
     uint64_t p99_before = probe_p99(300);
@@ -142,7 +131,7 @@ Test(amplification, made_up_concerts_register_nothing, .init = start, .fini = st
     Concert__V1__QueueStatus *m = NULL;
     cr_expect_neq(cc_stream_next(ws, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&m), 1,
                   "no status for a made-up concert");
-    free_msg(m);
+    th_free_msg(m);
     cc_stream_close(ws, &st);
     cr_expect_eq(st.code, GRPC_STATUS_NOT_FOUND, "WatchQueueStatus: %s %s", cc_status_name(st.code), st.message);
 
@@ -168,7 +157,7 @@ Test(amplification, made_up_concerts_register_nothing, .init = start, .fini = st
         cc_stream *w = cc_client_stream(cli, "/concert.v1.QueueService/WatchQueueStatus", &wr.base, NULL, 0, 5000);
         Concert__V1__QueueStatus *x = NULL;
         watched += cc_stream_next(w, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&x) == 1;
-        free_msg(x);
+        th_free_msg(x);
         cc_stream_close(w, NULL);
     }
     cr_expect_eq(watched, 0, "%d forged watches got a status", watched);
@@ -211,7 +200,7 @@ Test(amplification, registries_shrink_when_a_concert_empties, .init = start_quic
     /* And it comes back when someone joins again. */
     cr_assert_eq(th_issue(cli, "twice", "brief", NULL, NULL), GRPC_STATUS_OK);
     cr_expect_eq(redis_int("SISMEMBER cc:queues %s", "brief"), 1);
-    free_msg(s);
+    th_free_msg(s);
     end_test();
 }
 
@@ -341,7 +330,7 @@ Test(limits, per_user_buckets_with_a_retry_hint, .init = start_user_limit, .fini
                                    "retry-after-ms", retry, sizeof retry) == GRPC_STATUS_RESOURCE_EXHAUSTED;
     }
     cr_expect_gt(limited, 10, "GetQueueStatus is limited per token (%d of 30 limited)", limited);
-    free_msg(s);
+    th_free_msg(s);
     th_raw_close(t);
     end_test();
 }
@@ -389,7 +378,7 @@ Test(limits, concerts_one_user_waits_in_are_capped, .init = start_cap, .fini = s
     cr_expect_eq(th_issue(cli, "someone-else", cs[3], NULL, &st), GRPC_STATUS_OK, "%s", st.message);
     cr_assert_eq(th_leave(cli, s[0]->token, NULL, NULL), GRPC_STATUS_OK);
     cr_expect_eq(th_issue(cli, "collector", cs[3], NULL, &st), GRPC_STATUS_OK, "after leaving one: %s", st.message);
-    for (int i = 0; i < 3; i++) free_msg(s[i]);
+    for (int i = 0; i < 3; i++) th_free_msg(s[i]);
     end_test();
 }
 
@@ -403,7 +392,7 @@ Test(limits, cycling_join_and_leave_leaves_nothing_behind, .init = start, .fini 
         while ((code = th_issue(cli, "cycler", "cyc", &s, &st)) == GRPC_STATUS_RESOURCE_EXHAUSTED) th_pause_ms(20);
         cr_assert_eq(code, GRPC_STATUS_OK, "%s", st.message);
         cr_assert_eq(th_leave(cli, s->token, NULL, NULL), GRPC_STATUS_OK);
-        free_msg(s);
+        th_free_msg(s);
     }
     /* Bytes of the concert's queue keys and of the user's record. */
     long long bytes = 0;
@@ -559,7 +548,7 @@ Test(metadata, big_header_fails_only_its_call, .init = start, .fini = stop, .tim
     cc_stream *watch = cc_client_stream(cli, "/grpc.health.v1.Health/Watch", &hreq.base, NULL, 0, 30000);
     Grpc__Health__V1__HealthCheckResponse *m = NULL;
     cr_assert_eq(cc_stream_next(watch, &grpc__health__v1__health_check_response__descriptor, (ProtobufCMessage **)&m), 1);
-    free_msg(m);
+    th_free_msg(m);
     /* ... then calls on the same channel with 12 KB and 200 KB of metadata. */
     size_t sizes[] = {12 * 1024, 200 * 1024};
     for (int k = 0; k < 2; k++) {

@@ -48,10 +48,6 @@ static void stop(void) {
     th_redis_stop(&redis);
 }
 
-static void free_msg(void *m) {
-    if (m) protobuf_c_message_free_unpacked(m, NULL);
-}
-
 static int64_t effective_rate(void) {
     cc_md md[] = {{"x-admin-key", KEY}};
     Concert__V1__GetStatsRequest req = CONCERT__V1__GET_STATS_REQUEST__INIT;
@@ -62,7 +58,7 @@ static int64_t effective_rate(void) {
                                  (ProtobufCMessage **)&s, md, 1, 5000, &st),
                  GRPC_STATUS_OK, "GetStats: %s", st.message);
     int64_t r = s->effective_admit_rate;
-    free_msg(s);
+    th_free_msg(s);
     return r;
 }
 
@@ -117,7 +113,7 @@ static void pay_one(const char *token, int seat, char *pid) {
                                  (ProtobufCMessage **)&p, md, 1, 15000, &st),
                  GRPC_STATUS_OK, "Pay: %s", st.message);
     snprintf(pid, 128, "%s", p->payment_id);
-    free_msg(p);
+    th_free_msg(p);
 }
 
 static int64_t estimated_wait(const char *token, int64_t *pos) {
@@ -126,7 +122,7 @@ static int64_t estimated_wait(const char *token, int64_t *pos) {
     cr_assert_eq(s->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING, "the watched user still waits");
     int64_t e = s->estimated_wait_seconds;
     *pos = s->position;
-    free_msg(s);
+    th_free_msg(s);
     return e;
 }
 
@@ -183,7 +179,7 @@ Test(adaptive, stalled_consumers_slow_admission_and_resumed_ones_speed_it_up, .f
     cr_assert_eq(cc_batch_result(bt, USERS - 1, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&last, &st),
                  GRPC_STATUS_OK, "%s", st.message);
     snprintf(watched, sizeof watched, "%s", last->token);
-    free_msg(last);
+    th_free_msg(last);
     cc_batch_free(bt);
     int64_t hi = RATE_MAX;
     /* The first payment settles once the consumer has joined its group (it may take a

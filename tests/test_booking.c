@@ -21,11 +21,8 @@ static cc_client *cli;
 static void start_with(const char *const *extra) {
     memset(&redis, 0, sizeof redis);
     th_redis_start(&redis);
-    const char *flags[16] = {"--admin-key", KEY, "--admit-rate", "2000", "--max-active", "5000"};
-    int n = 6;
-    for (int i = 0; extra && extra[i]; i++) flags[n++] = extra[i];
-    flags[n] = NULL;
-    th_server_start(&server, redis.url, flags);
+    static const char *const base[] = {"--admin-key", KEY, "--admit-rate", "2000", "--max-active", "5000", NULL};
+    th_server_start_with(&server, redis.url, base, extra);
     cli = cc_client_open(server.addr);
     cr_assert_eq(th_admin_catalogue(cli, KEY, "show", "day1", 100, 1000), GRPC_STATUS_OK);
 }
@@ -37,16 +34,12 @@ static const char *const no_limits[] = {"--rate-user", "0", "--rate-peer", "0", 
 static void start_no_limits(void) { start_with(no_limits); }
 
 static void stop(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     th_redis_stop(&redis);
 }
 
 static void end_test(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    int rc = th_server_stop(&server);
+    int rc = th_server_close(&server, &cli);
     cr_assert_eq(rc, 0, "concert-server exit status (log %s)", server.log);
 }
 
@@ -74,10 +67,6 @@ static grpc_status_code resv_call(const char *method, const char *token, const c
                            1, 5000, st);
 }
 
-static void free_msg(void *m) {
-    if (m) protobuf_c_message_free_unpacked(m, NULL);
-}
-
 /* Issues `n` tokens at once and waits until every one is ACTIVE. */
 static char (*active_tokens(int n, const char *prefix))[64] {
     char(*toks)[64] = calloc((size_t)n, sizeof *toks);
@@ -96,7 +85,7 @@ static char (*active_tokens(int n, const char *prefix))[64] {
         cr_assert_eq(cc_batch_result(b, i, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&s, NULL),
                      GRPC_STATUS_OK);
         snprintf(toks[i], sizeof toks[i], "%s", s->token);
-        free_msg(s);
+        th_free_msg(s);
     }
     cc_batch_free(b);
     free(users);
@@ -167,7 +156,7 @@ Test(booking, overlapping_requests_never_leave_partial_holds, .init = start, .fi
             cr_expect_eq(r->n_seat_numbers, 3, "a hold is all or nothing");
             held_by_winners += (int)r->n_seat_numbers;
             snprintf(winners[nw++], 64, "%s", r->reservation_id);
-            free_msg(r);
+            th_free_msg(r);
         } else {
             cr_assert_eq(code, GRPC_STATUS_FAILED_PRECONDITION, "%s %s", cc_status_name(code), st.message);
         }
@@ -233,7 +222,7 @@ Test(booking, hold_lapses_exactly_and_is_reported, .init = start_short_hold, .fi
     now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     int64_t budget = lonely->expires_at_unix_ms + 1000 - now;
     cr_expect(th_wait_for(log_mentions, needle, 10, budget > 0 ? (int)budget : 0), "not reported within 1 s");
-    free_msg(a), free_msg(b), free_msg(a2), free_msg(lonely);
+    th_free_msg(a), th_free_msg(b), th_free_msg(a2), th_free_msg(lonely);
     free(toks);
     end_test();
 }
@@ -269,7 +258,7 @@ static int seat_is(void *arg) {
     seat_wait *w = arg;
     Concert__V1__ListSeatsResponse *r = list_seats(w->token);
     int st = seat_state(r, w->seat);
-    free_msg(r);
+    th_free_msg(r);
     return st == w->want;
 }
 
@@ -286,7 +275,7 @@ Test(booking, seat_map_from_the_cache, .init = start_seat_cache, .fini = stop, .
         cr_expect_eq(r->seats[i]->price, 1000);
         cr_expect_eq(r->seats[i]->state, CONCERT__V1__SEAT_STATE__SEAT_STATE_AVAILABLE);
     }
-    free_msg(r);
+    th_free_msg(r);
     /* This server's hold shows at once (the cache is patched, not reloaded). */
     int seats[] = {5, 6};
     Concert__V1__Reservation *res = NULL;
@@ -295,7 +284,7 @@ Test(booking, seat_map_from_the_cache, .init = start_seat_cache, .fini = stop, .
     cr_expect_eq(seat_state(r, 5), CONCERT__V1__SEAT_STATE__SEAT_STATE_HELD);
     cr_expect_eq(seat_state(r, 6), CONCERT__V1__SEAT_STATE__SEAT_STATE_HELD);
     cr_expect_eq(seat_state(r, 7), CONCERT__V1__SEAT_STATE__SEAT_STATE_AVAILABLE);
-    free_msg(r);
+    th_free_msg(r);
     /* A cancellation, and a sale behind this server's back, show within --seat-cache-ms. */
     cr_assert_eq(resv_call("/concert.v1.BookingService/CancelReservation", toks[0], res->reservation_id, NULL, NULL),
                  GRPC_STATUS_OK);
@@ -306,7 +295,7 @@ Test(booking, seat_map_from_the_cache, .init = start_seat_cache, .fini = stop, .
     redisFree(rc);
     w.seat = 9, w.want = CONCERT__V1__SEAT_STATE__SEAT_STATE_SOLD;
     cr_expect(th_wait_for(seat_is, &w, 50, 3000), "a seat sold elsewhere shows SOLD after the cache refresh");
-    free_msg(res);
+    th_free_msg(res);
     free(toks);
     end_test();
 }
@@ -341,7 +330,7 @@ Test(booking, permissions_and_cap, .init = start, .fini = stop, .timeout = 60) {
     /* A token that left the queue is no longer ACTIVE. */
     cr_assert_eq(th_leave(cli, toks[2], NULL, NULL), GRPC_STATUS_OK);
     cr_expect_eq(reserve(toks[2], s3, 1, NULL, &st), GRPC_STATUS_PERMISSION_DENIED, "%s", st.message);
-    free_msg(r), free_msg(r2);
+    th_free_msg(r), th_free_msg(r2);
     free(toks);
     end_test();
 }
@@ -369,7 +358,7 @@ Test(booking, waiting_token_is_refused, .init = start, .fini = stop, .timeout = 
     cc_status st;
     cr_expect_eq(reserve(s->token, &seat, 1, NULL, &st), GRPC_STATUS_PERMISSION_DENIED, "%s", st.message);
     cr_expect(strstr(st.message, "WAITING"), "%s", st.message);
-    free_msg(s), free_msg(got);
+    th_free_msg(s), th_free_msg(got);
     end_test();
 }
 
@@ -396,7 +385,7 @@ Test(wallet, thousand_charges_over_hundred_keys, .init = start_no_limits, .fini 
         cr_assert_eq(cc_batch_result(b, i, &concert__v1__charge_response__descriptor, (ProtobufCMessage **)&r, &st),
                      GRPC_STATUS_OK, "%s", st.message);
         replayed += r->replayed;
-        free_msg(r);
+        th_free_msg(r);
     }
     cc_batch_free(b);
     cr_expect_eq(replayed, KEYS * (REPEAT - 1));
@@ -407,7 +396,7 @@ Test(wallet, thousand_charges_over_hundred_keys, .init = start_no_limits, .fini 
                                  (ProtobufCMessage **)&bal, NULL, 0, 5000, NULL),
                  GRPC_STATUS_OK);
     cr_expect_eq(bal->balance, KEYS * (KEYS + 1) / 2, "balance %lld", (long long)bal->balance);
-    free_msg(bal);
+    th_free_msg(bal);
     /* The same key with another amount is refused. */
     Concert__V1__ChargeRequest again = CONCERT__V1__CHARGE_REQUEST__INIT;
     again.user_id = "wallet-user";
@@ -643,7 +632,7 @@ Test(admin, stats_count_seats, .init = start, .fini = stop) {
                  GRPC_STATUS_OK);
     cr_expect_eq(l->n_concerts, 1);
     cr_expect_str_eq(l->concerts[0]->name, "Test concert");
-    free_msg(s), free_msg(l);
+    th_free_msg(s), th_free_msg(l);
     free(toks);
     end_test();
 }
@@ -672,7 +661,7 @@ Test(admin, audit_passes_then_finds_tampering, .init = start, .fini = stop) {
     cr_expect(a->ok, "a clean concert audits OK (%zu problems, first: %s)", a->n_problems,
               a->n_problems ? a->problems[0] : "");
     cr_expect_eq(a->seats_held, 3);
-    free_msg(a);
+    th_free_msg(a);
     /* Sell a held seat behind the service's back, and invent a debit. */
     redisContext *rc = th_redis_connect(&redis);
     char v[128];
@@ -692,7 +681,7 @@ Test(admin, audit_passes_then_finds_tampering, .init = start, .fini = stop) {
     cr_expect(seat_problem, "the forged sale must be reported");
     cr_expect(wallet_problem, "the forged debit must be reported");
     cr_expect_eq(a->users_checked, 1);
-    free_msg(a), free_msg(r);
+    th_free_msg(a), th_free_msg(r);
     free(toks);
     end_test();
 }

@@ -76,10 +76,6 @@ static char group[96];
 static int64_t results_start[64], events_start[64];
 static const char *begin_text, *accepted_text; /* the payment domain's scripts (common/cc_pay) */
 
-static void free_msg(void *m) {
-    if (m) protobuf_c_message_free_unpacked(m, NULL);
-}
-
 static rd_kafka_t *new_client(rd_kafka_type_t type, const char *group_id) {
     rd_kafka_conf_t *c = rd_kafka_conf_new();
     char err[256];
@@ -188,9 +184,7 @@ static void start(void) { start_with(NULL); }
 static void stop(void) {
     for (int i = 0; i < 3; i++)
         th_consumer_kill(&cons[i]);
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     th_redis_stop(&redis);
     if (prod) rd_kafka_destroy(prod);
     prod = NULL;
@@ -259,7 +253,7 @@ static void activate(pay_t **users, int n) {
             cc_batch_result(b, i, &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&s, NULL),
             GRPC_STATUS_OK);
         snprintf(users[i]->token, sizeof users[i]->token, "%s", s->token);
-        free_msg(s);
+        th_free_msg(s);
     }
     cc_batch_free(b);
     for (int i = 0; i < n; i++)
@@ -302,7 +296,7 @@ static void reserve(pay_t **ps, int n, int32_t (*seats)[4], int nseats) {
             GRPC_STATUS_OK, "reserve %d: %s", i, st.message);
         snprintf(ps[i]->rid, sizeof ps[i]->rid, "%s", r->reservation_id);
         ps[i]->amount = r->total_price;
-        free_msg(r);
+        th_free_msg(r);
     }
     cc_batch_free(b);
 }
@@ -490,7 +484,7 @@ static int result_matches(const rd_kafka_message_t *m, void *arg) {
              !strcmp(r->user_id, w->p->user) && !strcmp(r->reservation_id, w->p->rid) &&
              !strcmp(r->concert_id, CONCERT) && (!w->reason || !strcmp(r->reason, w->reason)) &&
              m->key_len == strlen(w->p->user) && !memcmp(m->key, w->p->user, m->key_len);
-    free_msg(r);
+    th_free_msg(r);
     return ok;
 }
 
@@ -510,7 +504,7 @@ static int event_matches(const rd_kafka_message_t *m, void *arg) {
              !strcmp(e->user_id, w->p->user) && e->n_seat_numbers == w->n && e->at_unix_ms > 0;
     for (size_t i = 0; ok && i < w->n; i++)
         ok = e->seat_numbers[i] == w->seats[i];
-    free_msg(e);
+    th_free_msg(e);
     return ok;
 }
 
@@ -1050,7 +1044,7 @@ static int payment_done(void *arg) {
     int done = m->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED ||
                m->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED;
     snprintf(a->status, sizeof a->status, "%s", done ? (m->status == 2 ? "COMPLETED" : "FAILED") : "");
-    free_msg(m);
+    th_free_msg(m);
     return done;
 }
 
@@ -1087,8 +1081,8 @@ Test(consumer, pay_rpc_end_to_end, .init = start_with_kafka, .fini = stop, .time
     cr_expect_str_eq(m2->payment_id, m->payment_id);
     cr_expect_eq(m2->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED);
     cr_expect_eq(balance("frank"), 3000 - PRICE);
-    free_msg(m);
-    free_msg(m2);
+    th_free_msg(m);
+    th_free_msg(m2);
     end_test();
 }
 
@@ -1432,7 +1426,7 @@ static int64_t api_balance(const char *user) {
                                  (ProtobufCMessage **)&b, NULL, 0, 5000, &st),
                  GRPC_STATUS_OK, "GetBalance: %s", st.message);
     int64_t v = b->balance;
-    free_msg(b);
+    th_free_msg(b);
     return v;
 }
 
@@ -1468,7 +1462,7 @@ Test(consumer, on_a_redis_cluster, .init = start_on_cluster, .fini = stop_on_clu
                                      (ProtobufCMessage **)&m, md, 1, 10000, &st),
                      GRPC_STATUS_OK, "Pay %d: %s", i, st.message);
         snprintf(pays[i].pid, sizeof pays[i].pid, "%s", m->payment_id);
-        free_msg(m);
+        th_free_msg(m);
     }
     for (int i = 0; i < N; i++) {
         getpay_arg a = {auth[i], pays[i].pid, ""};
@@ -1543,7 +1537,7 @@ static grpc_status_code pay_retrying(pay_t *p, const char *auth, const char *key
                                                 3000, NULL);
         if (code == GRPC_STATUS_OK) {
             snprintf(p->pid, sizeof p->pid, "%s", m->payment_id);
-            free_msg(m);
+            th_free_msg(m);
             return code;
         }
         if (code != GRPC_STATUS_UNAVAILABLE && code != GRPC_STATUS_UNKNOWN && code != GRPC_STATUS_DEADLINE_EXCEEDED)
@@ -1617,6 +1611,6 @@ Test(consumer, cluster_primary_killed_while_paying, .init = start_on_cluster, .f
                                  (ProtobufCMessage **)&rep_a, md, 1, 30000, NULL),
                  GRPC_STATUS_OK, "Audit");
     cr_expect_eq(rep_a->n_problems, 0, "audit: %s", rep_a->n_problems ? rep_a->problems[0] : "");
-    free_msg(rep_a);
+    th_free_msg(rep_a);
     end_test();
 }

@@ -102,9 +102,7 @@ static void start_ha(void) {
 }
 
 static void stop_ha(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     for (int i = 0; i < 3; i++)
         if (sentinels[i] > 0) kill(sentinels[i], SIGKILL), waitpid(sentinels[i], NULL, 0), sentinels[i] = 0;
     th_redis_stop(&primary);
@@ -197,9 +195,7 @@ static void start_small(void) {
 }
 
 static void stop_small(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     th_redis_stop(&small);
 }
 

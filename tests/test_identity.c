@@ -87,17 +87,13 @@ static void start_hs256(void) { start_with_key(secret_file); }
 static void start_trusting(void) { start_with_key(NULL); }
 
 static void stop(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     th_redis_stop(&redis);
     th_rmrf(dir);
 }
 
 static void end_test(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    int rc = th_server_stop(&server);
+    int rc = th_server_close(&server, &cli);
     cr_assert_eq(rc, 0, "concert-server exit status (log %s)", server.log);
 }
 

@@ -65,15 +65,9 @@ static void stop(void) {
 }
 
 static void end_test(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    int rc = th_server_stop(&server);
+    int rc = th_server_close(&server, &cli);
     cr_assert_eq(rc, 0, "concert-server exit status (log %s)", server.log);
     if (consumer.pid > 0) cr_assert_eq(th_consumer_stop(&consumer), 0, "payment-consumer exit status");
-}
-
-static void free_msg(void *m) {
-    if (m) protobuf_c_message_free_unpacked(m, NULL);
 }
 
 /* An ACTIVE user with a HELD reservation of `seat` and `money` in the wallet. */
@@ -121,7 +115,7 @@ static int64_t balance(const char *user) {
                                  (ProtobufCMessage **)&b, NULL, 0, 5000, NULL),
                  GRPC_STATUS_OK);
     int64_t v = b->balance;
-    free_msg(b);
+    th_free_msg(b);
     return v;
 }
 
@@ -135,7 +129,7 @@ static int settled(void *arg) {
     Concert__V1__Payment *p = NULL;
     if (get_payment("/concert.v1.PaymentService/GetPayment", w->token, w->pid, &p, NULL) != GRPC_STATUS_OK) return 0;
     w->status = p->status;
-    free_msg(p);
+    th_free_msg(p);
     return w->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED ||
            w->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED;
 }
@@ -146,7 +140,7 @@ static int pay_ok(void *arg) {
     grpc_status_code c = pay(a[0], a[1], a[2], 3000, &p, NULL);
     if (c == GRPC_STATUS_OK) {
         snprintf((char *)a[3], 64, "%s", p->payment_id);
-        free_msg(p);
+        th_free_msg(p);
     }
     return c == GRPC_STATUS_OK;
 }
@@ -181,7 +175,7 @@ Test(payment, kafka_down_then_back, .init = start, .fini = stop, .timeout = 180)
     cr_assert_eq(pay(token, rid, "kim-1", 5000, &p, &st), GRPC_STATUS_OK, "%s", st.message);
     cr_expect_str_eq(p->payment_id, pid);
     cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED);
-    free_msg(p);
+    th_free_msg(p);
     end_test();
 }
 
@@ -233,7 +227,7 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
                                      &concert__v1__reservation__descriptor, (ProtobufCMessage **)&r, md, 1, 5000, NULL),
                      GRPC_STATUS_OK);
         snprintf(rid3, sizeof rid3, "%s", r->reservation_id);
-        free_msg(r);
+        th_free_msg(r);
     }
     expect(pay(t1, rid3, "lee-1", 5000, NULL, &st), &st, GRPC_STATUS_FAILED_PRECONDITION, "idempotency_key",
            "Pay key reused");
@@ -264,13 +258,13 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
                 cc_stream *s = cc_client_stream(cli, methods[m], &req.base, md, 1, 5000);
                 ProtobufCMessage *msg = NULL;
                 cr_expect_eq(cc_stream_next(s, &concert__v1__payment__descriptor, &msg), 0, "WatchPayment %s: no message", ids[i]);
-                free_msg(msg);
+                th_free_msg(msg);
                 cc_stream_close(s, &st);
                 expect(st.code, &st, want[i], "payment_id", "WatchPayment");
             }
         }
     }
-    free_msg(p);
+    th_free_msg(p);
     end_test();
 }
 
@@ -314,7 +308,7 @@ static int failed_now(void *arg) {
     Concert__V1__Payment *p = NULL;
     if (get_payment("/concert.v1.PaymentService/GetPayment", w->token, w->pid, &p, NULL) != GRPC_STATUS_OK) return 0;
     int ok = p->status == CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED;
-    free_msg(p);
+    th_free_msg(p);
     return ok;
 }
 
@@ -335,7 +329,7 @@ Test(payment, unavailable_means_never_debited, .init = start, .fini = stop, .tim
         uint64_t t0 = th_now_ms();
         grpc_status_code code = pay(tokens[i], rids[i], keys[i], 2000, &p, &st);
         uint64_t took = th_now_ms() - t0;
-        free_msg(p);
+        th_free_msg(p);
         if (code != GRPC_STATUS_UNAVAILABLE) kill(broker, SIGCONT);
         cr_assert_eq(code, GRPC_STATUS_UNAVAILABLE, "stalled broker, Pay %d: %s %s", i, cc_status_name(code),
                      st.message);
@@ -366,7 +360,7 @@ Test(payment, unavailable_means_never_debited, .init = start, .fini = stop, .tim
         cr_expect_str_eq(p->payment_id, pids[i], "the same payment");
         cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_FAILED, "its real state");
         cr_expect(strstr(p->reason, "Pay answered UNAVAILABLE"), "reason: %s", p->reason);
-        free_msg(p);
+        th_free_msg(p);
         cr_expect_eq(balance(users[i]), 5000, "%s: still nothing debited", users[i]);
     }
     end_test();
@@ -435,7 +429,7 @@ Test(payment, watchers_on_every_server_are_pushed, .init = start, .fini = stop, 
     cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_PENDING);
     char pid[64];
     snprintf(pid, sizeof pid, "%s", p->payment_id);
-    free_msg(p);
+    th_free_msg(p);
     /* Three watchers of the payment: two on this server, one on the other. */
     cc_client *cb = cc_client_open(b.addr);
     cc_client *clients[3] = {cli, cli, cb};
@@ -450,7 +444,7 @@ Test(payment, watchers_on_every_server_are_pushed, .init = start, .fini = stop, 
         ProtobufCMessage *m = NULL;
         cr_assert_eq(cc_stream_next(s[i], &concert__v1__payment__descriptor, &m), 1, "watcher %d: first message", i);
         cr_expect_eq(((Concert__V1__Payment *)m)->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_PENDING);
-        free_msg(m);
+        th_free_msg(m);
     }
     /* While they wait, nobody reads the payment again and again. */
     int polls = monitor_count(cc_pay_scripts()[CC_PAY_S_GET].sha, 1000);
@@ -464,7 +458,7 @@ Test(payment, watchers_on_every_server_are_pushed, .init = start, .fini = stop, 
         fprintf(stderr, "watcher %d: COMPLETED %lld ms after it was settled\n", i, (long long)lag);
         cr_expect_eq(pm->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED, "watcher %d", i);
         cr_expect_lt(lag, 3000, "watcher %d told %lld ms after the settlement", i, (long long)lag);
-        free_msg(m);
+        th_free_msg(m);
         cr_expect_eq(cc_stream_next(s[i], &concert__v1__payment__descriptor, &m), 0, "the stream ends");
         cc_stream_close(s[i], &st);
         cr_expect_eq(st.code, GRPC_STATUS_OK, "watcher %d ends OK: %s", i, st.message);
@@ -472,7 +466,7 @@ Test(payment, watchers_on_every_server_are_pushed, .init = start, .fini = stop, 
     /* GetPayment agrees. */
     cr_assert_eq(get_payment("/concert.v1.PaymentService/GetPayment", token, pid, &p, &st), GRPC_STATUS_OK);
     cr_expect_eq(p->status, CONCERT__V1__PAYMENT_STATUS__PAYMENT_STATUS_COMPLETED);
-    free_msg(p);
+    th_free_msg(p);
     cc_client_close(cb);
     cr_expect_eq(th_server_stop(&b), 0, "second server exit status (log %s)", b.log);
     end_test();

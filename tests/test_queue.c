@@ -22,11 +22,8 @@ static const char *const concerts[] = {"big", "c-one", "c-two", "lv", "ttl", "id
 static void start(const char *const *flags) {
     memset(&redis, 0, sizeof redis);
     th_redis_start(&redis);
-    const char *all[24] = {"--admin-key", KEY};
-    int n = 2;
-    for (int i = 0; flags && flags[i] && n < 23; i++) all[n++] = flags[i];
-    all[n] = NULL;
-    th_server_start(&server, redis.url, all);
+    static const char *const base[] = {"--admin-key", KEY, NULL};
+    th_server_start_with(&server, redis.url, base, flags);
     cli = cc_client_open(server.addr);
     for (int i = 0; concerts[i]; i++)
         cr_assert_eq(th_admin_concert(cli, KEY, concerts[i]), GRPC_STATUS_OK, "create concert %s", concerts[i]);
@@ -34,17 +31,13 @@ static void start(const char *const *flags) {
 
 /* Teardown (Criterion ignores assertions here, so it only cleans up). */
 static void stop(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     th_redis_stop(&redis);
 }
 
 /* The last step of every test: a clean SIGTERM exit, with no sanitizer report. */
 static void end_test(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    int rc = th_server_stop(&server);
+    int rc = th_server_close(&server, &cli);
     cr_assert_eq(rc, 0, "concert-server must exit 0 on SIGTERM (got %d, log %s)", rc, server.log);
 }
 

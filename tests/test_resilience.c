@@ -39,9 +39,7 @@ static void stop(void) {
 }
 
 static void end_test(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    int rc = th_server_stop(&server);
+    int rc = th_server_close(&server, &cli);
     cr_assert_eq(rc, 0, "concert-server exit status (log %s)", server.log);
 }
 

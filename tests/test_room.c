@@ -33,34 +33,23 @@ static cc_client *cli;
 static void start_with(const char *const *extra) {
     memset(&redis, 0, sizeof redis);
     th_redis_start(&redis);
-    const char *flags[24] = {"--admin-key", KEY, "--rate-user", "0", "--rate-peer", "0"};
-    int n = 6;
-    for (int i = 0; extra && extra[i] && n < 23; i++) flags[n++] = extra[i];
-    flags[n] = NULL;
-    th_server_start(&server, redis.url, flags);
+    static const char *const base[] = {"--admin-key", KEY, "--rate-user", "0", "--rate-peer", "0", NULL};
+    th_server_start_with(&server, redis.url, base, extra);
     cli = cc_client_open(server.addr);
 }
 
 static void start(void) { start_with(NULL); }
 
 static void stop(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     th_server_stop(&server2);
     th_redis_stop(&redis);
 }
 
 static void end_test(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    int rc = th_server_stop(&server);
+    int rc = th_server_close(&server, &cli);
     cr_assert_eq(rc, 0, "concert-server must exit 0 on SIGTERM, without a sanitizer report (got %d, log %s)", rc,
                  server.log);
-}
-
-static void free_msg(void *m) {
-    if (m) protobuf_c_message_free_unpacked(m, NULL);
 }
 
 static int64_t wall_ms(void) {
@@ -176,7 +165,7 @@ Test(room, straight_through_when_there_is_room, .init = start, .fini = stop) {
     Concert__V1__QueueStatus *d = issue("d", "st0");
     cr_expect_eq(d->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
     cr_expect_eq(d->estimated_wait_seconds, -1);
-    free_msg(a), free_msg(b), free_msg(c), free_msg(a2), free_msg(d);
+    th_free_msg(a), th_free_msg(b), th_free_msg(c), th_free_msg(a2), th_free_msg(d);
     end_test();
 }
 
@@ -191,7 +180,7 @@ Test(room, straight_through_keeps_the_rate, .init = start, .fini = stop) {
         snprintf(u, sizeof u, "u%d", i);
         Concert__V1__QueueStatus *s = issue(u, "burst");
         active += s->state == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE;
-        free_msg(s);
+        th_free_msg(s);
     }
     /* 40 joins in well under a second at 20/s: the bucket's 10 plus what accrued. */
     cr_expect(active >= 10 && active <= 20, "%d of 40 went straight through at 20/s (burst 10)", active);
@@ -216,7 +205,7 @@ Test(room, reject_refuses_new_tokens_and_keeps_the_old, .init = start, .fini = s
     set_method("rj", CONCERT__V1__QUEUEING_METHOD__QUEUEING_METHOD_FIFO);
     Concert__V1__QueueStatus *n = issue("newcomer", "rj");
     cr_expect_neq(n->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_UNSPECIFIED, "joining works again");
-    free_msg(w), free_msg(n);
+    th_free_msg(w), th_free_msg(n);
     end_test();
 }
 
@@ -230,7 +219,7 @@ Test(room, passthrough_admits_everyone_at_once, .init = start, .fini = stop) {
         Concert__V1__QueueStatus *s = issue(u, "pt");
         cr_expect_eq(s->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
         snprintf(toks[i], sizeof toks[i], "%s", s->token);
-        free_msg(s);
+        th_free_msg(s);
     }
     set_method("pt", CONCERT__V1__QUEUEING_METHOD__QUEUEING_METHOD_PASSTHROUGH);
     /* The waiting are admitted by the next ticks, the limits ignored. */
@@ -241,13 +230,13 @@ Test(room, passthrough_admits_everyone_at_once, .init = start, .fini = stop) {
     Concert__V1__Stats *s = stats("pt");
     cr_expect_eq(s->active, 31, "analytics still counted: %lld active", (long long)s->active);
     cr_expect_eq(s->waiting, 0);
-    free_msg(s);
+    th_free_msg(s);
     /* Back to FIFO: the active keep their admission, new joiners wait (no room). */
     set_method("pt", CONCERT__V1__QUEUEING_METHOD__QUEUEING_METHOD_FIFO);
     Concert__V1__QueueStatus *w = issue("later", "pt");
     cr_expect_eq(w->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
     cr_expect_eq(th_state(cli, toks[0]), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE);
-    free_msg(n), free_msg(w);
+    th_free_msg(n), th_free_msg(w);
     end_test();
 }
 
@@ -262,7 +251,7 @@ Test(room, random_picks_among_everyone_then_fifo_again, .init = start, .fini = s
         snprintf(u, sizeof u, "r%03d", i);
         Concert__V1__QueueStatus *s = issue(u, "rnd");
         snprintf(toks[i], sizeof toks[i], "%s", s->token);
-        free_msg(s);
+        th_free_msg(s);
     }
     set_method("rnd", CONCERT__V1__QUEUEING_METHOD__QUEUEING_METHOD_RANDOM);
     /* Estimated waits under RANDOM: everyone waiting over the rate. */
@@ -294,7 +283,7 @@ Test(room, random_picks_among_everyone_then_fifo_again, .init = start, .fini = s
     set_rate("rnd", 1, 100000);
     uint64_t t1 = th_now_ms();
     do {
-        free_msg(s);
+        th_free_msg(s);
         s = NULL;
         cr_assert_eq(th_status(cli, toks[last], &s, NULL), GRPC_STATUS_OK);
     } while (s->estimated_wait_seconds < waiting - 5 && th_now_ms() - t1 < 2000 && (th_pause_ms(20), 1));
@@ -303,7 +292,7 @@ Test(room, random_picks_among_everyone_then_fifo_again, .init = start, .fini = s
                   "RANDOM: the wait of the last in line is everyone waiting over the rate (%lld s, %lld waiting)",
                   (long long)s->estimated_wait_seconds, (long long)waiting);
     cr_expect_gt(s->estimated_wait_seconds, s->position / 2 + 5, "not its position over the rate");
-    free_msg(s);
+    th_free_msg(s);
     /* FIFO again: the next admitted is the first still waiting. */
     set_rate("rnd", 0, 100000);
     set_method("rnd", CONCERT__V1__QUEUEING_METHOD__QUEUEING_METHOD_FIFO);
@@ -333,7 +322,7 @@ static grpc_status_code get_proof(const char *concert, Concert__V1__SaleProof **
 static int sale_open(void *arg) {
     Concert__V1__SaleProof *p = NULL;
     int open = get_proof(arg, &p, NULL) == GRPC_STATUS_OK && p->seed.len == 32;
-    free_msg(p);
+    th_free_msg(p);
     return open;
 }
 
@@ -341,7 +330,7 @@ static int sale_open(void *arg) {
 static int prequeue_open(void *arg) {
     Concert__V1__SaleProof *p = NULL;
     int open = get_proof(arg, &p, NULL) == GRPC_STATUS_OK && p->commitment.len == 32;
-    free_msg(p);
+    th_free_msg(p);
     return open;
 }
 
@@ -374,7 +363,7 @@ Test(room, scheduled_sale_with_a_verifiable_shuffle, .init = start, .fini = stop
     cr_assert_eq(get_proof("sale", &pr, &st), GRPC_STATUS_OK, "%s", st.message);
     cr_expect_eq(pr->commitment.len, 0, "no commitment before the pre-queue opens");
     cr_expect_eq(pr->opens_at_unix_ms, p.sale_opens_at_unix_ms);
-    free_msg(pr);
+    th_free_msg(pr);
     /* The pre-queue: WAITING, position 0, no estimate. */
     cr_assert(th_wait_for(prequeue_open, "sale", 50, 5000), "the pre-queue opened");
     static char toks[N + 1][128];
@@ -386,19 +375,19 @@ Test(room, scheduled_sale_with_a_verifiable_shuffle, .init = start, .fini = stop
         cr_expect_eq(s->position, 0, "no place before the draw");
         cr_expect_eq(s->estimated_wait_seconds, -1);
         snprintf(toks[i], sizeof toks[i], "%s", s->token);
-        free_msg(s);
+        th_free_msg(s);
     }
     Concert__V1__QueueStatus *ps = NULL;
     cr_assert_eq(th_status(cli, toks[3], &ps, NULL), GRPC_STATUS_OK);
     cr_expect_eq(ps->position, 0);
-    free_msg(ps);
+    th_free_msg(ps);
     /* The commitment is published and the seed is not. */
     cr_assert_eq(get_proof("sale", &pr, &st), GRPC_STATUS_OK);
     cr_expect_eq(pr->commitment.len, 32, "commitment published when the pre-queue opened");
     cr_expect_eq(pr->seed.len, 0, "the seed stays secret until the sale opens");
     unsigned char commitment[32];
     memcpy(commitment, pr->commitment.data, 32);
-    free_msg(pr);
+    th_free_msg(pr);
     /* Moving the pre-queue now is refused; one user leaves before the opening. */
     p.prequeue_opens_at_unix_ms = now + 2500;
     const char *f2[] = {"prequeue_opens_at_unix_ms", NULL};
@@ -423,7 +412,7 @@ Test(room, scheduled_sale_with_a_verifiable_shuffle, .init = start, .fini = stop
     cr_expect_eq(pr->prequeued, N - 1, "pre-queued at the opening: %lld (one left)", (long long)pr->prequeued);
     unsigned char seed[32];
     memcpy(seed, pr->seed.data, 32);
-    free_msg(pr);
+    th_free_msg(pr);
     /* Recompute the order: HMAC-SHA256(seed, SHA-256(token id)), smallest first. */
     drawn d[N];
     int nd = 0;
@@ -443,12 +432,12 @@ Test(room, scheduled_sale_with_a_verifiable_shuffle, .init = start, .fini = stop
         cr_expect_eq(s->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
         cr_expect_eq(s->position, k + 1, "pre-queued user %d: position %lld, drawn place %d", d[k].i,
                      (long long)s->position, k + 1);
-        free_msg(s);
+        th_free_msg(s);
     }
     Concert__V1__QueueStatus *ls = NULL;
     cr_assert_eq(th_status(cli, late->token, &ls, NULL), GRPC_STATUS_OK);
     cr_expect_eq(ls->position, N, "the late user queues behind every pre-queued one");
-    free_msg(ls);
+    th_free_msg(ls);
     /* The export lists the same order; the late user queued behind everyone. */
     es = cc_client_stream(cli, AS "ExportSaleOrder", &er.base, md, 1, 5000);
     int got = 0;
@@ -463,7 +452,7 @@ Test(room, scheduled_sale_with_a_verifiable_shuffle, .init = start, .fini = stop
             cr_expect(o->token_id_sha256[i].len == 32 && !memcmp(o->token_id_sha256[i].data, sha, 32),
                       "place %d of the export is the recomputed one", got + 1);
         }
-        free_msg(o);
+        th_free_msg(o);
     }
     cc_stream_close(es, &st);
     cr_expect_eq(st.code, GRPC_STATUS_OK, "%s", st.message);
@@ -479,7 +468,7 @@ Test(room, scheduled_sale_with_a_verifiable_shuffle, .init = start, .fini = stop
     p.sale_opens_at_unix_ms = wall_ms() + 60000;
     const char *f3[] = {"sale_opens_at_unix_ms", NULL};
     expect_field_error(set_policy(&p, f3, &st), &st, GRPC_STATUS_FAILED_PRECONDITION, "sale_opens_at_unix_ms");
-    free_msg(late);
+    th_free_msg(late);
     end_test();
 }
 
@@ -498,7 +487,7 @@ Test(room, sale_without_prequeue_refuses_until_it_opens, .init = start, .fini = 
     Concert__V1__SaleProof *pr = NULL;
     cr_assert_eq(get_proof("nopre", &pr, &st), GRPC_STATUS_OK);
     cr_expect_eq(pr->prequeued, 0);
-    free_msg(pr);
+    th_free_msg(pr);
     cr_expect_eq(get_proof("c-none", NULL, &st), GRPC_STATUS_NOT_FOUND, "%s", st.message);
     cr_assert_eq(th_admin_concert(cli, KEY, "plain"), GRPC_STATUS_OK);
     expect_field_error(get_proof("plain", NULL, &st), &st, GRPC_STATUS_FAILED_PRECONDITION, "concert_id");
@@ -526,8 +515,8 @@ static int verify_with_listed(cc_client *c, const ProtobufCBinaryData *receipt) 
     for (size_t i = 0; i < k->n_keys; i++)
         if (!strcmp(k->keys[i]->key_id, r->key_id) && k->keys[i]->public_key.len == 32)
             rc = cc_receipt_verify(receipt->data, receipt->len, k->keys[i]->public_key.data);
-    free_msg(k);
-    free_msg(r);
+    th_free_msg(k);
+    th_free_msg(r);
     return rc;
 }
 
@@ -560,7 +549,7 @@ Test(room, receipts_verify_offline_and_tampering_fails, .init = start, .fini = s
     cr_expect_eq(r->expires_at_unix_ms, a->expires_at_unix_ms);
     cr_expect(r->admitted_at_unix_ms > 0 && r->admitted_at_unix_ms < r->expires_at_unix_ms);
     cr_expect_eq(strlen(r->key_id), 16);
-    free_msg(r);
+    th_free_msg(r);
     /* The byte layout documented in cc_receipt.h. */
     size_t n = rc->len - 64, cl = strlen("rcpt");
     cr_expect_eq(n, 2 + cl + 18 + 34 + 34 + 7 + 7, "statement of %zu bytes", n);
@@ -581,7 +570,7 @@ Test(room, receipts_verify_offline_and_tampering_fails, .init = start, .fini = s
     Concert__V1__QueueStatus *b = issue("bob", "rcpt");
     cr_expect_eq(b->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
     cr_expect_eq(b->admission_receipt.len, 0);
-    free_msg(a), free_msg(s), free_msg(b);
+    th_free_msg(a), th_free_msg(s), th_free_msg(b);
     end_test();
 }
 
@@ -594,7 +583,7 @@ static int keys_listed(void *arg) {
     keys_wait *w = arg;
     Concert__V1__SigningKeys *k = signing_keys(w->c);
     size_t n = k->n_keys;
-    free_msg(k);
+    th_free_msg(k);
     return n >= w->n;
 }
 
@@ -640,7 +629,7 @@ Test(room, signing_keys_of_every_server_and_rotation, .fini = stop, .timeout = 6
     cc_receipt_parse(again->admission_receipt.data, again->admission_receipt.len, &r2);
     cr_expect_str_neq(r1->key_id, r2->key_id, "the rotated server signs with its new key");
     cr_expect_eq(r1->admitted_at_unix_ms, r2->admitted_at_unix_ms, "the same admission, whoever signs it");
-    free_msg(r1), free_msg(r2), free_msg(a), free_msg(again);
+    th_free_msg(r1), th_free_msg(r2), th_free_msg(a), th_free_msg(again);
     cc_client_close(cli2);
     cr_expect_eq(th_server_stop(&server2), 0);
     end_test();
@@ -668,7 +657,7 @@ Test(room, a_bad_signing_key_is_a_start_up_error, .fini = stop) {
 Test(room, bad_policy_input_names_the_field_and_changes_nothing, .init = start, .fini = stop) {
     cr_assert_eq(th_admin_concert(cli, KEY, "bad"), GRPC_STATUS_OK);
     Concert__V1__QueueStatus *s = issue("someone", "bad");
-    free_msg(s);
+    th_free_msg(s);
     th_pause_ms(300); /* the first ticks have written their bookkeeping */
     char *before = th_redis_digest(&redis);
     cc_status st;
@@ -740,7 +729,7 @@ Test(room, bad_policy_input_names_the_field_and_changes_nothing, .init = start, 
     cr_expect_eq(back->admit_rate_min, 5);
     cr_expect_eq(back->admit_rate_max, 50);
     cr_expect_eq(back->queueing_method, CONCERT__V1__QUEUEING_METHOD__QUEUEING_METHOD_RANDOM);
-    free_msg(back);
+    th_free_msg(back);
     end_test();
 }
 
@@ -767,7 +756,7 @@ Test(room, policy_fields_in_both_spellings, .init = start, .fini = stop) {
         cr_expect_eq(back->prequeue_opens_at_unix_ms, p.prequeue_opens_at_unix_ms);
         cr_expect_eq(back->admit_rate_min, p.admit_rate_min);
         cr_expect_eq(back->admit_rate_max, p.admit_rate_max);
-        free_msg(back);
+        th_free_msg(back);
     }
     end_test();
 }

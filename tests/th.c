@@ -294,6 +294,31 @@ int th_server_stop(th_server *s) {
     return -1;
 }
 
+void th_server_start_with(th_server *s, const char *redis_url, const char *const *base, const char *const *extra) {
+    const char *flags[64];
+    int n = 0;
+    for (int i = 0; base && base[i]; i++) {
+        if (n >= 63) cr_assert_fail("th_server_start_with: too many flags");
+        flags[n++] = base[i];
+    }
+    for (int i = 0; extra && extra[i]; i++) {
+        if (n >= 63) cr_assert_fail("th_server_start_with: too many flags");
+        flags[n++] = extra[i];
+    }
+    flags[n] = NULL;
+    th_server_start(s, redis_url, flags);
+}
+
+int th_server_close(th_server *s, cc_client **cli) {
+    if (cli && *cli) cc_client_close(*cli);
+    if (cli) *cli = NULL;
+    return th_server_stop(s);
+}
+
+void th_free_msg(void *m) {
+    if (m) protobuf_c_message_free_unpacked(m, NULL);
+}
+
 grpc_status_code th_issue(cc_client *c, const char *user, const char *concert, Concert__V1__QueueStatus **out,
                           cc_status *st) {
     Concert__V1__IssueTokenRequest req = CONCERT__V1__ISSUE_TOKEN_REQUEST__INIT;

@@ -65,6 +65,14 @@ int th_server_log_has(const th_server *s, const char *needle);
 int th_server_wait_serving(th_server *s, int limit_ms);
 /** SIGTERM, waits; returns its exit status (or -1 if it had to be killed). */
 int th_server_stop(th_server *s);
+/** th_server_start with two NULL-terminated flag lists (either may be NULL), `base` first:
+ * a test file's usual flags and one test's extra ones. */
+void th_server_start_with(th_server *s, const char *redis_url, const char *const *base, const char *const *extra);
+/** Closes *cli (if open, and sets it NULL), then th_server_stop: the last step of a test,
+ * and of its teardown. Returns the server's exit status. */
+int th_server_close(th_server *s, cc_client **cli);
+/** Frees an unpacked protobuf-c message; NULL is fine. */
+void th_free_msg(void *m);
 
 /** The port a server started with `--metrics HOST:0` bound, from its
  * `event=metrics_listening ... port=N` log line (waits up to 5 s); 0 if none. */
