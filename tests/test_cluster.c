@@ -169,16 +169,15 @@ static void two_on_different_primaries(const char *tagpre, const char *prefix, c
 
 static void start_server(void) {
     start();
-    const char *flags[] = {"--admin-key", ADMIN, "--admit-interval-ms", "20", NULL};
+    /* The subject is the cluster, not the rate limits (one peer, a few users, many calls). */
+    const char *flags[] = {"--admin-key", ADMIN, "--admit-interval-ms", "20", "--rate-user", "0", "--rate-peer", "0", NULL};
     th_server_start(&server, cl.url, flags);
     cr_assert(th_server_wait_serving(&server, 10000), "server not SERVING on the cluster (log %s)", server.log);
     cli = cc_client_open(server.addr);
 }
 
 static void stop_server(void) {
-    if (cli) cc_client_close(cli);
-    cli = NULL;
-    th_server_stop(&server);
+    th_server_close(&server, &cli);
     stop();
 }
 
@@ -378,7 +377,8 @@ Test(cluster_server, primary_killed_under_load, .init = start_server, .fini = st
 
 static void start_server_metrics(void) {
     start();
-    const char *flags[] = {"--admin-key", ADMIN, "--admit-interval-ms", "20", "--metrics", "127.0.0.1:0", NULL};
+    const char *flags[] = {"--admin-key", ADMIN, "--admit-interval-ms", "20", "--rate-user", "0", "--rate-peer", "0",
+                           "--metrics", "127.0.0.1:0", NULL};
     th_server_start(&server, cl.url, flags);
     cr_assert(th_server_wait_serving(&server, 10000), "server not SERVING on the cluster (log %s)", server.log);
     cli = cc_client_open(server.addr);
