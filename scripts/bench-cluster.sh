@@ -13,7 +13,7 @@ usage() {
   cat <<'EOF'
 usage: scripts/bench-cluster.sh [--concerts N] [--concurrency C] [--warmup S] [--duration S]
                                 [--rounds N] [--primaries P] [--out DIR] [--build-dir DIR]
-                                [--no-build] [--help]
+                                [--cluster-connections N] [--no-build] [--help]
 
   --concerts N     concerts the users spread over (default 60; they land on every primary)
   --concurrency C  calls in flight (default 64)
@@ -24,6 +24,10 @@ usage: scripts/bench-cluster.sh [--concerts N] [--concurrency C] [--warmup S] [-
                    single node, so the ratio is the routing cost)
   --out DIR        results (default bench-out/cluster-<timestamp>)
   --build-dir DIR  the build to measure (default build-bench), RelWithDebInfo
+  --cluster-connections N
+                   Redis connections per primary of the cluster's server (default: the
+                   server's default, as for the single node; 1 keeps the total near the
+                   single node's)
   --no-build       use the binaries already there
 
 Writes summary.md and summary.json; exit 0 when every run produced a report with
@@ -31,7 +35,7 @@ successful calls and no failed one, 1 otherwise, 2 on a usage error.
 EOF
 }
 
-CONCERTS=60 CONC=64 WARMUP=2 DUR=10 ROUNDS=2 PRIMARIES=3 OUT="" BUILD="${CONCERT_BENCH_BUILD_DIR:-build-bench}" build=1
+CONCERTS=60 CONC=64 WARMUP=2 DUR=10 ROUNDS=2 PRIMARIES=3 OUT="" BUILD="${CONCERT_BENCH_BUILD_DIR:-build-bench}" build=1 CL_CONNS=""
 need() { [[ $# -ge 2 ]] || { echo "bench-cluster.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -44,12 +48,13 @@ while [[ $# -gt 0 ]]; do
     --primaries) need "$@"; PRIMARIES="$2"; shift ;;
     --out) need "$@"; OUT="$2"; shift ;;
     --build-dir) need "$@"; BUILD="$2"; shift ;;
+    --cluster-connections) need "$@"; CL_CONNS="$2"; shift ;;
     --no-build) build=0 ;;
     *) echo "bench-cluster.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-for v in "$CONCERTS" "$CONC" "$WARMUP" "$DUR" "$ROUNDS" "$PRIMARIES"; do
+for v in "$CONCERTS" "$CONC" "$WARMUP" "$DUR" "$ROUNDS" "$PRIMARIES" ${CL_CONNS:+"$CL_CONNS"}; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench-cluster.sh: options take numbers (see --help)" >&2; exit 2; }
 done
 
@@ -96,7 +101,7 @@ done
   echo "nproc: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "concert-bench queue --concerts $CONCERTS --polls 10 --concurrency $CONC, warmup ${WARMUP}s, duration ${DUR}s, rounds $ROUNDS"
-  echo "single: one redis-server; cluster: $PRIMARIES primaries, no replicas (scripts/redis-cluster.sh)"
+  echo "single: one redis-server; cluster: $PRIMARIES primaries, no replicas (scripts/redis-cluster.sh)${CL_CONNS:+, $CL_CONNS Redis connection(s) per primary}"
 } >"$OUT/machine.txt"
 
 # ---- the two Redis targets ----
@@ -126,9 +131,11 @@ run_one() {
   local dir="$OUT/$name-$target"
   mkdir -p "$dir"
   port="$(free_port)"
+  local extra=()
+  [[ "$target" == cluster && -n "$CL_CONNS" ]] && extra=(--redis-connections "$CL_CONNS")
   env -u CONCERT_KAFKA -u CONCERT_METRICS -u CONCERT_ADMIN_KEY "$BUILD/server/concert-server" \
     --listen "127.0.0.1:$port" --redis "${URL[$target]}" --admin-key "$ADMIN" --admit-rate 0 \
-    --rate-user 0 --rate-peer 0 2>"$TMP/server-$name-$target.log" &
+    --rate-user 0 --rate-peer 0 "${extra[@]}" 2>"$TMP/server-$name-$target.log" &
   SERVER_PID=$!
   for ((i = 0; ; i++)); do
     "$BUILD/client/concertctl" --server "127.0.0.1:$port" --timeout-ms 500 health >/dev/null 2>&1 && break
