@@ -269,21 +269,6 @@ static int node_of_port(int port) {
     return 0;
 }
 
-static long long info_int(int port, const char *field) {
-    redisContext *c = redisConnect("127.0.0.1", port);
-    if (!c || c->err) {
-        if (c) redisFree(c);
-        return -1;
-    }
-    redisReply *r = redisCommand(c, "INFO replication");
-    long long v = -1;
-    const char *p = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, field) : NULL;
-    if (p) v = atoll(p + strlen(field) + 1);
-    if (r) freeReplyObject(r);
-    redisFree(c);
-    return v;
-}
-
 typedef struct {
     int primary, replica;
 } sync_arg;
@@ -291,7 +276,7 @@ typedef struct {
 /* The replica has everything the primary wrote (replication offsets equal). */
 static int replica_synced(void *arg) {
     sync_arg *s = arg;
-    long long a = info_int(s->primary, "master_repl_offset"), b = info_int(s->replica, "slave_repl_offset");
+    long long a = th_info_int(s->primary, "master_repl_offset"), b = th_info_int(s->replica, "slave_repl_offset");
     return a > 0 && a == b;
 }
 
@@ -330,7 +315,7 @@ Test(cluster_server, primary_killed_under_load, .init = start_server, .fini = st
     int rep_port = 0;
     for (int n = 1; n <= cl.nodes && !rep_port; n++) {
         int p = th_rcluster_port(&cl, n);
-        if (p != doomed_port && info_int(p, "master_port") == doomed_port) rep_port = p;
+        if (p != doomed_port && th_info_int(p, "master_port") == doomed_port) rep_port = p;
     }
     cr_assert(rep_port, "the doomed primary has a replica");
     sync_arg sa = {doomed_port, rep_port};

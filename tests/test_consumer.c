@@ -1478,21 +1478,6 @@ Test(consumer, on_a_redis_cluster, .init = start_on_cluster, .fini = stop_on_clu
 #include "cc_slot.h"
 #include "concert/v1/admin.pb-c.h"
 
-static long long repl_field(int port, const char *field) {
-    redisContext *c = redisConnect("127.0.0.1", port);
-    if (!c || c->err) {
-        if (c) redisFree(c);
-        return -1;
-    }
-    redisReply *r = redisCommand(c, "INFO replication");
-    long long v = -1;
-    const char *p = r && r->type == REDIS_REPLY_STRING ? strstr(r->str, field) : NULL;
-    if (p) v = atoll(p + strlen(field) + 1);
-    if (r) freeReplyObject(r);
-    redisFree(c);
-    return v;
-}
-
 /* Port of the primary serving `slot`, as node 1..n see it. */
 static int cluster_owner(int slot) {
     for (int n = 1; n <= rcl.nodes; n++) {
@@ -1519,7 +1504,7 @@ typedef struct {
 
 static int replica_synced(void *arg) {
     synced_arg *s = arg;
-    long long a = repl_field(s->primary, "master_repl_offset"), b = repl_field(s->replica, "slave_repl_offset");
+    long long a = th_info_int(s->primary, "master_repl_offset"), b = th_info_int(s->replica, "slave_repl_offset");
     return a > 0 && a == b;
 }
 
@@ -1575,7 +1560,7 @@ Test(consumer, cluster_primary_killed_while_paying, .init = start_on_cluster, .f
     for (int n = 1; n <= rcl.nodes; n++) {
         int p = th_rcluster_port(&rcl, n);
         if (p == doomed_port) doomed = n;
-        else if (repl_field(p, "master_port") == doomed_port) rep = p;
+        else if (th_info_int(p, "master_port") == doomed_port) rep = p;
     }
     cr_assert(doomed && rep, "the concert's primary and its replica");
     int retries = 0;

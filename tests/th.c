@@ -132,8 +132,9 @@ void th_redis_start(th_redis *r) {
     cr_assert(th_wait_for(redis_pings, r, 20, 10000), "redis-server on port %d did not answer PING", r->port);
 }
 
-long long th_redis_info_int(const th_redis *r, const char *field) {
-    redisContext *c = th_redis_connect(r);
+long long th_info_int(int port, const char *field) {
+    th_redis r = {.port = port};
+    redisContext *c = th_redis_connect(&r);
     if (!c) return -1;
     redisReply *rep = redisCommand(c, "INFO everything");
     long long v = -1;
@@ -150,6 +151,8 @@ long long th_redis_info_int(const th_redis *r, const char *field) {
     redisFree(c);
     return v;
 }
+
+long long th_redis_info_int(const th_redis *r, const char *field) { return th_info_int(r->port, field); }
 
 void th_redis_kill(th_redis *r) {
     if (r->pid <= 0) return;

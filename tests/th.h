@@ -87,6 +87,8 @@ pid_t th_spawn(char *const argv[], const char *log);
 
 /** An integer field of Redis INFO (e.g. "total_commands_processed"); -1 if absent. */
 long long th_redis_info_int(const th_redis *r, const char *field);
+/** The same for the redis-server on 127.0.0.1:`port` (a cluster node, a replica). */
+long long th_info_int(int port, const char *field);
 
 /** Removes a folder tree. */
 void th_rmrf(const char *dir);
