@@ -266,6 +266,14 @@ static size_t digits(size_t v) {
     return n;
 }
 
+/* Writes v in decimal at o (digits(v) bytes); returns the end. sprintf was 13 % of
+ * the server's instructions under GetQueueStatus load (callgrind, issue 13). */
+static char *put_uint(char *o, size_t v) {
+    size_t n = digits(v);
+    for (size_t i = n; i-- > 0; v /= 10) o[i] = (char)('0' + v % 10);
+    return o + n;
+}
+
 /* A request with its RESP encoding in the same allocation. */
 static rreq *req_new(cc_redis *r, cc_redis_cb cb, void *payload, int argc, const char **argv, const size_t *argvlen) {
     size_t len = 1 + digits((size_t)argc) + 2;
@@ -278,10 +286,14 @@ static rreq *req_new(cc_redis *r, cc_redis_cb cb, void *payload, int argc, const
     memset(q, 0, sizeof *q);
     q->cmd = (char *)(q + 1);
     char *o = q->cmd;
-    o += sprintf(o, "*%d\r\n", argc);
+    *o++ = '*';
+    o = put_uint(o, (size_t)argc);
+    *o++ = '\r', *o++ = '\n';
     for (int i = 0; i < argc; i++) {
         size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
-        o += sprintf(o, "$%zu\r\n", l);
+        *o++ = '$';
+        o = put_uint(o, l);
+        *o++ = '\r', *o++ = '\n';
         memcpy(o, argv[i], l);
         o += l;
         *o++ = '\r', *o++ = '\n';

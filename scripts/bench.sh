@@ -33,8 +33,10 @@ Runs the whole benchmark against private services and writes bench-out/<timestam
                  --concurrency; booking-runs/ has every run of scripts/bench-booking.sh:
                  64 and 512 users, then the open-loop ramp 1,000..3,000 buyers/s,
                  with CPU per paid reservation of every process in its summary.md)
-  h2load/        (if h2load is installed: apt-get install nghttp2-client) Health/Check
-                 under h2load, a client far cheaper than any gRPC stack
+  h2load/        (if h2load is installed: apt-get install nghttp2-client)
+                 scripts/bench-h2load.sh: h2load on a bare gRPC C core echo server,
+                 Health/Check, GetQueueStatus and IssueToken, interleaved rounds,
+                 ratios to echo, server CPU and Redis usec per call
   summary.md     every figure in one table, with ratios to ping and the targets
 Each concert-bench folder has report.md, report.json, series-*.tsv, charts.gp and
 PNG charts (when gnuplot is installed: apt-get install gnuplot-nox).
@@ -267,23 +269,21 @@ make_concert "bench-deep-$$-empty"
 bench deep-queue deep-queue --concert "bench-deep-$$" --fill "$FILL" --fill-concurrency "$FILL_CONC" --redis "$REDIS_URL" \
   --concurrency "$CONC" --warmup "$WARMUP" --duration "$DUR"
 
-# ---- 6. h2load: the server's ceiling with a client that costs next to nothing ------------
-if [[ -n "$H2LOAD" ]]; then
-  start_server
-  mkdir -p "$OUT/h2load"
-  printf '\x00\x00\x00\x00\x00' >"$TMP/health-req.bin" # gRPC frame: uncompressed, empty HealthCheckRequest
-  say "h2load: Health/Check, 8 connections x 64 streams, ${DUR}s"
-  s0=$(cpu_ticks "$SERVER_PID"); t0=$(date +%s.%N)
-  "$H2LOAD" -D "$DUR" -c 8 -m 64 -d "$TMP/health-req.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
-    "http://$SERVER_ADDR/grpc.health.v1.Health/Check" >"$OUT/h2load/h2load.txt" 2>&1 &
-  CHILD_PID=$!; wait "$CHILD_PID" || die "h2load failed (see $OUT/h2load/h2load.txt)"; CHILD_PID=""
-  t1=$(date +%s.%N); s1=$(cpu_ticks "$SERVER_PID")
-  python3 -c 'import sys; t0,t1,s0,s1,hz=map(float,sys.argv[1:]); print(round(100*(s1-s0)/hz/(t1-t0),1))' \
-    "$t0" "$t1" "$s0" "$s1" "$(getconf CLK_TCK)" >"$OUT/h2load/server-cpu-pct.txt"
-else
-  echo "bench.sh: h2load not found (apt-get install nghttp2-client): ceiling cross-check skipped" >&2
-fi
+# ---- 6. h2load: cost per call against a bare gRPC C core echo server (issue 13) -----------
+# scripts/bench-h2load.sh owns it (its own Redis, servers and concert-bench-echo): echo,
+# Health/Check, GetQueueStatus and IssueToken interleaved over rounds, ratios to echo.
 stop_pid "$SERVER_PID"; SERVER_PID=""
+if [[ -n "$H2LOAD" ]]; then
+  if ((quick)); then H2_ARGS=(--quick); else H2_ARGS=(--rounds 5 --requests 200000); fi
+  say "h2load: scripts/bench-h2load.sh ${H2_ARGS[*]}"
+  "$ROOT/scripts/bench-h2load.sh" --no-build --build-dir "$BUILD" --out "$OUT/h2load" "${H2_ARGS[@]}" \
+    >"$TMP/bench-h2load.log" 2>&1 &
+  CHILD_PID=$!
+  rc=0; wait "$CHILD_PID" || rc=$?; CHILD_PID=""
+  ((rc == 0)) || { tail -n 15 "$TMP/bench-h2load.log" >&2; die "h2load: scripts/bench-h2load.sh exited $rc"; }
+else
+  echo "bench.sh: h2load not found (apt-get install nghttp2-client): the echo ratios are skipped" >&2
+fi
 
 # ---- 7. booking: reservation -> payment through Kafka and payment-consumer ---------------
 # scripts/bench-booking.sh owns this one (its own Redis, one-node Kafka, a fresh server and
@@ -369,18 +369,9 @@ except Exception:
     pass
 h2 = None
 try:
-    txt = open(os.path.join(out, "h2load", "h2load.txt")).read()
-    m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", txt)
-    ok = re.search(r"(\d+) succeeded, (\d+) failed", txt)
-    h2 = {"rps": float(m.group(1)) if m else 0, "succeeded": int(ok.group(1)) if ok else 0,
-          "failed": int(ok.group(2)) if ok else 0}
-    try:
-        h2["server_cpu"] = float(open(os.path.join(out, "h2load", "server-cpu-pct.txt")).read())
-    except Exception:
-        pass
+    h2 = open(os.path.join(out, "h2load", "summary.md")).read()
 except FileNotFoundError:
     pass
-
 def sec(d, i=0):
     return (d or {}).get("sections", [{}])[i] if d and len(d.get("sections", [])) > i else {}
 
@@ -419,6 +410,10 @@ if q:
 qk = sec(rep["queue-token"])
 if qk:
     row("queue, GetQueueStatus on one token", qk, "", "")
+# Issue 13: the concert-bench queue path against its own ping, same run.
+queue_vs_ping = None
+if q and ping_rps:
+    queue_vs_ping = (q.get("total", {}).get("rps") or 0) / ping_rps
 deep = rep["deep-queue"] or {}
 for i, s in enumerate(deep.get("sections", [])):
     row(s["name"], s, "", "")
@@ -491,12 +486,14 @@ if ghz and qk:
                      "as the server, so the cheaper client leaves more CPU to the server: the generator CPU column "
                      "is the cost of each tool per call.\n")
 
+if queue_vs_ping is not None:
+    lines.append(f"**concert-bench queue path / its own ping (same run): {queue_vs_ping:.2f}x** "
+                 f"(target >= 0.9x: {'met' if queue_vs_ping >= 0.9 else '**missed**'}).\n")
 if h2:
-    lines.append("## h2load: the server's ceiling with a near-free client\n")
-    lines.append(f"Health/Check, 8 connections x 64 streams: **{fmt(h2['rps'])} req/s** "
-                 f"({h2['succeeded']:,} succeeded, {h2['failed']:,} failed), concert-server CPU "
-                 f"{fmt(h2.get('server_cpu'))} %; concert-bench ping: {fmt(ping_rps)} req/s.\n")
-
+    lines.append("## h2load: cost per call against a bare gRPC C core echo server (issue 13)\n")
+    lines.append("scripts/bench-h2load.sh, servers of its own; targets: GetQueueStatus >= 0.8x and Health/Check "
+                 ">= 0.9x of echo.\n")
+    lines.append(h2)
 # Scenario findings.
 for name in ["queue", "watch", "deep-queue", "booking"]:
     d = rep[name]

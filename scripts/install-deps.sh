@@ -28,7 +28,10 @@ pkgs=(build-essential cmake ninja-build pkg-config git python3
       libgrpc-dev protobuf-compiler libprotobuf-c-dev protobuf-c-compiler
       libhiredis-dev librdkafka-dev libuv1-dev libcriterion-dev
       redis-server redis-sentinel gnuplot-nox procps
-      prometheus python3-venv openssl libssl-dev util-linux ca-certificates jq python3-cryptography)
+      prometheus python3-venv openssl libssl-dev util-linux ca-certificates jq python3-cryptography
+      nghttp2-client valgrind strace)
+# nghttp2-client: h2load, the near-free HTTP/2 client of scripts/bench-h2load.sh (issue 13);
+# valgrind, strace: the per-call evidence (callgrind, strace -c) of docs/PERFORMANCE.md
 # python3-cryptography: the admission-receipt check (client/python/verify_receipt.py)
 # prometheus: promtool, which checks our /metrics pages and alert rules
 if [ "$build_only" -eq 1 ]; then

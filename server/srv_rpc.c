@@ -1,5 +1,13 @@
 /* srv_rpc: gRPC C core server on a libuv loop. See srv_rpc.h.
  *
+ * Who owns what: the loop owns srv_rpc's state, every srv_call, the slots while the
+ * loop handles them, the stats and the observers. The CQ thread (cq_thread) owns the
+ * fcall objects and their free list, `fast_answered`, and a slot from the moment it
+ * takes a fast-method event until it has re-armed it; it shares with the loop only the
+ * event list (mu), the list of finished fast calls (fast_mu) and `cq_shutting_down`
+ * (atomic). gRPC core's own calls are thread-safe. The CQ thread never touches a
+ * srv_call or anything of the app but what a cq_handler reads (atomics).
+ *
  * Tags: every completion carries a pointer to an `srv_tag` whose `fn` runs on the
  * loop. A call owns three tags (final/status, close, write/recv) so that several of
  * its batches can be in flight; `refs` counts those batches plus one for the handler,
@@ -28,6 +36,7 @@
 typedef struct srv_tag srv_tag;
 struct srv_tag {
     void (*fn)(srv_tag *tag, int ok);
+    int on_cq; /* 1: fn runs on the CQ thread (fast calls), 0: on the loop */
 };
 
 typedef struct {
@@ -46,6 +55,22 @@ typedef struct srv_slot {
     grpc_metadata_array md;
     grpc_byte_buffer *payload;
 } srv_slot;
+
+/* A call answered on the CQ thread (srv_method.cq_handler): owned by that thread from
+ * accept to the end of its one batch, then back on the CQ thread's free list. */
+typedef struct fcall {
+    srv_tag tag;
+    srv_rpc *s;
+    grpc_call *call;
+    int cancelled;
+    struct fcall *next_free;
+} fcall;
+
+/* What the loop learns of a fast call afterwards (srv_rpc_sync). */
+typedef struct {
+    int method;
+    float seconds;
+} fdone;
 
 #define MAX_TRAILERS 4 /* srv_call_add_trailer's; one more slot for grpc-status-details-bin */
 
@@ -111,7 +136,16 @@ struct srv_rpc {
     int open_slots;
     int closed_handles;
     int forced; /* connections closed once our calls were over */
+    /* CQ thread <-> loop, for fast calls. */
+    int cq_shutting_down;    /* __atomic: the loop set shutting_down; the CQ thread stops answering */
+    pthread_mutex_t fast_mu; /* guards done/n_done/cap_done */
+    fdone *done_list;
+    size_t n_done, cap_done;
+    fcall *free_fcalls;      /* CQ thread only */
+    uint64_t fast_answered;  /* CQ thread only */
 };
+
+static void on_slot(srv_tag *t, int ok);
 
 /* ---- completion-queue thread ---- */
 
@@ -132,11 +166,14 @@ static void push_events(srv_rpc *s, const srv_event *evs, size_t n) {
 /* Blocks for one event, then takes whatever else is already complete without
  * waiting (up to a batch), so that a busy server crosses threads once per batch
  * rather than once per event. */
+static int fast_answer(srv_rpc *s, srv_slot *sl);
+
 static void *cq_thread(void *arg) {
     srv_rpc *s = arg;
     enum { BATCH = 256 };
     srv_event batch[BATCH];
     int done = 0;
+    pthread_setname_np(pthread_self(), "srv-cq");
     while (!done) {
         size_t n = 0;
         grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
@@ -146,7 +183,17 @@ static void *cq_thread(void *arg) {
                 done = 1;
                 break;
             }
-            if (ev.type == GRPC_OP_COMPLETE) batch[n++] = (srv_event){ev.tag, ev.success};
+            if (ev.type == GRPC_OP_COMPLETE) {
+                srv_tag *t = ev.tag;
+                if (t->on_cq) {
+                    t->fn(t, ev.success); /* a fast call's batch is over */
+                } else if (t->fn == on_slot && ev.success && ((srv_slot *)t)->m &&
+                           ((srv_slot *)t)->m->cq_handler && fast_answer(s, (srv_slot *)t) == 0) {
+                    /* answered here */
+                } else {
+                    batch[n++] = (srv_event){ev.tag, ev.success};
+                }
+            }
             if (ev.type == GRPC_QUEUE_TIMEOUT || n == BATCH) break;
             ev = grpc_completion_queue_next(s->cq, gpr_time_0(GPR_CLOCK_REALTIME), NULL);
         }
@@ -159,6 +206,7 @@ static void maybe_done(srv_rpc *s);
 
 static void on_async(uv_async_t *a) {
     srv_rpc *s = a->data;
+    srv_rpc_sync(s);
     for (;;) {
         pthread_mutex_lock(&s->mu);
         srv_event *evs = s->events;
@@ -420,6 +468,127 @@ static int srv_rpc_decode(srv_rpc *s, const ProtobufCMessageDescriptor *desc, gr
 
 static void arm_slot(srv_slot *sl);
 
+/* ---- fast calls: answered on the CQ thread ---- */
+
+/* CQ thread: the fast call's one batch is over. */
+static void fast_end(srv_tag *t, int ok) {
+    fcall *f = (fcall *)t;
+    grpc_call_unref(f->call);
+    f->call = NULL;
+    f->next_free = f->s->free_fcalls;
+    f->s->free_fcalls = f;
+}
+
+/* Loop: re-arming a slot failed on the CQ thread; as arm_slot's failure. */
+static void on_rearm_failed(srv_tag *t, int ok) {
+    srv_slot *sl = (srv_slot *)t;
+    srv_rpc *s = sl->s;
+    CC_ERROR("grpc_request_call_failed", "method=%s", sl->m->path);
+    grpc_metadata_array_destroy(&sl->md);
+    grpc_call_details_destroy(&sl->details);
+    s->open_slots--;
+    free(sl);
+    if (!s->shutting_down && s->cfg.on_fatal) s->cfg.on_fatal("cannot accept calls any more", s->cfg.fatal_payload);
+    maybe_done(s);
+}
+
+/* CQ thread: answers the call in slot `sl` with its method's cq_handler and re-arms the
+ * slot, or returns -1 and leaves the slot untouched for the loop's on_slot (shutdown,
+ * headers too big, a request that does not decode, or the handler declined). */
+static int fast_answer(srv_rpc *s, srv_slot *sl) {
+    if (__atomic_load_n(&s->cq_shutting_down, __ATOMIC_ACQUIRE)) return -1;
+    uint64_t t0 = uv_hrtime();
+    size_t md_bytes = 0;
+    for (size_t i = 0; i < sl->md.count; i++)
+        md_bytes += GRPC_SLICE_LENGTH(sl->md.metadata[i].key) + GRPC_SLICE_LENGTH(sl->md.metadata[i].value) + 32;
+    if (md_bytes > (size_t)s->cfg.max_metadata_bytes) return -1;
+    char err[300];
+    ProtobufCMessage *req;
+    if (srv_rpc_decode(s, sl->m->request, sl->payload, &req, err, sizeof err) < 0) return -1;
+    grpc_byte_buffer *reply = sl->m->cq_handler(req, s->app);
+    protobuf_c_message_free_unpacked(req, NULL);
+    if (!reply) return -1;
+
+    fcall *f = s->free_fcalls;
+    if (f) s->free_fcalls = f->next_free;
+    else if (!(f = calloc(1, sizeof *f))) abort();
+    f->tag.fn = fast_end;
+    f->tag.on_cq = 1;
+    f->s = s;
+    f->call = sl->call;
+    f->cancelled = 0;
+    sl->call = NULL;
+    if (sl->payload) grpc_byte_buffer_destroy(sl->payload);
+    sl->payload = NULL;
+    grpc_metadata_array_destroy(&sl->md); /* the array; the strings are the call's */
+    grpc_metadata_array_init(&sl->md);
+
+    /* The loop's record of the call exists before the answer leaves: a client that got
+     * it and then reads /metrics sees it counted (srv_rpc_sync runs first). */
+    pthread_mutex_lock(&s->fast_mu);
+    if (s->n_done == s->cap_done) {
+        s->cap_done = s->cap_done ? s->cap_done * 2 : 1024;
+        s->done_list = realloc(s->done_list, s->cap_done * sizeof *s->done_list);
+        if (!s->done_list) abort();
+    }
+    s->done_list[s->n_done++] = (fdone){(int)(sl->m - s->methods), (float)((double)(uv_hrtime() - t0) / 1e9)};
+    size_t nd = s->n_done;
+    pthread_mutex_unlock(&s->fast_mu);
+
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    grpc_slice details = grpc_empty_slice();
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = reply;
+    ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[2].data.send_status_from_server.status = GRPC_STATUS_OK;
+    ops[2].data.send_status_from_server.status_details = &details;
+    ops[3].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[3].data.recv_close_on_server.cancelled = &f->cancelled;
+    grpc_call_error e = grpc_call_start_batch(f->call, ops, 4, &f->tag, NULL);
+    grpc_byte_buffer_destroy(reply);
+    if (e != GRPC_CALL_OK) {
+        CC_ERROR("grpc_batch_failed", "method=%s error=%d", sl->m->path, (int)e);
+        fast_end(&f->tag, 0);
+    }
+    s->fast_answered++;
+
+    sl->tag.fn = on_slot;
+    if (grpc_server_request_registered_call(s->server, sl->reg, &sl->call, &sl->deadline, &sl->md, &sl->payload,
+                                            s->cq, s->cq, &sl->tag) != GRPC_CALL_OK) {
+        sl->tag.fn = on_rearm_failed;
+        push_events(s, &(srv_event){&sl->tag, 0}, 1);
+    } else if (nd % 512 == 0) {
+        uv_async_send(&s->async); /* only fast calls for a while: let the loop count them */
+    }
+    return 0;
+}
+
+void srv_rpc_sync(srv_rpc *s) {
+    pthread_mutex_lock(&s->fast_mu);
+    size_t n = s->n_done;
+    if (!n) {
+        pthread_mutex_unlock(&s->fast_mu);
+        return;
+    }
+    fdone buf[256];
+    fdone *list = n <= 256 ? buf : malloc(n * sizeof *list);
+    if (!list) abort();
+    memcpy(list, s->done_list, n * sizeof *list);
+    s->n_done = 0;
+    pthread_mutex_unlock(&s->fast_mu);
+    for (size_t i = 0; i < n; i++) {
+        int m = list[i].method;
+        s->stats.accepted++;
+        s->stats.finished++;
+        s->by_code[m * 17 + GRPC_STATUS_OK]++;
+        if (s->cfg.on_call_start) s->cfg.on_call_start(s->app, m);
+        if (s->cfg.on_call_end) s->cfg.on_call_end(s->app, m, GRPC_STATUS_OK, list[i].seconds);
+    }
+    if (list != buf) free(list);
+}
+
 static void on_slot(srv_tag *t, int ok) {
     srv_slot *sl = (srv_slot *)t;
     srv_rpc *s = sl->s;
@@ -572,6 +741,7 @@ static void free_unstarted(srv_rpc *s, void **regs) {
         grpc_completion_queue_destroy(s->cq);
     }
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->fast_mu);
     free(regs);
     free(s->by_code);
     free(s);
@@ -592,6 +762,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     s->by_code = calloc((size_t)(n_methods + 1) * 17, sizeof *s->by_code);
     if (!s->by_code) abort();
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->fast_mu, NULL);
 
     /* gRPC core turns SO_REUSEPORT on by default: a second server on a busy port would
      * silently share it. Only --reuse-port allows that.
@@ -668,6 +839,13 @@ static void on_closed_handle(uv_handle_t *h) {
     grpc_server_destroy(s->server);
     grpc_completion_queue_destroy(s->cq);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->fast_mu);
+    free(s->done_list);
+    while (s->free_fcalls) {
+        fcall *f = s->free_fcalls;
+        s->free_fcalls = f->next_free;
+        free(f);
+    }
     free(s->events);
     free(s->spare);
     free(s->by_code);
@@ -711,6 +889,7 @@ static void on_grace(uv_timer_t *t) {
 void srv_rpc_shutdown(srv_rpc *s, uint64_t grace_ms, void (*done)(void *), void *payload) {
     if (s->shutting_down) return;
     s->shutting_down = 1;
+    __atomic_store_n(&s->cq_shutting_down, 1, __ATOMIC_RELEASE);
     s->done = done;
     s->done_payload = payload;
     s->t_shutdown.fn = on_server_shutdown;
@@ -902,9 +1081,13 @@ void srv_call_recv(srv_call *c, void (*cb)(srv_call *c, grpc_byte_buffer *bb)) {
     start_batch(c, ops, n, &c->t_recv);
 }
 
-void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out) { *out = s->stats; }
+void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out) {
+    srv_rpc_sync((srv_rpc *)s); /* the loop's own object: const for the caller only */
+    *out = s->stats;
+}
 
 uint64_t srv_rpc_calls(const srv_rpc *s, int method, grpc_status_code code) {
+    srv_rpc_sync((srv_rpc *)s);
     if (method < 0 || method > s->n_methods || (int)code < 0 || (int)code > 16) return 0;
     return s->by_code[method * 17 + (int)code];
 }

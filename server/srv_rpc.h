@@ -1,15 +1,22 @@
 /* srv_rpc: the gRPC C core server bridged onto one libuv loop.
  *
  * One completion queue (created _for_next) is drained by a dedicated thread that
- * only moves (tag, ok) events into a locked list and wakes the loop with uv_async
- * (sends coalesce, so the loop drains the whole list per wake-up). Everything else
- * (requesting calls, starting batches, handlers) runs on the loop thread.
+ * moves (tag, ok) events into a locked list and wakes the loop with uv_async (sends
+ * coalesce, so the loop drains the whole list per wake-up). Everything else
+ * (requesting calls, starting batches, handlers) runs on the loop thread, except the
+ * calls of methods with a `cq_handler` that it can answer itself (below).
  *
  * Each registered method keeps several grpc_server_request_registered_call armed;
  * every accepted call becomes an `srv_call`, a small state machine owned by the loop
  * and freed when its handler has finished and no batch is in flight. Unknown methods
  * get UNIMPLEMENTED. Server streams keep one SEND_MESSAGE in flight with a queue
  * behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice cancellation.
+ *
+ * Threads: the CQ thread owns only the answers of methods with a `cq_handler` (it
+ * decodes, answers, re-arms the slot and frees the call itself, and leaves a record of
+ * each such call in a locked list the loop turns into on_call_start/on_call_end and the
+ * counters: on every wake-up, and in srv_rpc_sync before anyone reads them). Everything
+ * the loop owns (srv_call, stats, observers, shutdown) stays on the loop.
  *
  * Requests are decoded through the configured `decode` function (the server checks
  * every string on the wire before unpacking); a request that does not decode is
@@ -30,11 +37,19 @@ typedef enum { SRV_UNARY, SRV_SERVER_STREAM, SRV_BIDI_STREAM } srv_kind;
 
 typedef void (*srv_handler)(srv_call *call);
 
+/** Optional, unary only: answers a call on the completion-queue thread, without the
+ * hand-off to the loop. Gets the decoded request and the app; returns the reply (a new
+ * buffer srv_rpc takes) to answer OK at once, or NULL to hand the call to `handler` on
+ * the loop as usual (errors, anything that needs loop state). Runs on the CQ thread:
+ * it may only read what is safe to read from another thread (atomics, constants). */
+typedef grpc_byte_buffer *(*srv_cq_handler)(const ProtobufCMessage *req, void *app);
+
 typedef struct {
     const char *path;                         /* "/pkg.Service/Method" */
     srv_kind kind;
     const ProtobufCMessageDescriptor *request; /* unary and server stream */
     srv_handler handler;
+    srv_cq_handler cq_handler;                /* NULL: every call goes to `handler` */
 } srv_method;
 
 /** Decodes a request of type `desc` from `len` bytes: 0 and *out (owned by the
@@ -134,6 +149,9 @@ typedef struct {
     uint64_t accepted, finished, unimplemented, active;
 } srv_rpc_stats;
 void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out);
+/** Applies the calls the CQ thread answered since the last wake-up (counters, the call
+ * observer); srv_rpc_get_stats and srv_rpc_calls do it first. Loop thread. */
+void srv_rpc_sync(srv_rpc *s);
 /** Finished calls of method index `method` (n_methods: unknown methods) with `code`. */
 uint64_t srv_rpc_calls(const srv_rpc *s, int method, grpc_status_code code);
 

@@ -40,12 +40,12 @@ start_redis() {
 }
 
 # build_release BUILD_DIR LOG: configures (tests off, RelWithDebInfo: -O2 -g, the
-# project's release type) and builds the benchmark's four binaries; on failure prints
+# project's release type) and builds the benchmark's binaries; on failure prints
 # the log's tail and returns 1.
 build_release() {
   local build="$1" log="$2"
   cmake -S . -B "$build" -G Ninja -DCONCERT_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; echo "cmake failed" >&2; return 1; }
-  ninja -C "$build" concert-bench concert-server concertctl payment-consumer >>"$log" 2>&1 \
+  ninja -C "$build" concert-bench concert-bench-echo concert-server concertctl payment-consumer >>"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; echo "build failed" >&2; return 1; }
 }
