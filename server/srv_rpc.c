@@ -492,6 +492,21 @@ static void on_rearm_failed(srv_tag *t, int ok) {
     maybe_done(s);
 }
 
+/* The four ops of a unary call's OK answer: initial metadata, `msg`, status OK with
+ * `details` (the caller's empty slice, alive until the batch starts), and the close
+ * whose flag lands in *cancelled. Used on both threads (it touches nothing shared). */
+static void ops_ok_reply(grpc_op ops[4], grpc_byte_buffer *msg, grpc_slice *details, int *cancelled) {
+    memset(ops, 0, 4 * sizeof *ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = msg;
+    ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[2].data.send_status_from_server.status = GRPC_STATUS_OK;
+    ops[2].data.send_status_from_server.status_details = details;
+    ops[3].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[3].data.recv_close_on_server.cancelled = cancelled;
+}
+
 /* CQ thread: answers the call in slot `sl` with its method's cq_handler and re-arms the
  * slot, or returns -1 and leaves the slot untouched for the loop's on_slot (shutdown,
  * headers too big, a request that does not decode, or the handler declined). */
@@ -536,16 +551,8 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     pthread_mutex_unlock(&s->fast_mu);
 
     grpc_op ops[4];
-    memset(ops, 0, sizeof ops);
     grpc_slice details = grpc_empty_slice();
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = reply;
-    ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[2].data.send_status_from_server.status = GRPC_STATUS_OK;
-    ops[2].data.send_status_from_server.status_details = &details;
-    ops[3].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[3].data.recv_close_on_server.cancelled = &f->cancelled;
+    ops_ok_reply(ops, reply, &details, &f->cancelled);
     grpc_call_error e = grpc_call_start_batch(f->call, ops, 4, &f->tag, NULL);
     grpc_byte_buffer_destroy(reply);
     if (e != GRPC_CALL_OK) {
@@ -997,16 +1004,8 @@ void srv_call_reply_raw(srv_call *c, grpc_byte_buffer *bb) {
      * references, not bytes) so that a cached reply stays whole. */
     grpc_byte_buffer *cp = grpc_byte_buffer_copy(bb);
     grpc_op ops[4];
-    memset(ops, 0, sizeof ops);
     grpc_slice details = grpc_empty_slice();
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = cp;
-    ops[2].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[2].data.send_status_from_server.status = GRPC_STATUS_OK;
-    ops[2].data.send_status_from_server.status_details = &details;
-    ops[3].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    ops[3].data.recv_close_on_server.cancelled = &c->close_cancelled;
+    ops_ok_reply(ops, cp, &details, &c->close_cancelled);
     c->t_final.fn = on_final;
     start_batch(c, ops, 4, &c->t_final);
     grpc_byte_buffer_destroy(cp);
