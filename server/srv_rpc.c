@@ -479,17 +479,23 @@ static void fast_end(srv_tag *t, int ok) {
     f->s->free_fcalls = f;
 }
 
-/* Loop: re-arming a slot failed on the CQ thread; as arm_slot's failure. */
-static void on_rearm_failed(srv_tag *t, int ok) {
-    srv_slot *sl = (srv_slot *)t;
+/* Loop: a slot whose request could not be armed again. Its method can no longer take
+ * calls: the slot is freed here (nothing else points at it) and the process is told. */
+static void slot_lost(srv_slot *sl) {
     srv_rpc *s = sl->s;
-    CC_ERROR("grpc_request_call_failed", "method=%s", sl->m->path);
     grpc_metadata_array_destroy(&sl->md);
     grpc_call_details_destroy(&sl->details);
     s->open_slots--;
     free(sl);
     if (!s->shutting_down && s->cfg.on_fatal) s->cfg.on_fatal("cannot accept calls any more", s->cfg.fatal_payload);
     maybe_done(s);
+}
+
+/* Loop: re-arming a slot failed on the CQ thread; as arm_slot's failure. */
+static void on_rearm_failed(srv_tag *t, int ok) {
+    srv_slot *sl = (srv_slot *)t;
+    CC_ERROR("grpc_request_call_failed", "method=%s", sl->m->path);
+    slot_lost(sl);
 }
 
 /* The four ops of a unary call's OK answer: initial metadata, `msg`, status OK with
@@ -679,14 +685,8 @@ static void arm_slot(srv_slot *sl) {
         e = grpc_server_request_call(s->server, &sl->call, &sl->details, &sl->md, s->cq, s->cq, &sl->tag);
     }
     if (e != GRPC_CALL_OK) {
-        /* This method can no longer take calls: free the slot and tell the process. */
         CC_ERROR("grpc_request_call_failed", "method=%s error=%d", sl->m ? sl->m->path : "*", (int)e);
-        grpc_metadata_array_destroy(&sl->md);
-        grpc_call_details_destroy(&sl->details);
-        s->open_slots--;
-        free(sl);
-        if (!s->shutting_down && s->cfg.on_fatal) s->cfg.on_fatal("cannot accept calls any more", s->cfg.fatal_payload);
-        maybe_done(s);
+        slot_lost(sl);
     }
 }
 
