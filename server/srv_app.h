@@ -36,6 +36,8 @@ typedef struct {
     int64_t kafka_linger_ms;    /* payment requests producer: linger.ms */
     int64_t kafka_fetch_wait_ms;   /* results feed: fetch.wait.max.ms */
     int64_t kafka_fetch_min_bytes; /* results feed: fetch.min.bytes */
+    int64_t keepalive_time_ms;    /* --keepalive-time-ms: server PINGs after this much silence (0 = off) */
+    int64_t keepalive_timeout_ms; /* --keepalive-timeout-ms: unanswered PING closes the connection */
     int reuse_port;              /* --reuse-port: share the listening port (SO_REUSEPORT) */
     const char *identity_key;    /* --identity-key FILE: verify x-user-assertion (NULL: trust user_id) */
     const char *rate_user;       /* per user (or token) and method: "RATE[:BURST]" or "0" */
@@ -226,6 +228,8 @@ void srv_guard_shutdown(srv_app *app);
 void srv_guard_free(srv_app *app);
 
 /** Calls `fn` for every concert this server knows (queues and catalogue). */
+/** WatchQueueStatus streams open in this process (the concert_watch_streams gauge). */
+size_t srv_queue_watch_streams(void);
 void srv_concerts_foreach(srv_app *app, void (*fn)(srv_app *app, const char *concert, void *arg), void *arg);
 /** A concert with live users (a join, a live token): this server ticks it and writes it
  * into cc:queues so that every server does, until a tick finds it empty. Never for an

@@ -899,10 +899,17 @@ __attribute__((noinline)) static void watcher_unref(srv_watcher *w) {
     if (--w->refs == 0) free(w);
 }
 
+/* WatchQueueStatus streams this process holds open (created and not yet ended): the
+ * concert_watch_streams gauge. Loop thread only. */
+static size_t watch_streams;
+
+size_t srv_queue_watch_streams(void) { return watch_streams; }
+
 /* Ends a watcher's call (status `code`) and takes it off its concert's list. */
 static void watcher_end(srv_watcher *w, grpc_status_code code, const char *msg) {
     if (w->dead) return;
     w->dead = 1;
+    watch_streams--;
     srv_concert *c = w->concert;
     if (c) {
         if (w->prev) w->prev->next = w->next; else c->watchers = w->next;
@@ -1088,6 +1095,7 @@ void srv_queue_watch(srv_call *call) {
     memcpy(w->n, q.n, sizeof w->n);
     memcpy(w->id, q.id, 16);
     w->refs = 2; /* the call's and the first status query's */
+    watch_streams++;
     srv_call_set_data(call, w);
     srv_call_on_cancel(call, on_watch_cancel);
     if (send_status_script(app, &q, on_watch_first, w) < 0) {

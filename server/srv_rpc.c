@@ -777,7 +777,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
      * header block passes GRPC_ARG_MAX_METADATA_SIZE (default 8 KiB). So the transport
      * gets a generous hard limit and on_slot enforces max_metadata_bytes per call: a
      * call with bigger headers fails alone, its neighbours on the connection live on. */
-    grpc_arg args[4];
+    grpc_arg args[10];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = s->cfg.max_message_bytes;
@@ -790,7 +790,32 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     args[3].type = GRPC_ARG_INTEGER;
     args[3].key = (char *)GRPC_ARG_MAX_METADATA_SIZE;
     args[3].value.integer = s->cfg.max_metadata_bytes * 4 > (1 << 20) ? s->cfg.max_metadata_bytes * 4 : 1 << 20;
-    grpc_channel_args ca = {4, args};
+    /* Keepalive: a client that vanished without a FIN (host gone, process stopped, NAT
+     * dropped) would hold its WatchQueueStatus streams for ever. The server PINGs each
+     * connection after keepalive_time_ms of silence, also with no call open and with
+     * no data sent in between; an unanswered PING closes the connection, which cancels
+     * its calls. Clients' own keepalive PINGs are allowed down to every 10 s (gRPC's
+     * default is 5 min: a client pinging every 30 s would be sent GOAWAY). */
+    int n = 4;
+    if (s->cfg.keepalive_time_ms >= 0) {
+        int kt = s->cfg.keepalive_time_ms ? s->cfg.keepalive_time_ms : 60000;
+        int kto = s->cfg.keepalive_timeout_ms > 0 ? s->cfg.keepalive_timeout_ms : 20000;
+        const struct { const char *key; int v; } ka[] = {
+            {GRPC_ARG_KEEPALIVE_TIME_MS, kt},
+            {GRPC_ARG_KEEPALIVE_TIMEOUT_MS, kto},
+            {GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1},
+            {GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0},
+            {GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000},
+            {GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2},
+        };
+        for (size_t i = 0; i < sizeof ka / sizeof ka[0]; i++) {
+            args[n].type = GRPC_ARG_INTEGER;
+            args[n].key = (char *)ka[i].key;
+            args[n].value.integer = ka[i].v;
+            n++;
+        }
+    }
+    grpc_channel_args ca = {(size_t)n, args};
     s->server = grpc_server_create(&ca, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);

@@ -65,6 +65,10 @@ typedef struct {
                                 fails that call alone (RESOURCE_EXHAUSTED) */
     int reuse_port;          /* 1: share the port with other processes (SO_REUSEPORT); 0: a busy
                                 port is a bind failure */
+    int keepalive_time_ms;    /* HTTP/2 PING after this long without traffic on a connection
+                                 (0 = default 60000; < 0 = no keepalive pings) */
+    int keepalive_timeout_ms; /* a PING unanswered this long closes the connection and
+                                 cancels its calls (0 = default 20000) */
     srv_decode_fn decode;    /* NULL: protobuf-c unpacking alone */
     /* Called on the loop when the server can no longer accept calls of some method
      * (re-arming a request failed): the process should stop with an error. */

@@ -142,6 +142,8 @@ int srv_run(const srv_config *cfg) {
                              .requests_per_method = (int)cfg->requests_per_method,
                              .creds = creds, /* taken by srv_rpc_start, also when it fails */
                              .reuse_port = cfg->reuse_port,
+                             .keepalive_time_ms = cfg->keepalive_time_ms > 0 ? (int)cfg->keepalive_time_ms : -1,
+                             .keepalive_timeout_ms = (int)cfg->keepalive_timeout_ms,
                              .decode = srv_decode_request,
                              .status_details = srv_err_details,
                              .on_fatal = on_rpc_fatal,

@@ -228,6 +228,8 @@ const char *th_server_bin(void) {
     return b && *b ? b : TH_SERVER_BIN;
 }
 
+const char *th_ctl_bin(void) { return TH_CTL_BIN; }
+
 void th_server_spawn(th_server *s, const char *listen, const char *redis_url, const char *const *extra) {
     static int seq;
     snprintf(s->addr, sizeof s->addr, "%s", listen);

@@ -48,6 +48,8 @@ redisContext *th_redis_connect(const th_redis *r);
 /** The concert-server binary tests start: $CONCERT_TEST_SERVER_BIN if set (to run
  * a test against another build, e.g. the code before a fix), else this build's. */
 const char *th_server_bin(void);
+/** Path of the concertctl binary built with the tests. */
+const char *th_ctl_bin(void);
 
 /** Starts concert-server against `redis_url` with extra flags (NULL-terminated) and
  * waits until Health/Check answers (any status). */
