@@ -437,13 +437,18 @@ void srv_admin_stats(srv_call *call) {
  *     paid twice) and by user (a chain per user) - O(n) in all, spread over the chunks,
  *     never one long sort on the loop; then wallet_audit.lua once per user in that
  *     user's slot, at most AUDIT_WINDOW at a time.
- * It is paced: the audit keeps a Redis call in flight at most AUDIT_DUTY of the time
- * (it waits between steps otherwise), so that other calls keep their latency.
+ * It is paced, one step at a time, so that other calls keep their latency: a concurrent
+ * call waits behind at most one step (one script of AUDIT_CHUNK rows or one wallet).
+ * While other calls arrive, the audit occupies Redis (a call in flight) and this loop
+ * (decoding a chunk, building a wallet check) at most AUDIT_DUTY of the time: each step
+ * that ran beside other calls owes a pause of its occupancy x (1 - AUDIT_DUTY) /
+ * AUDIT_DUTY before the next. Alone (no call arrived since the last step) it runs at
+ * full speed; idle time is never banked as credit for a later burst.
  * The audit reads live data: run it on a quiet concert (after a drill); under traffic
  * a counter may disagree with the seats for the moment a hold takes. */
 
-#define AUDIT_CHUNK "50"
-#define AUDIT_WINDOW 2
+#define AUDIT_CHUNK "20"
+#define AUDIT_WINDOW 1
 #define AUDIT_DUTY 0.2
 #define AUDIT_MAX_PROBLEMS 100
 
@@ -484,6 +489,10 @@ typedef struct audit_ctx {
     uv_timer_t pace;
     void (*next)(struct audit_ctx *x);
     uint64_t start_ns, busy_ns, busy_since;
+    uint64_t loop_ns, work_since; /* the loop's own work for the audit */
+    uint64_t owed_ns;             /* pause owed before the next step */
+    uint64_t seen_accepted;       /* calls accepted by the server at the last step */
+    uint64_t max_redis_ns, max_work_ns, steps;
     int busy;
 } audit_ctx;
 
@@ -513,19 +522,58 @@ static void audit_free(audit_ctx *x) {
     uv_close((uv_handle_t *)&x->pace, on_audit_closed); /* frees x */
 }
 
+/* Whether other calls arrived since the last step: only then does the audit yield. */
+static int others_busy(audit_ctx *x) {
+    srv_app *app = srv_call_app(x->a.call);
+    srv_rpc_stats st;
+    srv_rpc_get_stats(app->rpc, &st);
+    int busy = st.accepted != x->seen_accepted;
+    x->seen_accepted = st.accepted;
+    return busy;
+}
+
+/* A step occupied Redis or the loop for `d` ns: the pause it owes. */
+static void occupied(audit_ctx *x, uint64_t d) {
+    if (others_busy(x)) x->owed_ns += (uint64_t)((double)d * (1 - AUDIT_DUTY) / AUDIT_DUTY);
+}
+
 /* Occupancy: the time during which at least one audit call is in Redis. */
 static void busy_begin(audit_ctx *x) {
     if (x->busy++ == 0) x->busy_since = uv_hrtime();
 }
 
 static void busy_end(audit_ctx *x) {
-    if (--x->busy == 0) x->busy_ns += uv_hrtime() - x->busy_since;
+    uint64_t now = uv_hrtime();
+    if (--x->busy == 0) {
+        uint64_t d = now - x->busy_since;
+        x->busy_ns += d;
+        if (d > x->max_redis_ns) x->max_redis_ns = d;
+        occupied(x, d);
+    }
+    x->work_since = now; /* the reply's decoding starts */
+    x->steps++;
 }
 
-/* Milliseconds to wait so that the audit's occupancy stays under AUDIT_DUTY. */
-static uint64_t pause_ms(const audit_ctx *x) {
-    double want_ns = (double)x->busy_ns / AUDIT_DUTY, el = (double)(uv_hrtime() - x->start_ns);
-    return want_ns > el ? (uint64_t)((want_ns - el) / 1e6) + 1 : 0;
+/* The loop's work since the last reply (or since `work_since` was set) ends. */
+static void work_end(audit_ctx *x) {
+    if (!x->work_since) return;
+    uint64_t d = uv_hrtime() - x->work_since;
+    x->loop_ns += d;
+    if (d > x->max_work_ns) x->max_work_ns = d;
+    x->work_since = 0;
+    occupied(x, d);
+}
+
+/* Whole milliseconds of pause owed (0: go on now). */
+static uint64_t pause_ms(const audit_ctx *x) { return x->owed_ns / 1000000; }
+
+static void on_pace(uv_timer_t *t);
+
+/* Waits the pause owed, then runs `fn`. */
+static void pace(audit_ctx *x, void (*fn)(audit_ctx *x), uint64_t ms) {
+    x->owed_ns -= ms * 1000000;
+    x->next = fn;
+    uv_timer_start(&x->pace, on_pace, ms, 0);
 }
 
 static void on_pace(uv_timer_t *t) {
@@ -535,16 +583,22 @@ static void on_pace(uv_timer_t *t) {
 
 /* Runs the next step now, or after the pause the duty cycle asks for. */
 static void audit_then(audit_ctx *x, void (*fn)(audit_ctx *x)) {
+    work_end(x);
     uint64_t ms = pause_ms(x);
     if (!ms) {
         fn(x);
         return;
     }
-    x->next = fn;
-    uv_timer_start(&x->pace, on_pace, ms, 0);
+    pace(x, fn, ms);
 }
 
 static void audit_answer(audit_ctx *x) {
+    work_end(x);
+    CC_INFO("audit_done",
+            "concert=%s failed=%d payments=%zu steps=%" PRIu64 " took_ms=%" PRIu64 " redis_ms=%" PRIu64
+            " loop_ms=%" PRIu64 " max_redis_us=%" PRIu64 " max_loop_us=%" PRIu64,
+            x->a.concert, x->failed, x->n_rows, x->steps, (uv_hrtime() - x->start_ns) / 1000000,
+            x->busy_ns / 1000000, x->loop_ns / 1000000, x->max_redis_ns / 1000, x->max_work_ns / 1000);
     if (x->failed) {
         srv_call_finish(x->a.call, x->fail_code, "%s", x->fail_msg);
     } else {
@@ -770,6 +824,8 @@ static void on_wallet_audit(redisReply *r, const char *err, void *p) {
 
 /* Keeps up to AUDIT_WINDOW wallet checks in flight; answers when all are back. */
 static void wallets_next(audit_ctx *x) {
+    work_end(x);
+    x->work_since = uv_hrtime(); /* building the next check is the loop's work too */
     srv_app *app = srv_call_app(x->a.call);
     char prefix[SRV_MAX_ID + 8];
     snprintf(prefix, sizeof prefix, "p1.%s.", x->a.concert);
@@ -810,14 +866,12 @@ static void wallets_next(audit_ctx *x) {
             busy_begin(x);
         }
     }
+    work_end(x);
     if (x->inflight == 0 && (x->failed || x->next_slot >= x->by_user.cap)) {
         audit_answer(x);
         return;
     }
-    if (x->inflight == 0 && wait) {
-        x->next = wallets_next;
-        uv_timer_start(&x->pace, on_pace, wait, 0);
-    }
+    if (x->inflight == 0 && wait) pace(x, wallets_next, wait);
 }
 
 static void on_audit_start(redisReply *r, const char *err, void *p) {
@@ -859,6 +913,7 @@ void srv_admin_audit(srv_call *call) {
     uv_timer_init(app->loop, &x->pace);
     x->pace.data = x;
     x->start_ns = uv_hrtime();
+    others_busy(x); /* this call itself is not another's */
     const char *tail[] = {"start"};
     if (audit_eval(x, on_audit_start, tail, 1) < 0) {
         srv_fail_no_redis(call);
