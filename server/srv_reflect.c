@@ -262,7 +262,7 @@ static void on_request(srv_call *c, grpc_byte_buffer *bb) {
         grpc_byte_buffer_reader_destroy(&r);
     }
     int rc = srv_decode_request(&grpc__reflection__v1alpha__server_reflection_request__descriptor,
-                                GRPC_SLICE_START_PTR(flat), GRPC_SLICE_LENGTH(flat), &msg, err, sizeof err);
+                                GRPC_SLICE_START_PTR(flat), GRPC_SLICE_LENGTH(flat), NULL, &msg, err, sizeof err);
     grpc_slice_unref(flat);
     if (rc < 0) {
         srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);

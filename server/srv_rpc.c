@@ -24,12 +24,14 @@
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cc_asan.h"
 #include "cc_log.h"
 #include "cc_pb.h"
 
@@ -73,6 +75,8 @@ typedef struct {
 } fdone;
 
 #define MAX_TRAILERS 4 /* srv_call_add_trailer's; one more slot for grpc-status-details-bin */
+#define CALL_ARENA 512      /* bytes in each call for its unpacked request (more: malloc) */
+#define FREE_CALLS_MAX 1024 /* finished srv_calls kept for reuse */
 
 typedef struct wq {
     grpc_byte_buffer *bb;
@@ -108,6 +112,12 @@ struct srv_call {
     grpc_metadata trailers[MAX_TRAILERS + 1]; /* sent with the status (+ the details); slices owned by the call */
     size_t n_trailers;
     uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
+    srv_call *next_free; /* in srv_rpc.free_calls once finished */
+    /* The unpacked request lives here when it fits (arena_alloc): no malloc per call.
+     * Everything above `arena_used` is cleared for each new call, the arena is not. */
+    ProtobufCAllocator alloc;
+    size_t arena_used;
+    _Alignas(max_align_t) unsigned char arena[CALL_ARENA];
 };
 
 struct srv_rpc {
@@ -143,6 +153,8 @@ struct srv_rpc {
     size_t n_done, cap_done;
     fcall *free_fcalls;      /* CQ thread only */
     uint64_t fast_answered;  /* CQ thread only */
+    srv_call *free_calls;    /* loop only: finished calls for reuse (call_new), freed with s */
+    size_t n_free_calls;
 };
 
 static void on_slot(srv_tag *t, int ok);
@@ -262,7 +274,7 @@ static void call_unref(srv_call *c) {
     s->stats.active--;
     if (s->shutting_down && s->stats.active == 0) maybe_done(s);
     drop_queue(c);
-    if (c->req) protobuf_c_message_free_unpacked(c->req, NULL);
+    if (c->req) protobuf_c_message_free_unpacked(c->req, &c->alloc);
     if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
     grpc_metadata_array_destroy(&c->md);
     for (size_t i = 0; i < c->n_trailers; i++) {
@@ -271,7 +283,16 @@ static void call_unref(srv_call *c) {
     }
     free(c->details);
     grpc_call_unref(c->call);
-    free(c);
+    if (s->n_free_calls < FREE_CALLS_MAX) {
+        c->next_free = s->free_calls;
+        s->free_calls = c;
+        s->n_free_calls++;
+        /* All but the link: a use after the call ended is still caught in the ASan build. */
+        CC_POISON(c, offsetof(srv_call, next_free));
+        CC_POISON(c->arena, CALL_ARENA);
+    } else {
+        free(c);
+    }
 }
 
 static void start_batch(srv_call *c, grpc_op *ops, size_t n, srv_tag *tag) {
@@ -393,10 +414,40 @@ static void send_status(srv_call *c) {
     grpc_slice_unref(details);
 }
 
+/* The call's allocator for its unpacked request: bump allocation in c->arena, malloc
+ * beyond it. protobuf-c frees every piece it allocated, so pieces in the arena are
+ * left alone (the arena starts empty again with the next call that reuses c). */
+static void *arena_alloc(void *data, size_t size) {
+    srv_call *c = data;
+    size_t at = (c->arena_used + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
+    if (size <= CALL_ARENA && at <= CALL_ARENA - size) {
+        c->arena_used = at + size;
+        CC_UNPOISON(c->arena + at, size);
+        return c->arena + at;
+    }
+    void *p = malloc(size);
+    if (!p) abort();
+    return p;
+}
+
+static void arena_free(void *data, void *p) {
+    srv_call *c = data;
+    if ((unsigned char *)p >= c->arena && (unsigned char *)p < c->arena + CALL_ARENA) return;
+    free(p);
+}
+
 static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_timespec deadline,
                           grpc_metadata_array *md) {
-    srv_call *c = calloc(1, sizeof *c);
-    if (!c) abort();
+    srv_call *c = s->free_calls;
+    if (c) {
+        s->free_calls = c->next_free;
+        s->n_free_calls--;
+        CC_UNPOISON(c, offsetof(srv_call, arena));
+        memset(c, 0, offsetof(srv_call, arena)); /* the arena's bytes need no clearing */
+    } else if (!(c = calloc(1, sizeof *c))) {
+        abort();
+    }
+    c->alloc = (ProtobufCAllocator){arena_alloc, arena_free, c};
     c->s = s;
     c->m = m;
     c->call = call;
@@ -437,31 +488,50 @@ static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_
 
 /* ---- accepting calls ---- */
 
-/* Flattens the payload and decodes it with the configured function. */
+/* Decodes the payload with the configured function and `alloc` (NULL: malloc). A
+ * payload in one slice (nearly all) is read where it is; only a split one is copied
+ * into one flat slice first. */
 static int srv_rpc_decode(srv_rpc *s, const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
-                          ProtobufCMessage **out, char *err, size_t errlen) {
+                          ProtobufCAllocator *alloc, ProtobufCMessage **out, char *err, size_t errlen) {
     *out = NULL;
     grpc_slice flat = grpc_empty_slice();
+    grpc_byte_buffer_reader r;
+    int have_reader = 0;
+    const uint8_t *data = NULL;
+    size_t len = 0;
     if (bb) {
-        grpc_byte_buffer_reader r;
         if (!grpc_byte_buffer_reader_init(&r, bb)) {
             snprintf(err, errlen, "request is not a valid %s message", desc->name);
             return -1;
         }
-        flat = grpc_byte_buffer_reader_readall(&r);
-        grpc_byte_buffer_reader_destroy(&r);
+        have_reader = 1;
+        grpc_slice *first = NULL, *second = NULL;
+        if (!grpc_byte_buffer_reader_peek(&r, &first)) {
+            /* empty: no bytes */
+        } else if (!grpc_byte_buffer_reader_peek(&r, &second)) {
+            data = GRPC_SLICE_START_PTR(*first); /* valid until the reader is destroyed */
+            len = GRPC_SLICE_LENGTH(*first);
+        } else {
+            grpc_byte_buffer_reader_destroy(&r);
+            if (!grpc_byte_buffer_reader_init(&r, bb)) {
+                snprintf(err, errlen, "request is not a valid %s message", desc->name);
+                return -1;
+            }
+            flat = grpc_byte_buffer_reader_readall(&r);
+            data = GRPC_SLICE_START_PTR(flat);
+            len = GRPC_SLICE_LENGTH(flat);
+        }
     }
-    const uint8_t *data = GRPC_SLICE_START_PTR(flat);
-    size_t len = GRPC_SLICE_LENGTH(flat);
     int rc;
     if (s->cfg.decode) {
-        rc = s->cfg.decode(desc, data, len, out, err, errlen);
+        rc = s->cfg.decode(desc, len ? data : NULL, len, alloc, out, err, errlen);
     } else {
         static const uint8_t empty[1];
-        *out = protobuf_c_message_unpack(desc, NULL, len, len ? data : empty);
+        *out = protobuf_c_message_unpack(desc, alloc, len, len ? data : empty);
         rc = *out ? 0 : -1;
         if (rc < 0) snprintf(err, errlen, "request is not a valid %s message", desc->name);
     }
+    if (have_reader) grpc_byte_buffer_reader_destroy(&r);
     grpc_slice_unref(flat);
     return rc;
 }
@@ -525,7 +595,7 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     if (md_bytes > (size_t)s->cfg.max_metadata_bytes) return -1;
     char err[300];
     ProtobufCMessage *req;
-    if (srv_rpc_decode(s, sl->m->request, sl->payload, &req, err, sizeof err) < 0) return -1;
+    if (srv_rpc_decode(s, sl->m->request, sl->payload, NULL, &req, err, sizeof err) < 0) return -1;
     grpc_byte_buffer *reply = sl->m->cq_handler(req, s->app);
     protobuf_c_message_free_unpacked(req, NULL);
     if (!reply) return -1;
@@ -663,7 +733,7 @@ static void on_slot(srv_tag *t, int ok) {
     arm_slot(sl);
     if (m->kind != SRV_BIDI_STREAM) {
         char err[300];
-        int rc = srv_rpc_decode(s, m->request, payload, &c->req, err, sizeof err);
+        int rc = srv_rpc_decode(s, m->request, payload, &c->alloc, &c->req, err, sizeof err);
         if (payload) grpc_byte_buffer_destroy(payload);
         if (rc < 0) {
             srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
@@ -878,6 +948,12 @@ static void on_closed_handle(uv_handle_t *h) {
         s->free_fcalls = f->next_free;
         free(f);
     }
+    while (s->free_calls) {
+        srv_call *c = s->free_calls;
+        s->free_calls = c->next_free;
+        CC_UNPOISON(c, sizeof *c);
+        free(c);
+    }
     free(s->events);
     free(s->spare);
     free(s->by_code);
@@ -1012,29 +1088,35 @@ static void utf8_clean(char *s) {
     }
 }
 
+/* Answers OK with `bb`, which gRPC core empties (it takes the slices out of the buffer
+ * it sends); the caller destroys the husk. */
+static void reply_emptying(srv_call *c, grpc_byte_buffer *bb) {
+    c->handler_done = 1;
+    c->status_sent = 1;
+    c->sent_initial_md = 1;
+    count_code(c, GRPC_STATUS_OK);
+    grpc_op ops[4];
+    grpc_slice details = grpc_empty_slice();
+    ops_ok_reply(ops, bb, &details, &c->close_cancelled);
+    c->t_final.fn = on_final;
+    start_batch(c, ops, 4, &c->t_final);
+    call_unref(c); /* the handler's reference */
+}
+
 void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
     if (c->handler_done) return;
-    grpc_byte_buffer *bb = cc_pb_pack(msg);
-    srv_call_reply_raw(c, bb);
+    grpc_byte_buffer *bb = cc_pb_pack(msg); /* ours alone: no copy needed */
+    reply_emptying(c, bb);
     grpc_byte_buffer_destroy(bb);
 }
 
 void srv_call_reply_raw(srv_call *c, grpc_byte_buffer *bb) {
     if (c->handler_done) return;
-    c->handler_done = 1;
-    c->status_sent = 1;
-    c->sent_initial_md = 1;
-    count_code(c, GRPC_STATUS_OK);
-    /* gRPC core takes the slices out of the buffer it sends: give it a copy (slice
-     * references, not bytes) so that a cached reply stays whole. */
+    /* Give gRPC core a copy (slice references, not bytes) so that a cached reply stays
+     * whole. */
     grpc_byte_buffer *cp = grpc_byte_buffer_copy(bb);
-    grpc_op ops[4];
-    grpc_slice details = grpc_empty_slice();
-    ops_ok_reply(ops, cp, &details, &c->close_cancelled);
-    c->t_final.fn = on_final;
-    start_batch(c, ops, 4, &c->t_final);
+    reply_emptying(c, cp);
     grpc_byte_buffer_destroy(cp);
-    call_unref(c); /* the handler's reference */
 }
 
 void srv_call_finish(srv_call *c, grpc_status_code code, const char *fmt, ...) {

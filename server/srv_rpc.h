@@ -52,10 +52,11 @@ typedef struct {
     srv_cq_handler cq_handler;                /* NULL: every call goes to `handler` */
 } srv_method;
 
-/** Decodes a request of type `desc` from `len` bytes: 0 and *out (owned by the
- * caller), or -1 and an INVALID_ARGUMENT message in err[errlen]. */
+/** Decodes a request of type `desc` from `len` bytes, unpacking with `alloc` (NULL:
+ * malloc): 0 and *out (owned by the caller, freed with the same allocator), or -1 and
+ * an INVALID_ARGUMENT message in err[errlen]. */
 typedef int (*srv_decode_fn)(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
-                             ProtobufCMessage **out, char *err, size_t errlen);
+                             ProtobufCAllocator *alloc, ProtobufCMessage **out, char *err, size_t errlen);
 
 typedef struct {
     const char *listen;   /* host:port; port 0 picks one */

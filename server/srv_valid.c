@@ -298,12 +298,12 @@ int srv_valid_wire(const ProtobufCMessageDescriptor *desc, const uint8_t *data, 
 }
 
 int srv_decode_request(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
-                       ProtobufCMessage **out, char *err, size_t errlen) {
+                       ProtobufCAllocator *alloc, ProtobufCMessage **out, char *err, size_t errlen) {
     *out = NULL;
     int rc = srv_valid_wire(desc, data, len, err, errlen);
     if (rc == 0) {
         static const uint8_t empty[1];
-        *out = protobuf_c_message_unpack(desc, NULL, len, data ? data : empty);
+        *out = protobuf_c_message_unpack(desc, alloc, len, data ? data : empty);
         if (*out) return 0;
     }
     if (rc != -1) snprintf(err, errlen, "request is not a valid %s message", desc->name);

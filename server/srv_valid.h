@@ -92,11 +92,12 @@ size_t srv_valid_field_max(const char *field_name);
 int srv_valid_wire(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len, char *err,
                    size_t errlen);
 
-/** Request decoding as the server does it: srv_valid_wire, then unpacking. On success
- * *out is the message (free with protobuf_c_message_free_unpacked) and 0 is returned;
+/** Request decoding as the server does it: srv_valid_wire, then unpacking with `alloc`
+ * (NULL: protobuf-c's default, malloc). On success *out is the message (free with
+ * protobuf_c_message_free_unpacked and the same allocator) and 0 is returned;
  * otherwise -1 and the INVALID_ARGUMENT message in err (naming the field, or "request
  * is not a valid X message"). */
 int srv_decode_request(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
-                       ProtobufCMessage **out, char *err, size_t errlen);
+                       ProtobufCAllocator *alloc, ProtobufCMessage **out, char *err, size_t errlen);
 
 #endif

@@ -234,7 +234,7 @@ static void fuzz_decoder(const ProtobufCMessageDescriptor *d, int n_iter, int *a
         mutate(&seeds[below(SEEDS)], &seeds[below(SEEDS)], &in);
         ProtobufCMessage *m = NULL;
         char err[300] = "";
-        if (srv_decode_request(d, in.n ? in.b : NULL, in.n, &m, err, sizeof err) == 0) {
+        if (srv_decode_request(d, in.n ? in.b : NULL, in.n, NULL, &m, err, sizeof err) == 0) {
             cr_assert(m);
             check_strings(m, 0);
             protobuf_c_message_free_unpacked(m, NULL);

@@ -247,7 +247,7 @@ Test(string_rule, wire_check_names_the_field) {
     cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, buf, n, err, sizeof err), -1);
     cr_expect(strstr(err, "user_id") && strstr(err, "NUL"), "%s", err);
     ProtobufCMessage *m = NULL;
-    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, buf, n, &m, err, sizeof err), -1);
+    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, buf, n, NULL, &m, err, sizeof err), -1);
     cr_expect_null(m);
     /* Nested: SetQueuePolicyRequest.policy.concert_id, and repeated update_fields. */
     Concert__V1__QueuePolicy pol = CONCERT__V1__QUEUE_POLICY__INIT;
@@ -278,14 +278,14 @@ Test(string_rule, wire_check_names_the_field) {
     cr_expect(strstr(err, "user_id: longer than 128"), "%s", err);
     const uint8_t junk[] = {0x0a, 0x05, 'a', 'b'};
     cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, junk, sizeof junk, err, sizeof err), -2);
-    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, junk, sizeof junk, &m, err, sizeof err), -1);
+    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, junk, sizeof junk, NULL, &m, err, sizeof err), -1);
     cr_expect(strstr(err, "not a valid concert.v1.ChargeRequest"), "%s", err);
     const uint8_t group[] = {0x0b, 0x0c};
     cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, group, sizeof group, err, sizeof err), -2);
     /* Unknown fields are skipped; an empty message decodes. */
     const uint8_t unknown[] = {0xf8, 0x01, 0x05, 0xfa, 0x01, 0x01, 0xff};
     cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, unknown, sizeof unknown, err, sizeof err), 0);
-    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, NULL, 0, &m, err, sizeof err), 0);
+    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, NULL, 0, NULL, &m, err, sizeof err), 0);
     cr_assert(m);
     protobuf_c_message_free_unpacked(m, NULL);
 }
