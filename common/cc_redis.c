@@ -17,11 +17,13 @@
 
 #include <hiredis/async.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "cc_asan.h"
 #include "cc_log.h"
 #include "cc_redis_uv.h"
 #include "cc_sha1.h"
@@ -51,9 +53,42 @@ typedef struct rreq {
     int noscript_resent;
     int ask_node;       /* >= 0: resend there after ASKING */
     int retry_ms;
+    int pooled;         /* 1: a REQ_BLOCK-sized block that goes back to the pool's free list */
     size_t len;
     char *cmd;          /* RESP encoding; points into this allocation or NULL */
+    struct rreq *next_free;
 } rreq;
+
+/* Requests whose encoding fits in one block (nearly all: the queue path's commands are
+ * under 200 bytes) are recycled through the pool's free list instead of malloc/free. */
+#define REQ_BLOCK 512
+#define FREE_REQS_MAX 1024
+
+/* Replies: built by the lean functions below into the connection's arena instead of a
+ * calloc per object (hiredis' default). hiredis builds one reply tree at a time per
+ * context and frees it (freeObject on the root) right after its callback, so the arena
+ * is simply emptied then. Objects that do not fit go to malloc'd overflow chunks,
+ * freed at the same time. */
+#define ARENA_BYTES 4096
+
+typedef struct achunk {
+    struct achunk *next;
+    _Alignas(max_align_t) unsigned char data[];
+} achunk;
+
+typedef struct rarena {
+    size_t used;
+    int busy;         /* a tree is being built or handed out */
+    achunk *overflow; /* freed when the tree is */
+    size_t ov_used, ov_cap;
+    _Alignas(max_align_t) unsigned char data[ARENA_BYTES];
+} rarena;
+
+/* The root of a tree carries its arena in front of it: freeObject gets only the root. */
+typedef struct {
+    rarena *arena;
+    _Alignas(max_align_t) redisReply reply;
+} rroot;
 
 typedef struct rconn {
     cc_redis *pool;
@@ -69,6 +104,7 @@ typedef struct rconn {
     const char *fail_reason;
     char host[256];
     int port;
+    rarena *arena; /* the data connection's reply arena (allocated once, freed with the pool) */
 } rconn;
 
 typedef struct rnode {
@@ -109,6 +145,8 @@ struct cc_redis {
     /* commands waiting to be resent */
     rreq *retry_head, *retry_tail;
     uv_timer_t retry_timer;
+    rreq *free_reqs; /* REQ_BLOCK blocks for reuse (req_new / req_free) */
+    size_t n_free_reqs;
 };
 
 static void conn_start(rconn *c);
@@ -274,16 +312,43 @@ static char *put_uint(char *o, size_t v) {
     return o + n;
 }
 
+/* Frees a request (or keeps its block for the next one). */
+static void req_free(cc_redis *r, rreq *q) {
+    if (!q->pooled || r->n_free_reqs >= FREE_REQS_MAX) {
+        free(q);
+        return;
+    }
+    q->next_free = r->free_reqs;
+    r->free_reqs = q;
+    r->n_free_reqs++;
+    CC_POISON(q, offsetof(rreq, next_free)); /* the ASan build still sees a use after "free" */
+    CC_POISON(q + 1, REQ_BLOCK - sizeof *q);
+}
+
 /* A request with its RESP encoding in the same allocation. */
 static rreq *req_new(cc_redis *r, cc_redis_cb cb, void *payload, int argc, const char **argv, const size_t *argvlen) {
+    size_t lens_s[16];
+    if (!argvlen && argc <= 16) { /* measure each argument once */
+        for (int i = 0; i < argc; i++) lens_s[i] = strlen(argv[i]);
+        argvlen = lens_s;
+    }
     size_t len = 1 + digits((size_t)argc) + 2;
     for (int i = 0; i < argc; i++) {
         size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
         len += 1 + digits(l) + 2 + l + 2;
     }
-    rreq *q = malloc(sizeof *q + len + 1);
-    if (!q) abort();
+    rreq *q;
+    int pooled = sizeof *q + len + 1 <= REQ_BLOCK;
+    if (pooled && r->free_reqs) {
+        q = r->free_reqs;
+        CC_UNPOISON(q, REQ_BLOCK);
+        r->free_reqs = q->next_free;
+        r->n_free_reqs--;
+    } else if (!(q = malloc(pooled ? REQ_BLOCK : sizeof *q + len + 1))) {
+        abort();
+    }
     memset(q, 0, sizeof *q);
+    q->pooled = pooled;
     q->cmd = (char *)(q + 1);
     char *o = q->cmd;
     *o++ = '*';
@@ -446,7 +511,7 @@ static int send_on(rconn *c, rreq *q) {
 static int send_internal(rconn *c, cc_redis_cb cb, void *payload, int argc, const char **argv, const size_t *lens) {
     rreq *q = req_new(c->pool, cb, payload, argc, argv, lens);
     if (send_on(c, q) < 0) {
-        free(q);
+        req_free(c->pool, q);
         return -1;
     }
     return 0;
@@ -467,7 +532,7 @@ static void retry_later(cc_redis *r, rreq *q, int ms);
 
 static void finish(cc_redis *r, rreq *q, redisReply *reply, const char *err) {
     if (q->cb) q->cb(reply, err, q->payload);
-    free(q);
+    req_free(r, q);
 }
 
 /* "MOVED 3999 127.0.0.1:6381" / "ASK ..." -> node (created if new), slot. */
@@ -807,6 +872,116 @@ static void on_disconnect(const redisAsyncContext *cac, int status) {
     conn_down(c, status == REDIS_OK ? "closed" : cac->errstr);
 }
 
+/* ---- replies built in the connection's arena ---- */
+
+static void *arena_take(rarena *a, size_t n) {
+    n = (n + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
+    if (n <= ARENA_BYTES - a->used) {
+        void *p = a->data + a->used;
+        a->used += n;
+        CC_UNPOISON(p, n);
+        return p;
+    }
+    if (!a->overflow || n > a->ov_cap - a->ov_used) {
+        size_t cap = n > 16384 ? n : 16384;
+        achunk *ch = malloc(sizeof *ch + cap);
+        if (!ch) return NULL; /* hiredis: out of memory */
+        ch->next = a->overflow;
+        a->overflow = ch;
+        a->ov_used = 0;
+        a->ov_cap = cap;
+    }
+    void *p = a->overflow->data + a->ov_used;
+    a->ov_used += n;
+    return p;
+}
+
+/* A new reply object of `type`, linked into its parent array (as hiredis' own). */
+static redisReply *lean_obj(const redisReadTask *task, int type) {
+    rarena *a = task->privdata;
+    redisReply *o;
+    if (!task->parent) {
+        /* A new tree: the arena is empty (the last tree was freed after its callback). */
+        a->busy = 1;
+        rroot *root = arena_take(a, sizeof *root);
+        if (!root) return NULL;
+        root->arena = a;
+        o = &root->reply;
+    } else {
+        o = arena_take(a, sizeof *o);
+        if (!o) return NULL;
+    }
+    memset(o, 0, sizeof *o);
+    o->type = type;
+    if (task->parent) ((redisReply *)task->parent->obj)->element[task->idx] = o;
+    return o;
+}
+
+static void *lean_string(const redisReadTask *task, char *str, size_t len) {
+    redisReply *o = lean_obj(task, task->type);
+    if (!o) return NULL;
+    char *buf = arena_take(task->privdata, len + 1);
+    if (!buf) return NULL;
+    memcpy(buf, str, len);
+    buf[len] = '\0';
+    o->str = buf;
+    o->len = len;
+    return o;
+}
+
+static void *lean_array(const redisReadTask *task, int elements) {
+    redisReply *o = lean_obj(task, REDIS_REPLY_ARRAY);
+    if (!o) return NULL;
+    if (elements > 0) {
+        o->element = arena_take(task->privdata, (size_t)elements * sizeof *o->element);
+        if (!o->element) return NULL;
+        memset(o->element, 0, (size_t)elements * sizeof *o->element);
+    }
+    o->elements = (size_t)elements;
+    return o;
+}
+
+static void *lean_integer(const redisReadTask *task, long long value) {
+    redisReply *o = lean_obj(task, REDIS_REPLY_INTEGER);
+    if (o) o->integer = value;
+    return o;
+}
+
+static void *lean_nil(const redisReadTask *task) { return lean_obj(task, REDIS_REPLY_NIL); }
+
+/* Called by hiredis on a root only: after the callback, or for a tree it gives up. */
+static void lean_free(void *obj) {
+    if (!obj) return;
+    rarena *a = ((rroot *)((char *)obj - offsetof(rroot, reply)))->arena;
+    while (a->overflow) {
+        achunk *ch = a->overflow;
+        a->overflow = ch->next;
+        free(ch);
+    }
+    a->used = 0;
+    a->busy = 0;
+    CC_POISON(a->data, ARENA_BYTES); /* the ASan build sees a reply used after its callback */
+}
+
+static redisReplyObjectFunctions lean_functions = {lean_string, lean_array, lean_integer, lean_nil, lean_free};
+
+/* Has the context's reader build replies in c's arena. A previous context of c that
+ * still holds a half-read tree (it cannot, but if) keeps the arena: then this one
+ * keeps hiredis' own functions. */
+static void use_arena(rconn *c, redisAsyncContext *ac) {
+    if (!c->arena) {
+        c->arena = malloc(sizeof *c->arena);
+        if (!c->arena) abort();
+        c->arena->used = 0;
+        c->arena->busy = 0;
+        c->arena->overflow = NULL;
+        CC_POISON(c->arena->data, ARENA_BYTES);
+    }
+    if (c->arena->busy || !ac->c.reader) return;
+    ac->c.reader->fn = &lean_functions;
+    ac->c.reader->privdata = c->arena;
+}
+
 /* Attaches a new context to the loop. */
 /* Our adapter (cc_redis_uv.c), not hiredis 0.14's: it acts on poll errors. */
 static int attach(cc_redis *r, redisAsyncContext *ac) { return cc_redis_uv_attach(ac, r->loop); }
@@ -829,6 +1004,7 @@ static void connect_data(rconn *c) {
     }
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    use_arena(c, ac);
     c->ac = ac;
     c->state = C_CONNECTING;
     timer_in(c, (uint64_t)r->cfg.connect_timeout_ms);
@@ -1064,13 +1240,13 @@ const char *cc_redis_node_addr(const cc_redis *r, int node, char *buf, size_t le
  * UNAVAILABLE rather than waiting out a failover. */
 static int submit(cc_redis *r, rreq *q) {
     if (r->closing) {
-        free(q);
+        req_free(r, q);
         return -1;
     }
     rnode *n = target_of(r, q);
     rconn *c = n ? pick_conn(n) : NULL;
     if (!c || send_on(c, q) < 0) {
-        free(q);
+        req_free(r, q);
         return -1;
     }
     return 0;
@@ -1231,7 +1407,7 @@ int cc_redis_wait(cc_redis *r, int replicas, int timeout_ms, cc_redis_wait_cb cb
             rreq *f = req_new(r, on_fence_one, w, 2, incr, NULL);
             f->no_redirect = 1;
             if (send_on(c, f) != 0) {
-                free(f);
+                req_free(r, f);
                 continue;
             }
             w->left++;
@@ -1239,7 +1415,7 @@ int cc_redis_wait(cc_redis *r, int replicas, int timeout_ms, cc_redis_wait_cb cb
             /* WAIT blocks its connection up to timeout_ms: give it that much more. */
             q->deadline_ms += (uint64_t)timeout_ms;
             if (send_on(c, q) == 0) w->left++;
-            else free(q);
+            else req_free(r, q);
         }
     }
     if (w->left == 1) {
@@ -1255,8 +1431,19 @@ int cc_redis_wait(cc_redis *r, int replicas, int timeout_ms, cc_redis_wait_cb cb
 static void maybe_free(cc_redis *r) {
     if (--r->open_handles > 0) return;
     for (int i = 0; i < r->n_nodes; i++) {
+        for (int k = 0; k < r->cfg.connections; k++) {
+            rarena *a = r->nodes[i]->conns[k].arena;
+            if (a) CC_UNPOISON(a->data, ARENA_BYTES);
+            free(a);
+        }
         free(r->nodes[i]->conns);
         free(r->nodes[i]);
+    }
+    while (r->free_reqs) {
+        rreq *q = r->free_reqs;
+        CC_UNPOISON(q, REQ_BLOCK);
+        r->free_reqs = q->next_free;
+        free(q);
     }
     free(r->nodes);
     free(r->slot_node);
