@@ -28,12 +28,14 @@
  * ACTIVE answers carry a signed admission receipt (srv_receipt.h). */
 #include <inttypes.h>
 #include <openssl/crypto.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
+#include "cc_asan.h"
 #include "cc_log.h"
 #include "cc_receipt.h"
 #include "concert/v1/queue.pb-c.h"
@@ -63,6 +65,8 @@ struct srv_queue_state {
     char a_interval[24], a_pending[24], a_backlog[24], a_errors[24];
     int64_t clock_offset; /* Redis ms minus uv_now, from the admission ticks */
     int clock_known;
+    struct fctx *free_fast; /* finished fast-path contexts for reuse (status_fast), freed with the state */
+    size_t n_free_fast;
 };
 
 struct srv_watcher {
@@ -244,8 +248,22 @@ typedef struct {
     char concert[SRV_MAX_ID + 1];
     char token[SRV_TOKEN_MAX + 1];
     char n[24];           /* the token's join number ("0": a v1 token) */
+    int64_t nv;           /* the same as a number */
     unsigned char id[16]; /* the token id */
 } qctx;
+
+/* Writes v in decimal at o and a NUL; returns the end (at the NUL). For the per-call
+ * strings of the queue path: snprintf was 3 % of a GetQueueStatus (callgrind). */
+static char *put_i64(char *o, int64_t v) {
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    char tmp[24];
+    size_t n = 0;
+    do tmp[n++] = (char)('0' + u % 10); while (u /= 10);
+    if (v < 0) *o++ = '-';
+    while (n) *o++ = tmp[--n];
+    *o = '\0';
+    return o;
+}
 
 static qctx *qctx_new(srv_call *call) {
     qctx *q = calloc(1, sizeof *q);
@@ -257,7 +275,8 @@ static qctx *qctx_new(srv_call *call) {
 
 static void parts_into(qctx *q, const srv_token_parts *p) {
     memcpy(q->concert, p->concert, sizeof q->concert);
-    snprintf(q->n, sizeof q->n, "%" PRId64, p->n);
+    put_i64(q->n, p->n);
+    q->nv = p->n;
     memcpy(q->id, p->id, 16);
 }
 
@@ -745,37 +764,66 @@ static void status_by_script(sctx *s) {
 }
 
 /* The fast path: three plain reads of a waiting user (see the top of the file). The
- * tick's figures are copied: the concert may leave the registry meanwhile. */
-typedef struct {
-    sctx s;
+ * tick's figures are copied: the concert may leave the registry meanwhile. Owned by
+ * the call's handler until fast_done, then back on app->queue->free_fast. */
+typedef struct fctx {
+    qctx q;
     int64_t rate, waiting, idle_ms;
     int method;
     char seen_key[SRV_MAX_ID + 48];
     char bit[16];
     int pending, failed, found, got_bit;
     int64_t pos, bitval;
+    struct fctx *next_free;
 } fctx;
 
+#define FREE_FAST_MAX 1024
+
+static fctx *fctx_get(srv_app *app) {
+    srv_queue_state *qs = app->queue;
+    fctx *f = qs->free_fast;
+    if (f) {
+        CC_UNPOISON(f, sizeof *f);
+        qs->free_fast = f->next_free;
+        qs->n_free_fast--;
+    } else if (!(f = malloc(sizeof *f))) {
+        abort();
+    }
+    return f;
+}
+
+static void fctx_put(srv_app *app, fctx *f) {
+    srv_queue_state *qs = app->queue;
+    if (qs->n_free_fast >= FREE_FAST_MAX) {
+        free(f);
+        return;
+    }
+    f->next_free = qs->free_fast;
+    qs->free_fast = f;
+    qs->n_free_fast++;
+    CC_POISON(f, offsetof(fctx, next_free)); /* the ASan build still sees a use after "free" */
+}
+
 static void fast_done(fctx *f) {
-    sctx *s = &f->s;
+    srv_app *app = f->q.app;
     if (f->failed || !f->found || f->pos <= 0) {
         /* Not a plain waiting user (or Redis hiccuped): the script answers. */
         sctx *again = malloc(sizeof *again);
         if (!again) abort();
-        again->q = s->q;
-        free(f);
+        again->q = f->q;
+        fctx_put(app, f);
         status_by_script(again);
         return;
     }
     Concert__V1__QueueStatus st;
-    status_init(&st, s->q.token, s->q.concert);
+    status_init(&st, f->q.token, f->q.concert);
     status_waiting(&st, f->pos, estimate_wait(f->pos, f->waiting, f->rate, f->method, 0));
-    srv_call_reply(s->q.call, &st.base);
+    srv_call_reply(f->q.call, &st.base);
     if (f->got_bit && f->bitval == 0) {
         const char *argv[] = {"SETBIT", f->seen_key, f->bit, "1"};
-        cc_redis_command_argv(s->q.app->redis, ignore_reply, NULL, 4, argv, NULL);
+        cc_redis_command_argv(app->redis, ignore_reply, NULL, 4, argv, NULL);
     }
-    free(f);
+    fctx_put(app, f);
 }
 
 static void on_fast_member(redisReply *r, const char *err, void *p) {
@@ -783,7 +831,7 @@ static void on_fast_member(redisReply *r, const char *err, void *p) {
     if (!r || r->type != REDIS_REPLY_ARRAY) {
         f->failed = 1;
     } else if (r->elements == 1 && r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len > 16 &&
-               CRYPTO_memcmp(r->element[0]->str, f->s.q.id, 16) == 0 && r->element[0]->str[16] != 1) {
+               CRYPTO_memcmp(r->element[0]->str, f->q.id, 16) == 0 && r->element[0]->str[16] != 1) {
         f->found = 1;
     }
     if (--f->pending == 0) fast_done(f);
@@ -813,13 +861,14 @@ static int fast_ok(const srv_app *app, const srv_concert *c) {
 }
 
 static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
-    fctx *f = calloc(1, sizeof *f);
-    if (!f) abort();
-    f->s.q = *q;
+    fctx *f = fctx_get(app);
+    f->q = *q;
     f->rate = c->rate, f->waiting = c->waiting, f->idle_ms = c->idle_ms, f->method = c->method;
+    f->failed = f->found = f->got_bit = 0;
+    f->pos = f->bitval = 0;
     srv_queue_keys k;
     srv_queue_keys_of(&k, q->concert);
-    int64_t n = strtoll(q->n, NULL, 10);
+    int64_t n = q->nv;
     f->pending = 1; /* held until every command is sent */
     const char *zr[] = {"ZRANGEBYSCORE", k.slot, q->n, q->n, "LIMIT", "0", "1"};
     if (cc_redis_command_argv(app->redis, on_fast_member, f, 7, zr, NULL) == 0) f->pending++;
@@ -830,8 +879,14 @@ static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
     if (f->idle_ms > 0) {
         int64_t L = (f->idle_ms + 1) / 2;
         int64_t slot = (redis_now(app) / L) % 3;
-        snprintf(f->seen_key, sizeof f->seen_key, "%sq:seen:%" PRId64 ":%" PRId64, k.prefix, slot, n / CHUNK);
-        snprintf(f->bit, sizeof f->bit, "%" PRId64, n % CHUNK);
+        /* "<prefix>q:seen:<slot>:<n / CHUNK>" and "<n % CHUNK>", without snprintf */
+        char *o = f->seen_key;
+        memcpy(o, k.prefix, k.plen);
+        memcpy(o + k.plen, "q:seen:", 7);
+        o = put_i64(o + k.plen + 7, slot);
+        *o++ = ':';
+        put_i64(o, n / CHUNK);
+        put_i64(f->bit, n % CHUNK);
         const char *gb[] = {"GETBIT", f->seen_key, f->bit};
         if (cc_redis_command_argv(app->redis, on_fast_bit, f, 3, gb, NULL) == 0) f->pending++;
     }
@@ -1249,6 +1304,12 @@ void srv_queue_free(srv_app *app) {
     }
     free(app->concert_buckets);
     app->concert_buckets = NULL;
+    while (app->queue && app->queue->free_fast) {
+        fctx *f = app->queue->free_fast;
+        CC_UNPOISON(f, sizeof *f);
+        app->queue->free_fast = f->next_free;
+        free(f);
+    }
     free(app->queue);
     app->queue = NULL;
     srv_adapt_free(app);
