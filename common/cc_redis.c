@@ -11,8 +11,10 @@
  * can be resent after MOVED/ASK/TRYAGAIN/NOSCRIPT), linked in its connection's send
  * order (Redis answers in order, so the head is the oldest and the only one the
  * timeout timer needs to watch), or in the pool's retry list while it waits to be
- * resent. A hiredis context is never freed from inside one of its own callbacks
- * (hiredis defers that by itself). Nodes are freed only with the pool. */
+ * resent; a finished one's block goes back to the pool's free list (req_free). A
+ * hiredis context is never freed from inside one of its own callbacks (hiredis defers
+ * that by itself). Each connection owns the arena its data context builds replies in
+ * (rarena, below), freed with the pool like the nodes. */
 #include "cc_redis.h"
 
 #include <hiredis/async.h>

@@ -49,8 +49,9 @@ typedef struct {
     int max_backoff_ms;         /* default 2000 */
 } cc_redis_config;
 
-/** Called with the reply (owned by hiredis, valid only during the call), or with
- * reply == NULL and `err` saying why ("timeout", "disconnected", ...). */
+/** Called with the reply (owned by the pool: built in its connection's arena and
+ * reused after the call, so valid only during it), or with reply == NULL and `err`
+ * saying why ("timeout", "disconnected", ...). */
 typedef void (*cc_redis_cb)(redisReply *reply, const char *err, void *payload);
 
 /** Called on the loop when the pool goes from no connection up to one, or back. */

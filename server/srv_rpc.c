@@ -1,7 +1,8 @@
 /* srv_rpc: gRPC C core server on a libuv loop. See srv_rpc.h.
  *
- * Who owns what: the loop owns srv_rpc's state, every srv_call, the slots while the
- * loop handles them, the stats and the observers. The CQ thread (cq_thread) owns the
+ * Who owns what: the loop owns srv_rpc's state, every srv_call (and `free_calls`, the
+ * finished ones it reuses), the slots while the loop handles them, the stats and the
+ * observers. The CQ thread (cq_thread) owns the
  * fcall objects and their free list, `fast_answered`, and a slot from the moment it
  * takes a fast-method event until it has re-armed it; it shares with the loop only the
  * event list (mu), the list of finished fast calls (fast_mu) and `cq_shutting_down`
@@ -75,7 +76,10 @@ typedef struct {
 } fdone;
 
 #define MAX_TRAILERS 4 /* srv_call_add_trailer's; one more slot for grpc-status-details-bin */
-#define CALL_ARENA 512      /* bytes in each call for its unpacked request (more: malloc) */
+/* Bytes in each call for its unpacked request (more: malloc). A token request (the
+ * message and a token of SRV_TOKEN_MAX bytes) takes at most 160; kept small because
+ * every open stream carries it (10,000 watchers: 1.9 MB). */
+#define CALL_ARENA 192
 #define FREE_CALLS_MAX 1024 /* finished srv_calls kept for reuse */
 
 typedef struct wq {
@@ -114,7 +118,7 @@ struct srv_call {
     uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
     srv_call *next_free; /* in srv_rpc.free_calls once finished */
     /* The unpacked request lives here when it fits (arena_alloc): no malloc per call.
-     * Everything above `arena_used` is cleared for each new call, the arena is not. */
+     * A reused call clears every field up to `arena`; the arena's bytes are not cleared. */
     ProtobufCAllocator alloc;
     size_t arena_used;
     _Alignas(max_align_t) unsigned char arena[CALL_ARENA];

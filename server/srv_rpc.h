@@ -8,7 +8,8 @@
  *
  * Each registered method keeps several grpc_server_request_registered_call armed;
  * every accepted call becomes an `srv_call`, a small state machine owned by the loop
- * and freed when its handler has finished and no batch is in flight. Unknown methods
+ * and freed (or kept for reuse by the next call) when its handler has finished and no
+ * batch is in flight. Unknown methods
  * get UNIMPLEMENTED. Server streams keep one SEND_MESSAGE in flight with a queue
  * behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice cancellation.
  *

@@ -278,7 +278,8 @@ Test(string_rule, wire_check_names_the_field) {
     cr_expect(strstr(err, "user_id: longer than 128"), "%s", err);
     const uint8_t junk[] = {0x0a, 0x05, 'a', 'b'};
     cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, junk, sizeof junk, err, sizeof err), -2);
-    cr_expect_eq(srv_decode_request(&concert__v1__charge_request__descriptor, junk, sizeof junk, NULL, &m, err, sizeof err), -1);
+    cr_expect_eq(
+        srv_decode_request(&concert__v1__charge_request__descriptor, junk, sizeof junk, NULL, &m, err, sizeof err), -1);
     cr_expect(strstr(err, "not a valid concert.v1.ChargeRequest"), "%s", err);
     const uint8_t group[] = {0x0b, 0x0c};
     cr_expect_eq(srv_valid_wire(&concert__v1__charge_request__descriptor, group, sizeof group, err, sizeof err), -2);
