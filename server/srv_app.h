@@ -43,6 +43,7 @@ typedef struct {
     const char *rate_user;       /* per user (or token) and method: "RATE[:BURST]" or "0" */
     const char *rate_peer;       /* per peer address and method */
     int64_t max_queues_per_user; /* concerts one user may wait in (or be ACTIVE in) at once */
+    int64_t max_tokens_per_stream; /* --max-tokens-per-stream: tokens one WatchQueueStatuses stream watches */
     int64_t seat_cache_ms;       /* how old a seat map served by ListSeats may be */
     const char *tls_cert, *tls_key, *tls_client_ca; /* srv_tls.h; unset = plaintext */
     const char *signing_key;      /* --signing-key FILE: Ed25519 private key (PEM) signing admission
@@ -123,6 +124,7 @@ void srv_health_changed(srv_app *app);
 void srv_queue_issue_token(srv_call *c);
 void srv_queue_get_status(srv_call *c);
 void srv_queue_watch(srv_call *c);
+void srv_queue_watch_many(srv_call *c);
 void srv_queue_leave(srv_call *c);
 void srv_queue_sale_proof(srv_call *c);
 void srv_receipt_keys(srv_call *c);
@@ -228,8 +230,12 @@ void srv_guard_shutdown(srv_app *app);
 void srv_guard_free(srv_app *app);
 
 /** Calls `fn` for every concert this server knows (queues and catalogue). */
-/** WatchQueueStatus streams open in this process (the concert_watch_streams gauge). */
+/** WatchQueueStatus and WatchQueueStatuses streams open in this process (the
+ * concert_watch_streams gauge). */
 size_t srv_queue_watch_streams(void);
+/** Tokens watched in this process over both methods (the concert_watched_tokens gauge):
+ * one per WatchQueueStatus stream, one per token of a WatchQueueStatuses stream. */
+size_t srv_queue_watched_tokens(void);
 void srv_concerts_foreach(srv_app *app, void (*fn)(srv_app *app, const char *concert, void *arg), void *arg);
 /** A concert with live users (a join, a live token): this server ticks it and writes it
  * into cc:queues so that every server does, until a tick finds it empty. Never for an

@@ -1105,6 +1105,11 @@ void srv_call_recv(srv_call *c, void (*cb)(srv_call *c, grpc_byte_buffer *bb)) {
     start_batch(c, ops, n, &c->t_recv);
 }
 
+int srv_call_decode(srv_call *c, const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
+                    ProtobufCMessage **out, char *err, size_t errlen) {
+    return srv_rpc_decode(c->s, desc, bb, out, err, errlen);
+}
+
 void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out) {
     srv_rpc_sync((srv_rpc *)s); /* the loop's own object: const for the caller only */
     *out = s->stats;

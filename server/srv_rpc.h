@@ -47,7 +47,7 @@ typedef grpc_byte_buffer *(*srv_cq_handler)(const ProtobufCMessage *req, void *a
 typedef struct {
     const char *path;                         /* "/pkg.Service/Method" */
     srv_kind kind;
-    const ProtobufCMessageDescriptor *request; /* unary and server stream */
+    const ProtobufCMessageDescriptor *request; /* unary and server stream (decoded by srv_rpc); bidi: for tools, NULL allowed */
     srv_handler handler;
     srv_cq_handler cq_handler;                /* NULL: every call goes to `handler` */
 } srv_method;
@@ -147,6 +147,12 @@ int srv_call_is_cancelled(const srv_call *c);
 /** Bidi streams: receives the next message; `cb` gets NULL at the end of the client's
  * stream (or on error). The buffer is owned by the call and valid during `cb`. */
 void srv_call_recv(srv_call *c, void (*cb)(srv_call *c, grpc_byte_buffer *bb));
+/** Bidi streams: decodes a message `cb` got as `desc` with the server's configured
+ * decoder (every string checked on the wire first, as for the first request of other
+ * calls). 0 and *out (the caller frees it with protobuf_c_message_free_unpacked), or -1
+ * with the reason in err. */
+int srv_call_decode(srv_call *c, const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
+                    ProtobufCMessage **out, char *err, size_t errlen);
 
 /** Counters for stats. */
 typedef struct {
