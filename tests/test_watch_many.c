@@ -4,12 +4,14 @@
  * bad token is answered in its own update while the stream goes on, the per-stream
  * token limit, malformed requests end the stream naming the field, and a cancelled
  * stream leaves nothing behind (concert_watch_streams and concert_watched_tokens back
- * to 0). */
+ * to 0); concertctl queue watch with several tokens. */
 #include <criterion/criterion.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "concert/v1/admin.pb-c.h"
 #include "th.h"
@@ -400,5 +402,57 @@ Test(watch_many, cancelled_streams_leave_nothing_behind, .init = start, .fini = 
     expect_gauges(0, 0);
     /* The tokens are still waiting (nothing was given up). */
     cr_expect_eq(th_state(cli, t[5]), WAITING);
+    end_test();
+}
+
+/* The exit status of `concertctl --server ADDR queue watch TOKEN...` (its output in log). */
+static int ctl_watch(char **tokens, int n, const char *log) {
+    char *argv[16] = {(char *)th_ctl_bin(), "--server", server.addr, "--timeout-ms", "20000", "queue", "watch"};
+    int k = 7;
+    for (int i = 0; i < n && k < 15; i++) argv[k++] = tokens[i];
+    argv[k] = NULL;
+    unlink(log);
+    pid_t pid = th_spawn(argv, log);
+    cr_assert(pid > 0);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int count_in_file(const char *path, const char *needle) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[1024];
+    int n = 0;
+    while (fgets(line, sizeof line, f))
+        if (strstr(line, needle)) n++;
+    fclose(f);
+    return n;
+}
+
+Test(watch_many, concertctl_watches_several_tokens_on_one_stream, .init = start, .fini = stop, .timeout = 60) {
+    static char t[3][128];
+    char *p[4];
+    for (int i = 0; i < 3; i++) {
+        char u[16];
+        snprintf(u, sizeof u, "ctl-%d", i);
+        issue(u, t[i], sizeof t[i]);
+        p[i] = t[i];
+    }
+    set_rate(50);
+    char log[128];
+    snprintf(log, sizeof log, "/tmp/concert-test-watch-many-%d.log", (int)getpid());
+    int rc = ctl_watch(p, 3, log);
+    cr_expect_eq(rc, 0, "concertctl exited %d (%s)", rc, log);
+    cr_expect_eq(count_in_file(log, " ACTIVE"), 3, "one ACTIVE line per token (%s)", log);
+    /* A refused token is reported with its code; the good one still ends ACTIVE. */
+    char other[128];
+    issue("ctl-other", other, sizeof other);
+    char *q[] = {other, "v2.nosuch.1.0123456789abcdef0123456789abcdef"};
+    rc = ctl_watch(q, 2, log);
+    cr_expect_eq(rc, GRPC_STATUS_NOT_FOUND, "concertctl exited %d (%s)", rc, log);
+    cr_expect_eq(count_in_file(log, " ACTIVE"), 1, "the good token still ends ACTIVE (%s)", log);
+    cr_expect_geq(count_in_file(log, "NOT_FOUND"), 1, "the refused token is printed with its code (%s)", log);
+    unlink(log);
     end_test();
 }
