@@ -1267,6 +1267,12 @@ static void stream_add(wstream *s, srv_app *app, const char *token, size_t max) 
     }
 }
 
+static void on_stream_request(srv_call *call, grpc_byte_buffer *bb);
+
+#define STREAM_UNSENT_MAX 64 /* updates a stream may have unsent before its requests wait */
+
+static void resume_requests(srv_call *call) { srv_call_recv(call, on_stream_request); }
+
 static void on_stream_request(srv_call *call, grpc_byte_buffer *bb) {
     wstream *s = srv_call_data(call);
     if (!s) return;
@@ -1277,6 +1283,7 @@ static void on_stream_request(srv_call *call, grpc_byte_buffer *bb) {
         return;
     }
     srv_app *app = srv_call_app(call);
+    size_t max = app->cfg.max_tokens_per_stream > 0 ? (size_t)app->cfg.max_tokens_per_stream : 1000;
     ProtobufCMessage *msg = NULL;
     char err[300];
     if (srv_call_decode(call, &concert__v1__watch_queue_statuses_request__descriptor, bb, &msg, err, sizeof err) < 0) {
@@ -1284,7 +1291,6 @@ static void on_stream_request(srv_call *call, grpc_byte_buffer *bb) {
         return;
     }
     const Concert__V1__WatchQueueStatusesRequest *req = (const void *)msg;
-    size_t max = app->cfg.max_tokens_per_stream > 0 ? (size_t)app->cfg.max_tokens_per_stream : 1000;
     if (stream_check(s, req, max) < 0) {
         protobuf_c_message_free_unpacked(msg, NULL);
         return;
@@ -1300,7 +1306,18 @@ static void on_stream_request(srv_call *call, grpc_byte_buffer *bb) {
     }
     for (size_t i = 0; i < req->n_add_tokens; i++) stream_add(s, app, req->add_tokens[i], max);
     protobuf_c_message_free_unpacked(msg, NULL);
-    srv_call_recv(call, on_stream_request);
+    /* Backpressure: WAITING steps are skipped for a slow reader, but refusals and last
+     * updates are not. While more than STREAM_UNSENT_MAX updates are unsent, the next
+     * request is not read: a client that asks without reading is held back by HTTP/2
+     * flow control once gRPC's windows are full, and this stream's queue stays within
+     * one request's updates. */
+    int unsent = srv_call_pending_writes(call);
+    if (unsent > STREAM_UNSENT_MAX) {
+        CC_DEBUG("watch_stream_paused", "unsent=%d tokens=%zu", unsent, s->n);
+        srv_call_on_drain(call, STREAM_UNSENT_MAX / 4, resume_requests);
+    } else {
+        srv_call_recv(call, on_stream_request);
+    }
 }
 
 void srv_queue_watch_many(srv_call *call) {

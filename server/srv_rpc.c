@@ -100,6 +100,8 @@ struct srv_call {
     char *details;
     void (*on_cancel)(srv_call *c);
     void (*on_recv)(srv_call *c, grpc_byte_buffer *bb);
+    void (*on_drain)(srv_call *c); /* once pending writes fall to drain_at */
+    int drain_at;
     grpc_byte_buffer *recv_bb;
     void *data;
     int in_list;
@@ -313,6 +315,11 @@ static void on_write(srv_tag *t, int ok) {
         fire_cancel(c);
     }
     write_next(c);
+    if (c->on_drain && !c->handler_done && c->n_queued + c->write_busy <= c->drain_at) {
+        void (*cb)(srv_call *) = c->on_drain;
+        c->on_drain = NULL;
+        cb(c);
+    }
     call_unref(c);
 }
 
@@ -944,6 +951,11 @@ void *srv_call_data(const srv_call *c) { return c->data; }
 int srv_call_is_cancelled(const srv_call *c) { return c->cancelled; }
 int srv_call_pending_writes(const srv_call *c) { return c->n_queued + c->write_busy; }
 void srv_call_on_cancel(srv_call *c, void (*cb)(srv_call *c)) { c->on_cancel = cb; }
+
+void srv_call_on_drain(srv_call *c, int at, void (*cb)(srv_call *c)) {
+    c->drain_at = at;
+    c->on_drain = cb;
+}
 
 const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len) {
     size_t kl = strlen(key);

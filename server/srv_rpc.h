@@ -139,6 +139,10 @@ int srv_call_send(srv_call *c, const ProtobufCMessage *msg);
 int srv_call_send_raw(srv_call *c, grpc_byte_buffer *bb_taken);
 /** Messages queued or in flight. */
 int srv_call_pending_writes(const srv_call *c);
+/** Streams: `cb` runs once, from a write's completion, when the messages queued or in
+ * flight have fallen to `at` or fewer (not after the call ended). For backpressure: a
+ * handler that stops receiving while its client reads slowly resumes from `cb`. */
+void srv_call_on_drain(srv_call *c, int at, void (*cb)(srv_call *c));
 /** Streams: `cb` runs once if the client cancels or the server shuts down; the handler
  * then must call srv_call_finish (its status is not delivered). */
 void srv_call_on_cancel(srv_call *c, void (*cb)(srv_call *c));

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cc_pb.h"
 #include "concert/v1/admin.pb-c.h"
 #include "th.h"
 
@@ -454,5 +455,90 @@ Test(watch_many, concertctl_watches_several_tokens_on_one_stream, .init = start,
     cr_expect_eq(count_in_file(log, " ACTIVE"), 1, "the good token still ends ACTIVE (%s)", log);
     cr_expect_geq(count_in_file(log, "NOT_FOUND"), 1, "the refused token is printed with its code (%s)", log);
     unlink(log);
+    end_test();
+}
+
+static void start_idle(void) {
+    static const char *const extra[] = {"--idle-timeout-ms", "600", NULL};
+    start_with(extra);
+}
+
+/* Whether `user` no longer waits in wm (q:users holds a join number while waiting,
+ * the token once it ended): read from Redis, since asking the API would refresh it. */
+static int user_gone(void *user) {
+    redisContext *rc = th_redis_connect(&redis);
+    if (!rc) return 0;
+    redisReply *r = redisCommand(rc, "HGET cc:{wm}:q:users %s", (const char *)user);
+    int gone = r && r->type == REDIS_REPLY_STRING && !strncmp(r->str, "v2.", 3);
+    freeReplyObject(r);
+    redisFree(rc);
+    return gone;
+}
+
+Test(watch_many, watched_tokens_keep_their_place_while_idle, .init = start_idle, .fini = stop, .timeout = 60) {
+    char quiet[128], watched[128];
+    issue("idle-quiet", quiet, sizeof quiet);
+    issue("idle-watched", watched, sizeof watched);
+    cc_stream *s = cc_client_bidi(cli, METHOD, NULL, 0, 30000);
+    cr_assert(s);
+    char *add[] = {watched};
+    send_req(s, add, 1, NULL, 0);
+    update *u = next_update(s);
+    cr_assert(u);
+    cr_expect_eq(state_of(u), WAITING);
+    th_free_msg(u);
+    cr_assert(th_wait_for(user_gone, "idle-quiet", 50, 10000), "the quiet user still waits after 10 s (600 ms idle)");
+    cr_expect(!user_gone("idle-watched"), "the watched user lost its place with the quiet one");
+    /* No longer watched: it idles out too. */
+    char *rm[] = {watched};
+    send_req(s, NULL, 0, rm, 1);
+    cr_expect(th_wait_for(user_gone, "idle-watched", 50, 10000), "the removed user still waits after 10 s");
+    cc_stream_close(s, NULL);
+    end_test();
+}
+
+/* A client that keeps asking and never reads: each request of 100 junk tokens earns
+ * 100 refusals, more than a stream may have unsent, so the server waits for them to
+ * drain before it reads the next request (logged as watch_stream_paused) instead of
+ * queueing refusals without bound. The client, sending 2,000 such requests and reading
+ * nothing, gets as far as flow control lets it; the stream is cleaned up after its
+ * deadline and the server serves on. */
+Test(watch_many, client_that_never_reads_is_held_back, .init = start, .fini = stop, .timeout = 90) {
+    enum { N = 2000, PER = 100 };
+    static char junk[PER][257];
+    static char *add[PER];
+    for (int i = 0; i < PER; i++) {
+        memset(junk[i], 'a', 256);
+        int l = snprintf(junk[i], 16, "junk-%d-", i);
+        junk[i][l] = 'a';
+        junk[i][256] = '\0';
+        add[i] = junk[i];
+    }
+    Concert__V1__WatchQueueStatusesRequest req = CONCERT__V1__WATCH_QUEUE_STATUSES_REQUEST__INIT;
+    req.add_tokens = add;
+    req.n_add_tokens = PER;
+    grpc_byte_buffer *one = cc_pb_pack(&req.base);
+    static grpc_byte_buffer *msgs[N];
+    for (int i = 0; i < N; i++) msgs[i] = grpc_byte_buffer_copy(one); /* gRPC takes a sent buffer's slices */
+    th_raw *t = th_raw_open(server.addr);
+    cc_status st;
+    th_raw_bidi(t, METHOD, msgs, N, NULL, 0, 5000, &st);
+    th_raw_close(t);
+    for (int i = 0; i < N; i++) grpc_byte_buffer_destroy(msgs[i]);
+    grpc_byte_buffer_destroy(one);
+    cr_expect(th_server_log_has(&server, "event=watch_stream_paused"), "the server never paused the stream (%s)",
+              server.log);
+    expect_gauges(0, 0);
+    /* The server still serves streams. */
+    char tok[128];
+    issue("after-flood", tok, sizeof tok);
+    cc_stream *s = cc_client_bidi(cli, METHOD, NULL, 0, 10000);
+    char *one_tok[] = {tok};
+    send_req(s, one_tok, 1, NULL, 0);
+    update *u = next_update(s);
+    cr_assert(u);
+    cr_expect_eq(state_of(u), WAITING);
+    th_free_msg(u);
+    cc_stream_close(s, NULL);
     end_test();
 }
