@@ -11,6 +11,11 @@
  * and freed when its handler has finished and no batch is in flight. Unknown methods
  * get UNIMPLEMENTED. Server streams keep one SEND_MESSAGE in flight with a queue
  * behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice cancellation.
+ * Bidi streams (client streaming) get no first message: the handler arms one
+ * RECV_MESSAGE at a time with srv_call_recv, on the loop, and its callback (after the
+ * CQ thread handed the completion over like any other) decodes the message with
+ * srv_call_decode and arms the next receive, or waits for srv_call_on_drain first
+ * when its client is not reading the answers.
  *
  * Threads: the CQ thread owns only the answers of methods with a `cq_handler` (it
  * decodes, answers, re-arms the slot and frees the call itself, and leaves a record of
@@ -20,7 +25,7 @@
  *
  * Requests are decoded through the configured `decode` function (the server checks
  * every string on the wire before unpacking); a request that does not decode is
- * answered INVALID_ARGUMENT before any handler runs. Must not: block the loop, or
+ * answered INVALID_ARGUMENT before any handler runs (bidi: the handler answers it). Must not: block the loop, or
  * know anything about the services behind the methods. */
 #ifndef SRV_RPC_H
 #define SRV_RPC_H
