@@ -35,8 +35,8 @@
 #include <time.h>
 
 #include "cc_log.h"
-#include "cc_smap.h"
 #include "cc_receipt.h"
+#include "cc_smap.h"
 #include "concert/v1/queue.pb-c.h"
 #include "srv_adapt.h"
 #include "srv_app.h"
@@ -72,9 +72,9 @@ typedef struct wstream wstream;
  * stream (then `stream` is set and `call` is the stream's call). */
 struct srv_watcher {
     srv_call *call;
-    wstream *stream;        /* NULL: the watcher is its own call */
+    wstream *stream;            /* NULL: the watcher is its own call */
     srv_watcher *sprev, *snext; /* the stream's tokens */
-    srv_concert *concert; /* NULL until the first status proved the token */
+    srv_concert *concert;       /* NULL until the first status proved the token */
     char token[SRV_TOKEN_MAX + 1];
     char n[24];             /* the token's join number */
     unsigned char id[16];   /* and its id */
