@@ -740,6 +740,60 @@ static void listen_reason(const char *addr, char *out, size_t len) {
     close(fd);
 }
 
+/* ---- --grpc-args: integer channel args over the server's own ---- */
+
+#define MAX_GRPC_ARGS 16
+
+typedef struct {
+    char buf[1024]; /* the keys point in here */
+    const char *key[MAX_GRPC_ARGS];
+    int val[MAX_GRPC_ARGS];
+    int n;
+} grpc_args_spec;
+
+/* "KEY=INT,KEY=INT": keys are gRPC core's names ("grpc.http2.bdp_probe"), values ints. */
+static int parse_grpc_args(const char *spec, grpc_args_spec *out, char *err, size_t errlen) {
+    out->n = 0;
+    if (!spec || !*spec) return 0;
+    if (strlen(spec) >= sizeof out->buf) {
+        snprintf(err, errlen, "--grpc-args: longer than %zu characters", sizeof out->buf - 1);
+        return -1;
+    }
+    strcpy(out->buf, spec);
+    for (char *save = NULL, *item = strtok_r(out->buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq || eq == item) {
+            snprintf(err, errlen, "--grpc-args: '%s' is not KEY=INTEGER", item);
+            return -1;
+        }
+        *eq = '\0';
+        if (strncmp(item, "grpc.", 5) != 0 || strspn(item, "abcdefghijklmnopqrstuvwxyz0123456789._") != strlen(item)) {
+            snprintf(err, errlen, "--grpc-args: '%s' is not a gRPC core channel arg name (grpc.<lowercase>)", item);
+            return -1;
+        }
+        errno = 0;
+        char *end = NULL;
+        long v = strtol(eq + 1, &end, 10);
+        if (errno || end == eq + 1 || *end || v < -2147483647L - 1 || v > 2147483647L) {
+            snprintf(err, errlen, "--grpc-args: value of %s must be a 32-bit integer, got '%s'", item, eq + 1);
+            return -1;
+        }
+        if (out->n == MAX_GRPC_ARGS) {
+            snprintf(err, errlen, "--grpc-args: more than %d args", MAX_GRPC_ARGS);
+            return -1;
+        }
+        out->key[out->n] = item;
+        out->val[out->n] = (int)v;
+        out->n++;
+    }
+    return 0;
+}
+
+int srv_rpc_check_grpc_args(const char *spec, char *err, size_t errlen) {
+    grpc_args_spec g;
+    return parse_grpc_args(spec, &g, err, errlen);
+}
+
 /* Frees a server that never started (no thread, no loop handles). */
 static void free_unstarted(srv_rpc *s, void **regs) {
     if (s->server) grpc_server_destroy(s->server);
@@ -777,7 +831,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
      * header block passes GRPC_ARG_MAX_METADATA_SIZE (default 8 KiB). So the transport
      * gets a generous hard limit and on_slot enforces max_metadata_bytes per call: a
      * call with bigger headers fails alone, its neighbours on the connection live on. */
-    grpc_arg args[10];
+    grpc_arg args[16 + MAX_GRPC_ARGS];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = s->cfg.max_message_bytes;
@@ -814,6 +868,23 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
             args[n].value.integer = ka[i].v;
             n++;
         }
+    }
+    /* --grpc-args last: a key the server sets already gets the given value instead. */
+    grpc_args_spec extra;
+    char aerr[200];
+    if (parse_grpc_args(s->cfg.grpc_args, &extra, aerr, sizeof aerr) < 0) {
+        CC_ERROR("grpc_args_invalid", "reason=\"%s\"", aerr); /* srv_rpc_check_grpc_args first */
+        if (cfg->creds) grpc_server_credentials_release(cfg->creds);
+        free_unstarted(s, NULL);
+        return -1;
+    }
+    for (int i = 0; i < extra.n; i++) {
+        int j = 0;
+        while (j < n && strcmp(args[j].key, extra.key[i]) != 0) j++;
+        if (j == n) n++;
+        args[j].type = GRPC_ARG_INTEGER;
+        args[j].key = (char *)extra.key[i];
+        args[j].value.integer = extra.val[i];
     }
     grpc_channel_args ca = {(size_t)n, args};
     s->server = grpc_server_create(&ca, NULL);
