@@ -105,7 +105,9 @@ struct srv_call {
     int in_list;
     srv_call *prev, *next; /* all live calls, for shutdown */
     int sent_initial_md;
-    grpc_metadata trailers[MAX_TRAILERS + 1]; /* sent with the status (+ the details); slices owned by the call */
+    grpc_metadata *trailers; /* MAX_TRAILERS + 1 of them, allocated by the first trailer (a held
+                                stream has none: 520 bytes less per WatchQueueStatus); sent with
+                                the status (+ the details); slices owned by the call */
     size_t n_trailers;
     uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
 };
@@ -269,6 +271,7 @@ static void call_unref(srv_call *c) {
         grpc_slice_unref(c->trailers[i].key);
         grpc_slice_unref(c->trailers[i].value);
     }
+    free(c->trailers);
     free(c->details);
     grpc_call_unref(c->call);
     free(c);
@@ -284,6 +287,7 @@ static void start_batch(srv_call *c, grpc_op *ops, size_t n, srv_tag *tag) {
 }
 
 static void send_status(srv_call *c);
+static void alloc_trailers(srv_call *c);
 
 static void on_final(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_final));
@@ -374,6 +378,7 @@ static void send_status(srv_call *c) {
     if (c->code != GRPC_STATUS_OK && c->s->cfg.status_details && c->n_trailers <= MAX_TRAILERS) {
         grpc_slice d = c->s->cfg.status_details(c, c->code, c->details ? c->details : "");
         if (GRPC_SLICE_LENGTH(d)) {
+            alloc_trailers(c);
             grpc_metadata *m = &c->trailers[c->n_trailers++];
             memset(m, 0, sizeof *m);
             m->key = grpc_slice_from_static_string("grpc-status-details-bin");
@@ -391,6 +396,12 @@ static void send_status(srv_call *c) {
     c->t_final.fn = on_final;
     start_batch(c, ops, n, &c->t_final);
     grpc_slice_unref(details);
+}
+
+static void alloc_trailers(srv_call *c) {
+    if (c->trailers) return;
+    c->trailers = calloc(MAX_TRAILERS + 1, sizeof *c->trailers);
+    if (!c->trailers) abort();
 }
 
 static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_timespec deadline,
@@ -1048,6 +1059,7 @@ void srv_call_peer_addr(const srv_call *c, char *out, size_t len) {
 
 void srv_call_add_trailer(srv_call *c, const char *key, const char *value) {
     if (c->n_trailers >= MAX_TRAILERS) return;
+    alloc_trailers(c);
     grpc_metadata *m = &c->trailers[c->n_trailers++];
     memset(m, 0, sizeof *m);
     m->key = grpc_slice_from_copied_string(key);
