@@ -1027,6 +1027,11 @@ int srv_call_is_cancelled(const srv_call *c) { return c->cancelled; }
 int srv_call_pending_writes(const srv_call *c) { return c->n_queued + c->write_busy; }
 void srv_call_on_cancel(srv_call *c, void (*cb)(srv_call *c)) { c->on_cancel = cb; }
 
+void srv_call_drop_metadata(srv_call *c) {
+    grpc_metadata_array_destroy(&c->md);
+    grpc_metadata_array_init(&c->md);
+}
+
 const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len) {
     size_t kl = strlen(key);
     for (size_t i = 0; i < c->md.count; i++) {

@@ -114,6 +114,10 @@ const srv_method *srv_call_method(const srv_call *c);
 const ProtobufCMessage *srv_call_request(const srv_call *c);
 /** A request metadata value by lower-case key, or NULL. Not NUL-terminated: *len. */
 const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len);
+/** Frees the call's copy of its request metadata (gRPC core's array, ~480 bytes): a
+ * long-held call calls it once it has read what it needs; srv_call_metadata answers
+ * NULL afterwards. */
+void srv_call_drop_metadata(srv_call *c);
 /** The call's deadline in loop milliseconds (uv_now scale); UINT64_MAX for none. */
 uint64_t srv_call_deadline_ms(const srv_call *c);
 /** Handler-owned state. */
