@@ -104,11 +104,16 @@ typedef struct {
     char bal[CC_PAY_USER_MAX + 16], pay[CC_PAY_USER_MAX + 16], refund[CC_PAY_USER_MAX + 16];
 } wallet_keys;
 
+int cc_pay_wallet_key(char *out, size_t n, const char *user, const char *which) {
+    int w = snprintf(out, n, "cc:{w:%s}:%s", user, which);
+    return w < 0 || (size_t)w >= n ? -1 : 0;
+}
+
 static int wallet(wallet_keys *k, const char *user) {
     if (strlen(user) > CC_PAY_USER_MAX) return -1;
-    snprintf(k->bal, sizeof k->bal, "cc:{w:%s}:bal", user);
-    snprintf(k->pay, sizeof k->pay, "cc:{w:%s}:pay", user);
-    snprintf(k->refund, sizeof k->refund, "cc:{w:%s}:refund", user);
+    cc_pay_wallet_key(k->bal, sizeof k->bal, user, "bal");
+    cc_pay_wallet_key(k->pay, sizeof k->pay, user, "pay");
+    cc_pay_wallet_key(k->refund, sizeof k->refund, user, "refund");
     return 0;
 }
 

@@ -141,4 +141,8 @@ size_t cc_pay_seats(const char *csv, int32_t *out, size_t max);
 /** "cc:{C}:" and "cc:{C}:q:tok" (the key naming the concert's slot). 0 or -1 (too long). */
 int cc_pay_concert_keys(const char *concert, char *prefix, size_t plen, char *tag_key, size_t tlen);
 
+/** A user's wallet key "cc:{w:U}:<which>" (`which`: "bal" balance, "pay" and "refund" the
+ * payments applied, "chg" Charge's idempotency keys) into out[n]. 0 or -1 (too long). */
+int cc_pay_wallet_key(char *out, size_t n, const char *user, const char *which);
+
 #endif

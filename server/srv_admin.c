@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cc_log.h"
+#include "cc_pay.h"
 #include "concert/v1/admin.pb-c.h"
 #include "srv_api.h"
 #include "srv_app.h"
@@ -846,9 +847,9 @@ static void wallets_next(audit_ctx *x) {
         const char **args = calloc(nargs, sizeof *args);
         if (!args) abort();
         char k1[SRV_MAX_USER + 16], k2[SRV_MAX_USER + 16], k3[SRV_MAX_USER + 16];
-        snprintf(k1, sizeof k1, "cc:{w:%s}:bal", user);
-        snprintf(k2, sizeof k2, "cc:{w:%s}:pay", user);
-        snprintf(k3, sizeof k3, "cc:{w:%s}:refund", user);
+        cc_pay_wallet_key(k1, sizeof k1, user, "bal");
+        cc_pay_wallet_key(k2, sizeof k2, user, "pay");
+        cc_pay_wallet_key(k3, sizeof k3, user, "refund");
         args[0] = k1, args[1] = k2, args[2] = k3, args[3] = prefix;
         size_t a = 4;
         for (uint32_t k = head; k; k = x->rows[k - 1].next_of_user) {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cc_pay.h"
 #include "concert/v1/wallet.pb-c.h"
 #include "srv_app.h"
 #include "srv_valid.h"
@@ -60,7 +61,7 @@ void srv_wallet_balance(srv_call *call) {
     snprintf(w->user, sizeof w->user, "%s", req->user_id);
     srv_app *app = srv_call_app(call);
     char key[SRV_MAX_USER + 16];
-    snprintf(key, sizeof key, "cc:{w:%s}:bal", w->user);
+    cc_pay_wallet_key(key, sizeof key, w->user, "bal");
     const char *argv[] = {"GET", key};
     if (cc_redis_command_argv(app->redis, on_balance, w, 2, argv, NULL) < 0) {
         free(w);
@@ -104,8 +105,8 @@ void srv_wallet_charge(srv_call *call) {
     snprintf(w->user, sizeof w->user, "%s", req->user_id);
     snprintf(w->key, sizeof w->key, "%s", req->idempotency_key);
     char k1[SRV_MAX_USER + 16], k2[SRV_MAX_USER + 16], amount[24], max[24];
-    snprintf(k1, sizeof k1, "cc:{w:%s}:bal", w->user);
-    snprintf(k2, sizeof k2, "cc:{w:%s}:chg", w->user);
+    cc_pay_wallet_key(k1, sizeof k1, w->user, "bal");
+    cc_pay_wallet_key(k2, sizeof k2, w->user, "chg");
     snprintf(amount, sizeof amount, "%" PRId64, req->amount);
     snprintf(max, sizeof max, "%lld", (long long)MAX_BALANCE);
     const char *args[] = {k1, k2, amount, w->key, max};

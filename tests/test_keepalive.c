@@ -72,8 +72,15 @@ Test(keepalive, stopped_client_stream_is_dropped, .init = start, .fini = stop, .
     cr_assert(th_wait_for(streams_are, (void *)(intptr_t)1, 20, 10000), "the watch stream did not open (%s, gauge %ld)",
               log, watch_streams());
 
-    /* Alive, the client answers the 200 ms PINGs: its stream stays. Stopped, it
-     * answers nothing and the server must drop it. */
+    /* Alive, the client answers the 200 ms PINGs: its stream stays through ten
+     * keepalive rounds (a server that dropped live clients, e.g. by striking their
+     * answers as abuse, fails here). Stopped, it answers nothing and the server must
+     * drop it. */
+    for (int i = 0; i < 20; i++) {
+        usleep(100 * 1000);
+        cr_assert_eq(watch_streams(), 1, "a live client's stream was dropped after %d ms", (i + 1) * 100);
+        cr_assert_eq(waitpid(child, NULL, WNOHANG), 0, "the watching client exited after %d ms (%s)", (i + 1) * 100, log);
+    }
     cr_assert_eq(kill(child, SIGSTOP), 0);
     cr_assert(th_wait_for(streams_are, (void *)(intptr_t)0, 50, 10000),
               "a stopped client's stream is still held 10 s later (gauge %ld)", watch_streams());

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "cc_pay.h"
+#include "concert/v1/admin.pb-c.h"
 #include "concert/v1/booking.pb-c.h"
 #include "concert/v1/payment.pb-c.h"
 #include "concert/v1/wallet.pb-c.h"
@@ -188,6 +189,29 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
     char t1[64], r1[64], t2[64], r2[64];
     setup_user("lee", 1, 5000, t1, r1);
     setup_user("max", 2, 0, t2, r2);
+    /* A token still WAITING (admission stopped after lee and max got in). */
+    char tw[128];
+    {
+        Concert__V1__QueuePolicy pol = CONCERT__V1__QUEUE_POLICY__INIT;
+        pol.concert_id = "pay";
+        pol.admit_rate = 0;
+        char *fields[] = {"admit_rate"};
+        Concert__V1__SetQueuePolicyRequest req = CONCERT__V1__SET_QUEUE_POLICY_REQUEST__INIT;
+        req.policy = &pol;
+        req.n_update_fields = 1;
+        req.update_fields = fields;
+        cc_md md[] = {{"x-admin-key", KEY}};
+        Concert__V1__QueuePolicy *got = NULL;
+        cr_assert_eq(cc_client_unary(cli, "/concert.v1.AdminService/SetQueuePolicy", &req.base,
+                                     &concert__v1__queue_policy__descriptor, (ProtobufCMessage **)&got, md, 1, 5000, NULL),
+                     GRPC_STATUS_OK);
+        th_free_msg(got);
+        Concert__V1__QueueStatus *w = NULL;
+        cr_assert_eq(th_issue(cli, "waiter", "pay", &w, NULL), GRPC_STATUS_OK);
+        cr_assert_eq(w->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+        snprintf(tw, sizeof tw, "%s", w->token);
+        th_free_msg(w);
+    }
     char *digest0 = th_redis_digest(&redis);
     cc_status st;
     char big[300];
@@ -203,6 +227,11 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
     expect(pay(NULL, r1, "k", 5000, NULL, &st), &st, GRPC_STATUS_UNAUTHENTICATED, "authorization", "Pay no token");
     expect(pay(t2, r1, "k", 5000, NULL, &st), &st, GRPC_STATUS_PERMISSION_DENIED, "reservation_id",
            "Pay another's reservation");
+    /* DESIGN.md: UNAUTHENTICATED is for no or an unknown token, PERMISSION_DENIED for a
+     * token not active (here still WAITING). */
+    expect(pay(tw, r1, "k", 5000, NULL, &st), &st, GRPC_STATUS_PERMISSION_DENIED, "WAITING", "Pay with a waiting token");
+    expect(pay("v2.pay.1.00000000000000000000000000000000", r1, "k", 5000, NULL, &st), &st, GRPC_STATUS_UNAUTHENTICATED,
+           "token", "Pay with an unknown token");
     expect(pay(t1, "r1.other.00000000000000000000000000000000", "k", 5000, NULL, &st), &st,
            GRPC_STATUS_PERMISSION_DENIED, NULL, "Pay another concert");
     char *digest1 = th_redis_digest(&redis);

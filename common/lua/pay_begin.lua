@@ -8,7 +8,11 @@
 local P, tok, rid, key, newpid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
 local user = redis.call('HGET', P .. 'q:tok', tok)
-if not user then return {16, 'authorization: unknown token'} end
+if not user then
+  -- Not admitted yet (WAITING: PERMISSION_DENIED) or unknown (UNAUTHENTICATED).
+  local _, code, msg = active_user(P, tok, now)
+  return {code, msg}
+end
 local r = P .. 'r:' .. rid
 
 -- The reservation can be paid now by `pid` (nil: a new payment), or code, message.
