@@ -39,6 +39,7 @@ typedef struct {
     int64_t keepalive_time_ms;    /* --keepalive-time-ms: server PINGs after this much silence (0 = off) */
     int64_t keepalive_timeout_ms; /* --keepalive-timeout-ms: unanswered PING closes the connection */
     int reuse_port;              /* --reuse-port: share the listening port (SO_REUSEPORT) */
+    const char *grpc_args;       /* --grpc-args "KEY=INT,...": gRPC core channel args over the defaults */
     const char *identity_key;    /* --identity-key FILE: verify x-user-assertion (NULL: trust user_id) */
     const char *rate_user;       /* per user (or token) and method: "RATE[:BURST]" or "0" */
     const char *rate_peer;       /* per peer address and method */

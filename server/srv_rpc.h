@@ -74,6 +74,9 @@ typedef struct {
                                  (0 = default 60000; < 0 = no keepalive pings) */
     int keepalive_timeout_ms; /* a PING unanswered this long closes the connection and
                                  cancels its calls (0 = default 20000) */
+    const char *grpc_args;    /* "KEY=INT,KEY=INT": integer gRPC core channel args set after (and
+                                 so over) the server's own; NULL or "" = none. Checked with
+                                 srv_rpc_check_grpc_args before srv_rpc_start. */
     srv_decode_fn decode;    /* NULL: protobuf-c unpacking alone */
     /* Called on the loop when the server can no longer accept calls of some method
      * (re-arming a request failed): the process should stop with an error. */
@@ -91,6 +94,10 @@ typedef struct {
      * are `code` and `message`), a new slice srv_rpc takes; an empty slice for none. */
     grpc_slice (*status_details)(srv_call *c, grpc_status_code code, const char *message);
 } srv_rpc_config;
+
+/** Checks a --grpc-args value ("KEY=INT,KEY=INT", keys "grpc.<lowercase>", at most 16):
+ * 0, or -1 and a reason naming --grpc-args in err[errlen]. */
+int srv_rpc_check_grpc_args(const char *spec, char *err, size_t errlen);
 
 /** Creates, binds and starts the server. `methods` must outlive it; `app` is handed
  * to handlers through srv_call_app(). Returns 0 and the bound port, or -1 after
@@ -112,6 +119,10 @@ const srv_method *srv_call_method(const srv_call *c);
 const ProtobufCMessage *srv_call_request(const srv_call *c);
 /** A request metadata value by lower-case key, or NULL. Not NUL-terminated: *len. */
 const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len);
+/** Frees the call's copy of its request metadata (gRPC core's array, ~480 bytes): a
+ * long-held call calls it once it has read what it needs; srv_call_metadata answers
+ * NULL afterwards. */
+void srv_call_drop_metadata(srv_call *c);
 /** The call's deadline in loop milliseconds (uv_now scale); UINT64_MAX for none. */
 uint64_t srv_call_deadline_ms(const srv_call *c);
 /** Handler-owned state. */
