@@ -230,6 +230,7 @@ struct cc_stream {
     grpc_slice details;
     int status_tag, msg_tag, start_tag;
     int status_done;
+    int need_init_md; /* bidi: the first cc_stream_next also receives the initial metadata */
 };
 
 cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMessage *req, const cc_md *md,
@@ -271,13 +272,82 @@ cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMes
     return s;
 }
 
-int cc_stream_next(cc_stream *s, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg_out) {
-    grpc_byte_buffer *bb = NULL;
+cc_stream *cc_client_bidi(cc_client *c, const char *method, const cc_md *md, int n_md, int timeout_ms) {
+    cc_stream *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_slice m = grpc_slice_from_copied_string(method);
+    s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, m, NULL, deadline_in(timeout_ms),
+                                       NULL);
+    grpc_slice_unref(m);
+    grpc_metadata_array_init(&s->init_md);
+    grpc_metadata_array_init(&s->trail_md);
+    grpc_metadata mds[8];
+    if (n_md > 8) n_md = 8;
+    fill_md(mds, md, n_md);
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = (size_t)n_md;
+    ops[0].data.send_initial_metadata.metadata = n_md ? mds : NULL;
+    grpc_call_error e = grpc_call_start_batch(s->call, ops, 1, &s->start_tag, NULL);
+    if (e == GRPC_CALL_OK) {
+        memset(ops, 0, sizeof ops);
+        ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+        ops[0].data.recv_status_on_client.trailing_metadata = &s->trail_md;
+        ops[0].data.recv_status_on_client.status = &s->code;
+        ops[0].data.recv_status_on_client.status_details = &s->details;
+        e = grpc_call_start_batch(s->call, ops, 1, &s->status_tag, NULL);
+    }
+    if (e != GRPC_CALL_OK) {
+        free_md(mds, n_md);
+        grpc_call_unref(s->call);
+        grpc_completion_queue_shutdown(s->cq);
+        grpc_completion_queue_destroy(s->cq);
+        free(s);
+        return NULL;
+    }
+    grpc_completion_queue_pluck(s->cq, &s->start_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    free_md(mds, n_md);
+    s->need_init_md = 1;
+    return s;
+}
+
+int cc_stream_send(cc_stream *s, const ProtobufCMessage *msg) {
+    grpc_byte_buffer *bb = cc_pb_pack(msg);
     grpc_op op;
     memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &bb;
-    if (grpc_call_start_batch(s->call, &op, 1, &s->msg_tag, NULL) != GRPC_CALL_OK) return -1;
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.data.send_message.send_message = bb;
+    grpc_call_error e = grpc_call_start_batch(s->call, &op, 1, &s->start_tag, NULL);
+    grpc_byte_buffer_destroy(bb);
+    if (e != GRPC_CALL_OK) return -1;
+    grpc_event ev = grpc_completion_queue_pluck(s->cq, &s->start_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    return ev.success ? 0 : -1;
+}
+
+int cc_stream_close_send(cc_stream *s) {
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    if (grpc_call_start_batch(s->call, &op, 1, &s->start_tag, NULL) != GRPC_CALL_OK) return -1;
+    grpc_event ev = grpc_completion_queue_pluck(s->cq, &s->start_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    return ev.success ? 0 : -1;
+}
+
+int cc_stream_next(cc_stream *s, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg_out) {
+    grpc_byte_buffer *bb = NULL;
+    grpc_op ops[2];
+    size_t n = 0;
+    memset(ops, 0, sizeof ops);
+    if (s->need_init_md) {
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n++].data.recv_initial_metadata.recv_initial_metadata = &s->init_md;
+        s->need_init_md = 0;
+    }
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n++].data.recv_message.recv_message = &bb;
+    if (grpc_call_start_batch(s->call, ops, n, &s->msg_tag, NULL) != GRPC_CALL_OK) return -1;
     grpc_completion_queue_pluck(s->cq, &s->msg_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     if (!bb) return 0;
     *msg_out = cc_pb_unpack(desc, bb);

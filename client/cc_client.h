@@ -1,5 +1,5 @@
 /* cc_client: a small gRPC C core client for concertctl, the tests and tools.
- * Blocking unary calls, server streams read message by message, and batches of many
+ * Blocking unary calls, server and bidi streams read message by message, and batches of many
  * unary calls in flight at once on one completion queue (no thread per call).
  * One channel per cc_client, reused by every call. Not thread-safe per object. */
 #ifndef CC_CLIENT_H
@@ -93,6 +93,13 @@ grpc_status_code cc_client_unary_raw(cc_client *c, const char *method, const voi
 /** Starts a server-streaming call. NULL if it could not be started. */
 cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMessage *req, const cc_md *md,
                             int n_md, int timeout_ms);
+/** Starts a bidi-streaming call with no message sent yet (cc_stream_send sends them,
+ * cc_stream_close_send half-closes). NULL if it could not be started. */
+cc_stream *cc_client_bidi(cc_client *c, const char *method, const cc_md *md, int n_md, int timeout_ms);
+/** Bidi: sends one message (blocks until gRPC took it). 0, or -1 if the call is over. */
+int cc_stream_send(cc_stream *s, const ProtobufCMessage *msg);
+/** Bidi: tells the server no more messages come. 0 or -1. */
+int cc_stream_close_send(cc_stream *s);
 /** Next message: 1 and *msg_out, 0 at the end of the stream, -1 on error. */
 int cc_stream_next(cc_stream *s, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **msg_out);
 /** Cancels if still open, fills the final status and frees the stream. */

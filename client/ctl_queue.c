@@ -112,7 +112,76 @@ static int run_status(ctl_ctx *ctx) {
 
 /* ---- queue watch ---- */
 
+/* One token's update of WatchQueueStatuses: its status line, or its error. */
+static void human_update(const ProtobufCMessage *m, FILE *out) {
+    const Concert__V1__WatchQueueStatusesResponse *u = (const void *)m;
+    if (u->error_code == 0 && u->status) {
+        human_status(&u->status->base, out);
+        return;
+    }
+    fprintf(out, "token %s %s: %s\n", u->token, cc_status_name((grpc_status_code)u->error_code), u->error_message);
+}
+
+/* Several tokens: one WatchQueueStatuses stream (one request, then half-closed: the
+ * server ends it once every token had its last update). */
+static int run_watch_many(ctl_ctx *ctx, char **tokens, size_t n_tokens) {
+    Concert__V1__WatchQueueStatusesRequest req;
+    concert__v1__watch_queue_statuses_request__init(&req);
+    req.add_tokens = tokens;
+    req.n_add_tokens = n_tokens;
+    int rc;
+    cc_stream *s = ctl_stream(ctx, QS "WatchQueueStatuses", &req.base, &rc);
+    if (!s) return rc;
+    int n, active = 0, expired = 0, worst = 0;
+    ProtobufCMessage *m;
+    while ((n = cc_stream_next(s, &concert__v1__watch_queue_statuses_response__descriptor, &m)) == 1) {
+        const Concert__V1__WatchQueueStatusesResponse *u = (const void *)m;
+        ctl_print(ctx, m, human_update);
+        if (u->error_code) {
+            cc_status st = {.code = (grpc_status_code)u->error_code};
+            snprintf(st.message, sizeof st.message, "token %s: %s", u->token, u->error_message);
+            int e = ctl_fail(&st);
+            if (!worst) worst = e;
+        } else if (u->status && u->status->state == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE) {
+            active++;
+        } else if (u->status && u->status->state == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED) {
+            expired++;
+        }
+        protobuf_c_message_free_unpacked(m, NULL);
+    }
+    if (n < 0) {
+        cc_stream_close(s, NULL);
+        cc_status st = {.code = GRPC_STATUS_INTERNAL};
+        snprintf(st.message, sizeof st.message, "response is not a valid concert.v1.WatchQueueStatusesResponse");
+        return ctl_fail(&st);
+    }
+    if ((rc = ctl_stream_end(s))) return rc;
+    if (worst) return worst;
+    if (expired) {
+        fprintf(stderr, "concertctl: queue watch: %d of the tokens ended EXPIRED\n", expired);
+        return CTL_EXIT_NEGATIVE;
+    }
+    if (active == (int)n_tokens) return CTL_EXIT_OK;
+    cc_status st = {.code = GRPC_STATUS_UNAVAILABLE};
+    snprintf(st.message, sizeof st.message, "the stream ended before every token was ACTIVE or EXPIRED; retry");
+    return ctl_fail(&st);
+}
+
 static int run_watch(ctl_ctx *ctx) {
+    int has_flag = ctx->token && *ctx->token;
+    if (!ctx->token && ctx->n_args == 0)
+        return ctl_usage_error(ctx, "--token is required (or set CONCERT_TOKEN), or give the tokens as arguments");
+    if (ctx->n_args > 0) {
+        size_t n = (size_t)ctx->n_args + (has_flag ? 1 : 0);
+        char **tokens = calloc(n, sizeof *tokens);
+        if (!tokens) abort();
+        size_t k = 0;
+        if (has_flag) tokens[k++] = (char *)ctx->token;
+        for (int i = 0; i < ctx->n_args; i++) tokens[k++] = ctx->args[i];
+        int rc = run_watch_many(ctx, tokens, n);
+        free(tokens);
+        return rc;
+    }
     Concert__V1__WatchQueueStatusRequest req;
     concert__v1__watch_queue_status_request__init(&req);
     req.token = (char *)ctx->token;
@@ -170,13 +239,17 @@ const ctl_cmd ctl_queue_cmds[] = {
      "--token TOKEN",
      "Calls QueueService.GetQueueStatus. Also refreshes a waiting token's idle timer.\n",
      NULL, CTL_NEED_TOKEN, 0, run_status},
-    {"queue watch", "follow a token's status until ACTIVE (exit 0) or EXPIRED (exit 1)",
-     "--token TOKEN",
+    {"queue watch", "follow tokens' status until ACTIVE (exit 0) or EXPIRED (exit 1)",
+     "--token TOKEN | [--token TOKEN] TOKEN...",
      "Calls QueueService.WatchQueueStatus and prints every status the server streams (one\n"
      "line each) until the token is ACTIVE or EXPIRED. Holding the stream refreshes the\n"
      "idle timer. Exits 0 when ACTIVE, 1 when it ended EXPIRED. No deadline unless\n"
-     "--timeout-ms is given (then DEADLINE_EXCEEDED, exit 4, when it runs out).\n",
-     NULL, CTL_NEED_TOKEN, 0, run_watch},
+     "--timeout-ms is given (then DEADLINE_EXCEEDED, exit 4, when it runs out).\n"
+     "With tokens as arguments (and --token, if given) all of them are watched on one\n"
+     "WatchQueueStatuses stream, one line per update; a token the server refuses is\n"
+     "printed with its error and the others go on. Exits 0 when every token is ACTIVE, 1\n"
+     "when one ended EXPIRED, the gRPC code of the first refused token otherwise.\n",
+     NULL, 0, 1000, run_watch},
     {"queue leave", "give up a token's place (waiting) or admission (active)",
      "--token TOKEN",
      "Calls QueueService.LeaveQueue; prints the state the token was in. Idempotent.\n",

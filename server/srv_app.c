@@ -26,6 +26,8 @@ const srv_method srv_methods[] = {
      srv_queue_get_status, NULL},
     {"/concert.v1.QueueService/WatchQueueStatus", SRV_SERVER_STREAM,
      &concert__v1__watch_queue_status_request__descriptor, srv_queue_watch, NULL},
+    {"/concert.v1.QueueService/WatchQueueStatuses", SRV_BIDI_STREAM,
+     &concert__v1__watch_queue_statuses_request__descriptor, srv_queue_watch_many, NULL},
     {"/concert.v1.QueueService/LeaveQueue", SRV_UNARY, &concert__v1__leave_queue_request__descriptor,
      srv_queue_leave, NULL},
     {"/concert.v1.QueueService/GetSaleProof", SRV_UNARY, &concert__v1__get_sale_proof_request__descriptor,

@@ -39,10 +39,12 @@ typedef struct {
     int64_t keepalive_time_ms;    /* --keepalive-time-ms: server PINGs after this much silence (0 = off) */
     int64_t keepalive_timeout_ms; /* --keepalive-timeout-ms: unanswered PING closes the connection */
     int reuse_port;              /* --reuse-port: share the listening port (SO_REUSEPORT) */
+    const char *grpc_args;       /* --grpc-args "KEY=INT,...": gRPC core channel args over the defaults */
     const char *identity_key;    /* --identity-key FILE: verify x-user-assertion (NULL: trust user_id) */
     const char *rate_user;       /* per user (or token) and method: "RATE[:BURST]" or "0" */
     const char *rate_peer;       /* per peer address and method */
     int64_t max_queues_per_user; /* concerts one user may wait in (or be ACTIVE in) at once */
+    int64_t max_tokens_per_stream; /* --max-tokens-per-stream: tokens one WatchQueueStatuses stream watches */
     int64_t seat_cache_ms;       /* how old a seat map served by ListSeats may be */
     const char *tls_cert, *tls_key, *tls_client_ca; /* srv_tls.h; unset = plaintext */
     const char *signing_key;      /* --signing-key FILE: Ed25519 private key (PEM) signing admission
@@ -123,6 +125,7 @@ void srv_health_changed(srv_app *app);
 void srv_queue_issue_token(srv_call *c);
 void srv_queue_get_status(srv_call *c);
 void srv_queue_watch(srv_call *c);
+void srv_queue_watch_many(srv_call *c);
 void srv_queue_leave(srv_call *c);
 void srv_queue_sale_proof(srv_call *c);
 void srv_receipt_keys(srv_call *c);
@@ -228,8 +231,12 @@ void srv_guard_shutdown(srv_app *app);
 void srv_guard_free(srv_app *app);
 
 /** Calls `fn` for every concert this server knows (queues and catalogue). */
-/** WatchQueueStatus streams open in this process (the concert_watch_streams gauge). */
+/** WatchQueueStatus and WatchQueueStatuses streams open in this process (the
+ * concert_watch_streams gauge). */
 size_t srv_queue_watch_streams(void);
+/** Tokens watched in this process over both methods (the concert_watched_tokens gauge):
+ * one per WatchQueueStatus stream, one per token of a WatchQueueStatuses stream. */
+size_t srv_queue_watched_tokens(void);
 void srv_concerts_foreach(srv_app *app, void (*fn)(srv_app *app, const char *concert, void *arg), void *arg);
 /** A concert with live users (a join, a live token): this server ticks it and writes it
  * into cc:queues so that every server does, until a tick finds it empty. Never for an

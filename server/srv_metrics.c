@@ -52,7 +52,7 @@ static struct {
     cc_metric *q_waiting, *q_active, *q_admitted, *q_rate;
     cc_series *calls_active, *redis_up, *redis_cmds, *redis_errors, *redis_timeouts, *redis_reconnects;
     cc_metric *redis_used, *redis_max;
-    cc_series *kafka_up, *kafka_pending, *concerts, *watch_streams;
+    cc_series *kafka_up, *kafka_pending, *concerts, *watch_streams, *watched_tokens;
     cc_metric *payments;
     cc_series *redir_moved, *redir_ask, *redir_retry, *noscript;
     uv_timer_t info_timer;
@@ -190,6 +190,7 @@ static void collect(cc_metrics *reg, void *payload) {
     srv_concerts_foreach(app, count_concert, &n);
     cc_series_set(M.concerts, n);
     cc_series_set(M.watch_streams, (double)srv_queue_watch_streams());
+    cc_series_set(M.watched_tokens, (double)srv_queue_watched_tokens());
 }
 
 static cc_series *single(cc_metric *f) { return cc_metric_with(f, NULL); }
@@ -252,7 +253,8 @@ int srv_metrics_start(srv_app *app, const char *hostport) {
         cc_series_set(M.kafka_up, 1);
         M.kafka_pending = single(cc_metrics_gauge(r, "concert_kafka_pending_messages", "Payment requests queued in the producer and not yet acknowledged.", 0, NULL));
     }
-    M.watch_streams = single(cc_metrics_gauge(r, "concert_watch_streams", "WatchQueueStatus streams held open (dead clients' are dropped by --keepalive-time-ms).", 0, NULL));
+    M.watch_streams = single(cc_metrics_gauge(r, "concert_watch_streams", "WatchQueueStatus and WatchQueueStatuses streams held open (dead clients' are dropped by --keepalive-time-ms).", 0, NULL));
+    M.watched_tokens = single(cc_metrics_gauge(r, "concert_watched_tokens", "Tokens watched: one per WatchQueueStatus stream, one per token of a WatchQueueStatuses stream.", 0, NULL));
     M.concerts = single(cc_metrics_gauge(r, "concert_concerts_known", "Concerts this server ticks (admission, watchers, hold sweep).", 0, NULL));
     cc_metrics_on_collect(r, collect, app);
 

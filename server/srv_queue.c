@@ -1,4 +1,4 @@
-/* srv_queue: QueueService (IssueToken, GetQueueStatus, WatchQueueStatus, LeaveQueue)
+/* srv_queue: QueueService (IssueToken, GetQueueStatus, WatchQueueStatus, WatchQueueStatuses, LeaveQueue)
  * plus the per-concert registry that drives admission ticks and watcher refreshes.
  *
  * Redis layout (docs/DATA.md "Queue"; server/lua/queue_lib.lua), one hash tag per
@@ -38,6 +38,7 @@
 #include "cc_asan.h"
 #include "cc_log.h"
 #include "cc_receipt.h"
+#include "cc_smap.h"
 #include "concert/v1/queue.pb-c.h"
 #include "srv_adapt.h"
 #include "srv_app.h"
@@ -69,9 +70,15 @@ struct srv_queue_state {
     size_t n_free_fast;
 };
 
+typedef struct wstream wstream;
+
+/* One watched token: a WatchQueueStatus call, or one token of a WatchQueueStatuses
+ * stream (then `stream` is set and `call` is the stream's call). */
 struct srv_watcher {
     srv_call *call;
-    srv_concert *concert; /* NULL until the first status proved the token */
+    wstream *stream;            /* NULL: the watcher is its own call */
+    srv_watcher *sprev, *snext; /* the stream's tokens */
+    srv_concert *concert;       /* NULL until the first status proved the token */
     char token[SRV_TOKEN_MAX + 1];
     char n[24];             /* the token's join number */
     unsigned char id[16];   /* and its id */
@@ -954,27 +961,79 @@ __attribute__((noinline)) static void watcher_unref(srv_watcher *w) {
     if (--w->refs == 0) free(w);
 }
 
-/* WatchQueueStatus streams this process holds open (created and not yet ended): the
- * concert_watch_streams gauge. Loop thread only. */
-static size_t watch_streams;
+/* Watch streams this process holds open (WatchQueueStatus calls and WatchQueueStatuses
+ * streams, created and not yet ended) and the tokens they watch: the
+ * concert_watch_streams and concert_watched_tokens gauges. Loop thread only. */
+static size_t watch_streams, watched_tokens;
 
 size_t srv_queue_watch_streams(void) { return watch_streams; }
+size_t srv_queue_watched_tokens(void) { return watched_tokens; }
 
-/* Ends a watcher's call (status `code`) and takes it off its concert's list. */
+/* A WatchQueueStatuses stream: its tokens (a list, and a map by token for adds and
+ * removes). Freed by stream_end, which ends the call. */
+struct wstream {
+    srv_call *call;
+    cc_smap *by_token;
+    srv_watcher *tokens;
+    size_t n;
+    int half_closed; /* the client sent its last request */
+    int ending;      /* stream_end runs: its watchers' ends must not end it again */
+};
+
+/* watcher_end's code for a token of a stream that goes without a word (removed by the
+ * client, or its stream is over). */
+#define END_QUIET ((grpc_status_code)-1)
+
+static void stream_end(wstream *s, grpc_status_code code, const char *msg);
+static void stream_send_error(wstream *s, const char *token, grpc_status_code code, const char *msg);
+
+/* Ends a watcher: a WatchQueueStatus call ends with status `code`; a token of a
+ * WatchQueueStatuses stream leaves the stream (with an update carrying `code` unless OK
+ * or END_QUIET), and the stream ends OK if it was half-closed and this was its last
+ * token. Either way the watcher is taken off its concert's list. */
 static void watcher_end(srv_watcher *w, grpc_status_code code, const char *msg) {
     if (w->dead) return;
     w->dead = 1;
-    watch_streams--;
+    watched_tokens--;
     srv_concert *c = w->concert;
     if (c) {
         if (w->prev) w->prev->next = w->next; else c->watchers = w->next;
         if (w->next) w->next->prev = w->prev;
         c->n_watchers--;
     }
-    srv_call_set_data(w->call, NULL);
-    srv_call_finish(w->call, code, "%s", msg);
+    wstream *s = w->stream;
+    if (s) {
+        if (w->sprev) w->sprev->snext = w->snext; else s->tokens = w->snext;
+        if (w->snext) w->snext->sprev = w->sprev;
+        if (cc_smap_get(s->by_token, w->token) == w) cc_smap_del(s->by_token, w->token);
+        s->n--;
+        if (code != GRPC_STATUS_OK && code != END_QUIET && code != GRPC_STATUS_CANCELLED)
+            stream_send_error(s, w->token, code, msg);
+        if (s->half_closed && s->n == 0 && !s->ending) stream_end(s, GRPC_STATUS_OK, "");
+    } else {
+        watch_streams--;
+        srv_call_set_data(w->call, NULL);
+        srv_call_finish(w->call, code == END_QUIET ? GRPC_STATUS_CANCELLED : code, "%s", msg);
+    }
     watcher_unref(w);
 }
+
+/* Sends a watcher's status: as it is on its own call, wrapped in an update on a stream. */
+static void watcher_send(srv_watcher *w, Concert__V1__QueueStatus *st) {
+    if (!w->stream) {
+        srv_call_send(w->call, &st->base);
+        return;
+    }
+    Concert__V1__WatchQueueStatusesResponse u;
+    concert__v1__watch_queue_statuses_response__init(&u);
+    u.token = w->token;
+    u.status = st;
+    srv_call_send(w->call, &u.base);
+}
+
+/* How many messages may wait unsent before a WAITING step is skipped (a slow reader):
+ * one for a call of its own, one refresh's worth for a stream. */
+static int watcher_backlog(const srv_watcher *w) { return w->stream ? (int)w->stream->n : 1; }
 
 /* What a refresh found for one token. */
 typedef struct {
@@ -995,7 +1054,7 @@ static void watcher_update(srv_watcher *w, const watch_seen *v) {
     }
     int64_t pos = v->state == 1 ? v->value : 0;
     if (v->state == w->last_state && pos == w->last_pos) return;
-    if (v->state == 1 && srv_call_pending_writes(w->call) > 1) return; /* slow reader: skip a step */
+    if (v->state == 1 && srv_call_pending_writes(w->call) > watcher_backlog(w)) return; /* slow reader: skip a step */
     srv_app *app = srv_call_app(w->call);
     const char *concert = w->concert ? w->concert->id : "";
     Concert__V1__QueueStatus st;
@@ -1004,7 +1063,7 @@ static void watcher_update(srv_watcher *w, const watch_seen *v) {
     if (v->state == 1) status_waiting(&st, pos, estimate_wait(pos, v->waiting, v->rate, v->method, v->phase));
     else if (v->state == 2) status_active(app, &st, concert, w->id, v->user, v->since, v->value, receipt);
     else status_expired(&st);
-    srv_call_send(w->call, &st.base);
+    watcher_send(w, &st);
     w->last_state = v->state;
     w->last_pos = pos;
     if (v->state != 1) watcher_end(w, GRPC_STATUS_OK, "");
@@ -1128,7 +1187,7 @@ static void on_watch_first(redisReply *r, const char *err, void *p) {
             status_active(app, &st, concert, w->id, srv_str_at(r, 5), srv_int_at(r, 3), srv_int_at(r, 2), receipt);
         else
             status_expired(&st);
-        srv_call_send(w->call, &st.base);
+        watcher_send(w, &st);
         watcher_end(w, GRPC_STATUS_OK, "");
     }
     watcher_unref(w);
@@ -1143,6 +1202,9 @@ void srv_queue_watch(srv_call *call) {
         srv_call_finish(call, GRPC_STATUS_UNAVAILABLE, "server shutting down");
         return;
     }
+    /* Held for minutes and nothing reads its headers again (its status details take the
+     * concert from the token): 480 of the ~12,500 bytes a held stream costs. */
+    srv_call_drop_metadata(call);
     srv_watcher *w = calloc(1, sizeof *w);
     if (!w) abort();
     w->call = call;
@@ -1151,12 +1213,185 @@ void srv_queue_watch(srv_call *call) {
     memcpy(w->id, q.id, 16);
     w->refs = 2; /* the call's and the first status query's */
     watch_streams++;
+    watched_tokens++;
     srv_call_set_data(call, w);
     srv_call_on_cancel(call, on_watch_cancel);
     if (send_status_script(app, &q, on_watch_first, w) < 0) {
         w->refs--;
         watcher_end(w, GRPC_STATUS_UNAVAILABLE, "redis unavailable");
     }
+}
+
+/* ---- WatchQueueStatuses ----
+ * One bidi stream, many tokens: each token is an srv_watcher like a WatchQueueStatus
+ * call's (the same first status, concert list, refresh batches, updates and end), only
+ * its messages are wrapped in WatchQueueStatusesResponse on the shared call and its
+ * errors are that token's update instead of the call's status (watcher_end). Requests
+ * are read one at a time: the next receive is armed once a request's tokens are sent
+ * to Redis, so a client that floods requests is paced by its own stream. */
+
+static void stream_send_error(wstream *s, const char *token, grpc_status_code code, const char *msg) {
+    Concert__V1__WatchQueueStatusesResponse u;
+    concert__v1__watch_queue_statuses_response__init(&u);
+    u.token = (char *)token;
+    u.error_code = (int32_t)code;
+    u.error_message = (char *)msg;
+    srv_call_send(s->call, &u.base);
+}
+
+/* Ends every token of the stream without a word, then the call with `code`. */
+static void stream_end(wstream *s, grpc_status_code code, const char *msg) {
+    if (s->ending) return;
+    s->ending = 1;
+    while (s->tokens) watcher_end(s->tokens, END_QUIET, "");
+    watch_streams--;
+    srv_call_set_data(s->call, NULL);
+    srv_call_finish(s->call, code, "%s", msg);
+    cc_smap_free(s->by_token);
+    free(s);
+}
+
+static void on_stream_cancel(srv_call *call) {
+    wstream *s = srv_call_data(call);
+    if (s) stream_end(s, GRPC_STATUS_CANCELLED, "cancelled");
+    else srv_call_finish(call, GRPC_STATUS_CANCELLED, "cancelled");
+}
+
+/* The shape of a request, before anything is changed: every token 1..256 bytes, at
+ * most the stream's limit in one list. 0, or -1 with the stream ended. */
+static int stream_check(wstream *s, const Concert__V1__WatchQueueStatusesRequest *req, size_t max) {
+    const struct {
+        const char *field;
+        char **v;
+        size_t n;
+    } lists[] = {{"remove_tokens", req->remove_tokens, req->n_remove_tokens},
+                 {"add_tokens", req->add_tokens, req->n_add_tokens}};
+    char msg[160];
+    for (size_t l = 0; l < 2; l++) {
+        if (lists[l].n > max) {
+            snprintf(msg, sizeof msg, "%s: %zu tokens in one request, at most %zu (--max-tokens-per-stream)",
+                     lists[l].field, lists[l].n, max);
+            stream_end(s, GRPC_STATUS_INVALID_ARGUMENT, msg);
+            return -1;
+        }
+        for (size_t i = 0; i < lists[l].n; i++) {
+            size_t len = strlen(lists[l].v[i]);
+            if (len == 0 || len > 256) {
+                snprintf(msg, sizeof msg, "%s[%zu]: %s", lists[l].field, i,
+                         len ? "longer than 256 bytes" : "required");
+                stream_end(s, GRPC_STATUS_INVALID_ARGUMENT, msg);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Starts watching one token on the stream (a token already watched: nothing). */
+static void stream_add(wstream *s, srv_app *app, const char *token, size_t max) {
+    if (cc_smap_get(s->by_token, token)) return;
+    if (s->n >= max) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "add_tokens: this stream already watches %zu tokens (--max-tokens-per-stream)", s->n);
+        stream_send_error(s, token, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
+    size_t len = strlen(token);
+    srv_token_parts p;
+    if (srv_token_split(token, len, &p) < 0) {
+        stream_send_error(s, token, GRPC_STATUS_UNAUTHENTICATED, "token: unknown token");
+        return;
+    }
+    qctx q = {.call = s->call, .app = app};
+    memcpy(q.token, token, len + 1);
+    parts_into(&q, &p);
+    srv_watcher *w = calloc(1, sizeof *w);
+    if (!w) abort();
+    w->call = s->call;
+    w->stream = s;
+    memcpy(w->token, q.token, sizeof w->token);
+    memcpy(w->n, q.n, sizeof w->n);
+    memcpy(w->id, q.id, 16);
+    w->refs = 2; /* the stream's and the first status query's */
+    w->snext = s->tokens;
+    if (s->tokens) s->tokens->sprev = w;
+    s->tokens = w;
+    s->n++;
+    watched_tokens++;
+    cc_smap_put(s->by_token, w->token, w);
+    if (send_status_script(app, &q, on_watch_first, w) < 0) {
+        w->refs--;
+        watcher_end(w, GRPC_STATUS_UNAVAILABLE, "token: redis unavailable");
+    }
+}
+
+static void on_stream_request(srv_call *call, grpc_byte_buffer *bb);
+
+#define STREAM_UNSENT_MAX 64 /* updates a stream may have unsent before its requests wait */
+
+static void resume_requests(srv_call *call) { srv_call_recv(call, on_stream_request); }
+
+static void on_stream_request(srv_call *call, grpc_byte_buffer *bb) {
+    wstream *s = srv_call_data(call);
+    if (!s) return;
+    if (!bb) {
+        /* The client is done asking (or the stream broke: the cancel follows). */
+        s->half_closed = 1;
+        if (s->n == 0) stream_end(s, GRPC_STATUS_OK, "");
+        return;
+    }
+    srv_app *app = srv_call_app(call);
+    size_t max = app->cfg.max_tokens_per_stream > 0 ? (size_t)app->cfg.max_tokens_per_stream : 1000;
+    ProtobufCMessage *msg = NULL;
+    char err[300];
+    if (srv_call_decode(call, &concert__v1__watch_queue_statuses_request__descriptor, bb, &msg, err, sizeof err) < 0) {
+        stream_end(s, GRPC_STATUS_INVALID_ARGUMENT, err);
+        return;
+    }
+    const Concert__V1__WatchQueueStatusesRequest *req = (const void *)msg;
+    if (stream_check(s, req, max) < 0) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        return;
+    }
+    for (size_t i = 0; i < req->n_remove_tokens; i++) {
+        srv_watcher *w = cc_smap_get(s->by_token, req->remove_tokens[i]);
+        if (w) watcher_end(w, END_QUIET, "");
+    }
+    if (app->shutting_down) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+        stream_end(s, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+        return;
+    }
+    for (size_t i = 0; i < req->n_add_tokens; i++) stream_add(s, app, req->add_tokens[i], max);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    /* Backpressure: WAITING steps are skipped for a slow reader, but refusals and last
+     * updates are not. While more than STREAM_UNSENT_MAX updates are unsent, the next
+     * request is not read: a client that asks without reading is held back by HTTP/2
+     * flow control once gRPC's windows are full, and this stream's queue stays within
+     * one request's updates. */
+    int unsent = srv_call_pending_writes(call);
+    if (unsent > STREAM_UNSENT_MAX) {
+        CC_DEBUG("watch_stream_paused", "unsent=%d tokens=%zu", unsent, s->n);
+        srv_call_on_drain(call, STREAM_UNSENT_MAX / 4, resume_requests);
+    } else {
+        srv_call_recv(call, on_stream_request);
+    }
+}
+
+void srv_queue_watch_many(srv_call *call) {
+    srv_app *app = srv_call_app(call);
+    if (app->shutting_down) {
+        srv_call_finish(call, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+        return;
+    }
+    wstream *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->call = call;
+    s->by_token = cc_smap_new();
+    watch_streams++;
+    srv_call_set_data(call, s);
+    srv_call_on_cancel(call, on_stream_cancel);
+    srv_call_recv(call, on_stream_request);
 }
 
 /* ---- ticks ---- */
@@ -1323,6 +1558,10 @@ void srv_queue_shutdown(srv_app *app) {
     srv_adapt_shutdown(app);
     srv_receipts_shutdown(app);
     FOR_EACH_CONCERT(app, c) {
-        while (c->watchers) watcher_end(c->watchers, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+        while (c->watchers) {
+            srv_watcher *w = c->watchers;
+            if (w->stream) stream_end(w->stream, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+            else watcher_end(w, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+        }
     }
 }

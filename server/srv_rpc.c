@@ -108,12 +108,16 @@ struct srv_call {
     char *details;
     void (*on_cancel)(srv_call *c);
     void (*on_recv)(srv_call *c, grpc_byte_buffer *bb);
+    void (*on_drain)(srv_call *c); /* once pending writes fall to drain_at */
+    int drain_at;
     grpc_byte_buffer *recv_bb;
     void *data;
     int in_list;
     srv_call *prev, *next; /* all live calls, for shutdown */
     int sent_initial_md;
-    grpc_metadata trailers[MAX_TRAILERS + 1]; /* sent with the status (+ the details); slices owned by the call */
+    grpc_metadata *trailers; /* MAX_TRAILERS + 1 of them, allocated by the first trailer (a held
+                                stream has none: 520 bytes less per WatchQueueStatus); sent with
+                                the status (+ the details); slices owned by the call */
     size_t n_trailers;
     uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
     srv_call *next_free; /* in srv_rpc.free_calls once finished */
@@ -285,6 +289,7 @@ static void call_unref(srv_call *c) {
         grpc_slice_unref(c->trailers[i].key);
         grpc_slice_unref(c->trailers[i].value);
     }
+    free(c->trailers);
     free(c->details);
     grpc_call_unref(c->call);
     if (s->n_free_calls < FREE_CALLS_MAX) {
@@ -309,6 +314,7 @@ static void start_batch(srv_call *c, grpc_op *ops, size_t n, srv_tag *tag) {
 }
 
 static void send_status(srv_call *c);
+static void alloc_trailers(srv_call *c);
 
 static void on_final(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_final));
@@ -338,6 +344,11 @@ static void on_write(srv_tag *t, int ok) {
         fire_cancel(c);
     }
     write_next(c);
+    if (c->on_drain && !c->handler_done && c->n_queued + c->write_busy <= c->drain_at) {
+        void (*cb)(srv_call *) = c->on_drain;
+        c->on_drain = NULL;
+        cb(c);
+    }
     call_unref(c);
 }
 
@@ -399,6 +410,7 @@ static void send_status(srv_call *c) {
     if (c->code != GRPC_STATUS_OK && c->s->cfg.status_details && c->n_trailers <= MAX_TRAILERS) {
         grpc_slice d = c->s->cfg.status_details(c, c->code, c->details ? c->details : "");
         if (GRPC_SLICE_LENGTH(d)) {
+            alloc_trailers(c);
             grpc_metadata *m = &c->trailers[c->n_trailers++];
             memset(m, 0, sizeof *m);
             m->key = grpc_slice_from_static_string("grpc-status-details-bin");
@@ -438,6 +450,12 @@ static void arena_free(void *data, void *p) {
     srv_call *c = data;
     if ((unsigned char *)p >= c->arena && (unsigned char *)p < c->arena + CALL_ARENA) return;
     free(p);
+}
+
+static void alloc_trailers(srv_call *c) {
+    if (c->trailers) return;
+    c->trailers = calloc(MAX_TRAILERS + 1, sizeof *c->trailers);
+    if (!c->trailers) abort();
 }
 
 static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_timespec deadline,
@@ -814,6 +832,60 @@ static void listen_reason(const char *addr, char *out, size_t len) {
     close(fd);
 }
 
+/* ---- --grpc-args: integer channel args over the server's own ---- */
+
+#define MAX_GRPC_ARGS 16
+
+typedef struct {
+    char buf[1024]; /* the keys point in here */
+    const char *key[MAX_GRPC_ARGS];
+    int val[MAX_GRPC_ARGS];
+    int n;
+} grpc_args_spec;
+
+/* "KEY=INT,KEY=INT": keys are gRPC core's names ("grpc.http2.bdp_probe"), values ints. */
+static int parse_grpc_args(const char *spec, grpc_args_spec *out, char *err, size_t errlen) {
+    out->n = 0;
+    if (!spec || !*spec) return 0;
+    if (strlen(spec) >= sizeof out->buf) {
+        snprintf(err, errlen, "--grpc-args: longer than %zu characters", sizeof out->buf - 1);
+        return -1;
+    }
+    strcpy(out->buf, spec);
+    for (char *save = NULL, *item = strtok_r(out->buf, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        if (!eq || eq == item) {
+            snprintf(err, errlen, "--grpc-args: '%s' is not KEY=INTEGER", item);
+            return -1;
+        }
+        *eq = '\0';
+        if (strncmp(item, "grpc.", 5) != 0 || strspn(item, "abcdefghijklmnopqrstuvwxyz0123456789._") != strlen(item)) {
+            snprintf(err, errlen, "--grpc-args: '%s' is not a gRPC core channel arg name (grpc.<lowercase>)", item);
+            return -1;
+        }
+        errno = 0;
+        char *end = NULL;
+        long v = strtol(eq + 1, &end, 10);
+        if (errno || end == eq + 1 || *end || v < -2147483647L - 1 || v > 2147483647L) {
+            snprintf(err, errlen, "--grpc-args: value of %s must be a 32-bit integer, got '%s'", item, eq + 1);
+            return -1;
+        }
+        if (out->n == MAX_GRPC_ARGS) {
+            snprintf(err, errlen, "--grpc-args: more than %d args", MAX_GRPC_ARGS);
+            return -1;
+        }
+        out->key[out->n] = item;
+        out->val[out->n] = (int)v;
+        out->n++;
+    }
+    return 0;
+}
+
+int srv_rpc_check_grpc_args(const char *spec, char *err, size_t errlen) {
+    grpc_args_spec g;
+    return parse_grpc_args(spec, &g, err, errlen);
+}
+
 /* Frees a server that never started (no thread, no loop handles). */
 static void free_unstarted(srv_rpc *s, void **regs) {
     if (s->server) grpc_server_destroy(s->server);
@@ -851,7 +923,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
      * header block passes GRPC_ARG_MAX_METADATA_SIZE (default 8 KiB). So the transport
      * gets a generous hard limit and on_slot enforces max_metadata_bytes per call: a
      * call with bigger headers fails alone, its neighbours on the connection live on. */
-    grpc_arg args[10];
+    grpc_arg args[16 + MAX_GRPC_ARGS];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = s->cfg.max_message_bytes;
@@ -888,6 +960,23 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
             args[n].value.integer = ka[i].v;
             n++;
         }
+    }
+    /* --grpc-args last: a key the server sets already gets the given value instead. */
+    grpc_args_spec extra;
+    char aerr[200];
+    if (parse_grpc_args(s->cfg.grpc_args, &extra, aerr, sizeof aerr) < 0) {
+        CC_ERROR("grpc_args_invalid", "reason=\"%s\"", aerr); /* srv_rpc_check_grpc_args first */
+        if (cfg->creds) grpc_server_credentials_release(cfg->creds);
+        free_unstarted(s, NULL);
+        return -1;
+    }
+    for (int i = 0; i < extra.n; i++) {
+        int j = 0;
+        while (j < n && strcmp(args[j].key, extra.key[i]) != 0) j++;
+        if (j == n) n++;
+        args[j].type = GRPC_ARG_INTEGER;
+        args[j].key = (char *)extra.key[i];
+        args[j].value.integer = extra.val[i];
     }
     grpc_channel_args ca = {(size_t)n, args};
     s->server = grpc_server_create(&ca, NULL);
@@ -1025,6 +1114,16 @@ int srv_call_is_cancelled(const srv_call *c) { return c->cancelled; }
 int srv_call_pending_writes(const srv_call *c) { return c->n_queued + c->write_busy; }
 void srv_call_on_cancel(srv_call *c, void (*cb)(srv_call *c)) { c->on_cancel = cb; }
 
+void srv_call_on_drain(srv_call *c, int at, void (*cb)(srv_call *c)) {
+    c->drain_at = at;
+    c->on_drain = cb;
+}
+
+void srv_call_drop_metadata(srv_call *c) {
+    grpc_metadata_array_destroy(&c->md);
+    grpc_metadata_array_init(&c->md);
+}
+
 const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len) {
     size_t kl = strlen(key);
     for (size_t i = 0; i < c->md.count; i++) {
@@ -1057,6 +1156,7 @@ void srv_call_peer_addr(const srv_call *c, char *out, size_t len) {
 
 void srv_call_add_trailer(srv_call *c, const char *key, const char *value) {
     if (c->n_trailers >= MAX_TRAILERS) return;
+    alloc_trailers(c);
     grpc_metadata *m = &c->trailers[c->n_trailers++];
     memset(m, 0, sizeof *m);
     m->key = grpc_slice_from_copied_string(key);
@@ -1189,6 +1289,11 @@ void srv_call_recv(srv_call *c, void (*cb)(srv_call *c, grpc_byte_buffer *bb)) {
     c->on_recv = cb;
     c->t_recv.fn = on_recv;
     start_batch(c, ops, n, &c->t_recv);
+}
+
+int srv_call_decode(srv_call *c, const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
+                    ProtobufCMessage **out, char *err, size_t errlen) {
+    return srv_rpc_decode(c->s, desc, bb, NULL, out, err, errlen); /* malloc: the caller frees it */
 }
 
 void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out) {

@@ -12,6 +12,11 @@
  * batch is in flight. Unknown methods
  * get UNIMPLEMENTED. Server streams keep one SEND_MESSAGE in flight with a queue
  * behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice cancellation.
+ * Bidi streams (client streaming) get no first message: the handler arms one
+ * RECV_MESSAGE at a time with srv_call_recv, on the loop, and its callback (after the
+ * CQ thread handed the completion over like any other) decodes the message with
+ * srv_call_decode and arms the next receive, or waits for srv_call_on_drain first
+ * when its client is not reading the answers.
  *
  * Threads: the CQ thread owns only the answers of methods with a `cq_handler` (it
  * decodes, answers, re-arms the slot and frees the call itself, and leaves a record of
@@ -21,7 +26,7 @@
  *
  * Requests are decoded through the configured `decode` function (the server checks
  * every string on the wire before unpacking); a request that does not decode is
- * answered INVALID_ARGUMENT before any handler runs. Must not: block the loop, or
+ * answered INVALID_ARGUMENT before any handler runs (bidi: the handler answers it). Must not: block the loop, or
  * know anything about the services behind the methods. */
 #ifndef SRV_RPC_H
 #define SRV_RPC_H
@@ -48,7 +53,7 @@ typedef grpc_byte_buffer *(*srv_cq_handler)(const ProtobufCMessage *req, void *a
 typedef struct {
     const char *path;                         /* "/pkg.Service/Method" */
     srv_kind kind;
-    const ProtobufCMessageDescriptor *request; /* unary and server stream */
+    const ProtobufCMessageDescriptor *request; /* unary and server stream (decoded by srv_rpc); bidi: for tools, NULL allowed */
     srv_handler handler;
     srv_cq_handler cq_handler;                /* NULL: every call goes to `handler` */
 } srv_method;
@@ -71,6 +76,9 @@ typedef struct {
                                  (0 = default 60000; < 0 = no keepalive pings) */
     int keepalive_timeout_ms; /* a PING unanswered this long closes the connection and
                                  cancels its calls (0 = default 20000) */
+    const char *grpc_args;    /* "KEY=INT,KEY=INT": integer gRPC core channel args set after (and
+                                 so over) the server's own; NULL or "" = none. Checked with
+                                 srv_rpc_check_grpc_args before srv_rpc_start. */
     srv_decode_fn decode;    /* NULL: protobuf-c unpacking alone */
     /* Called on the loop when the server can no longer accept calls of some method
      * (re-arming a request failed): the process should stop with an error. */
@@ -88,6 +96,10 @@ typedef struct {
      * are `code` and `message`), a new slice srv_rpc takes; an empty slice for none. */
     grpc_slice (*status_details)(srv_call *c, grpc_status_code code, const char *message);
 } srv_rpc_config;
+
+/** Checks a --grpc-args value ("KEY=INT,KEY=INT", keys "grpc.<lowercase>", at most 16):
+ * 0, or -1 and a reason naming --grpc-args in err[errlen]. */
+int srv_rpc_check_grpc_args(const char *spec, char *err, size_t errlen);
 
 /** Creates, binds and starts the server. `methods` must outlive it; `app` is handed
  * to handlers through srv_call_app(). Returns 0 and the bound port, or -1 after
@@ -109,6 +121,10 @@ const srv_method *srv_call_method(const srv_call *c);
 const ProtobufCMessage *srv_call_request(const srv_call *c);
 /** A request metadata value by lower-case key, or NULL. Not NUL-terminated: *len. */
 const char *srv_call_metadata(const srv_call *c, const char *key, size_t *len);
+/** Frees the call's copy of its request metadata (gRPC core's array, ~480 bytes): a
+ * long-held call calls it once it has read what it needs; srv_call_metadata answers
+ * NULL afterwards. */
+void srv_call_drop_metadata(srv_call *c);
 /** The call's deadline in loop milliseconds (uv_now scale); UINT64_MAX for none. */
 uint64_t srv_call_deadline_ms(const srv_call *c);
 /** Handler-owned state. */
@@ -141,6 +157,10 @@ int srv_call_send(srv_call *c, const ProtobufCMessage *msg);
 int srv_call_send_raw(srv_call *c, grpc_byte_buffer *bb_taken);
 /** Messages queued or in flight. */
 int srv_call_pending_writes(const srv_call *c);
+/** Streams: `cb` runs once, from a write's completion, when the messages queued or in
+ * flight have fallen to `at` or fewer (not after the call ended). For backpressure: a
+ * handler that stops receiving while its client reads slowly resumes from `cb`. */
+void srv_call_on_drain(srv_call *c, int at, void (*cb)(srv_call *c));
 /** Streams: `cb` runs once if the client cancels or the server shuts down; the handler
  * then must call srv_call_finish (its status is not delivered). */
 void srv_call_on_cancel(srv_call *c, void (*cb)(srv_call *c));
@@ -149,6 +169,12 @@ int srv_call_is_cancelled(const srv_call *c);
 /** Bidi streams: receives the next message; `cb` gets NULL at the end of the client's
  * stream (or on error). The buffer is owned by the call and valid during `cb`. */
 void srv_call_recv(srv_call *c, void (*cb)(srv_call *c, grpc_byte_buffer *bb));
+/** Bidi streams: decodes a message `cb` got as `desc` with the server's configured
+ * decoder (every string checked on the wire first, as for the first request of other
+ * calls). 0 and *out (the caller frees it with protobuf_c_message_free_unpacked), or -1
+ * with the reason in err. */
+int srv_call_decode(srv_call *c, const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
+                    ProtobufCMessage **out, char *err, size_t errlen);
 
 /** Counters for stats. */
 typedef struct {

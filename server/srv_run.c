@@ -103,6 +103,10 @@ int srv_run(const srv_config *cfg) {
         fprintf(stderr, "concert-server: %s\n", err);
         srv_stop(app, SRV_EXIT_USAGE, err);
     }
+    if (!app->shutting_down && srv_rpc_check_grpc_args(cfg->grpc_args, err, sizeof err) < 0) {
+        fprintf(stderr, "concert-server: %s\n", err);
+        srv_stop(app, SRV_EXIT_USAGE, err);
+    }
     if (!app->shutting_down && srv_receipts_init(app, err, sizeof err) < 0) {
         fprintf(stderr, "concert-server: %s\n", err);
         srv_stop(app, SRV_EXIT_USAGE, err);
@@ -142,6 +146,7 @@ int srv_run(const srv_config *cfg) {
                              .requests_per_method = (int)cfg->requests_per_method,
                              .creds = creds, /* taken by srv_rpc_start, also when it fails */
                              .reuse_port = cfg->reuse_port,
+                             .grpc_args = cfg->grpc_args,
                              .keepalive_time_ms = cfg->keepalive_time_ms > 0 ? (int)cfg->keepalive_time_ms : -1,
                              .keepalive_timeout_ms = (int)cfg->keepalive_timeout_ms,
                              .decode = srv_decode_request,

@@ -211,7 +211,8 @@ static const struct {
     {"user_id", SRV_MAX_USER},  {"concert_id", SRV_MAX_ID},  {"schedule_id", SRV_MAX_ID},
     {"token", 256},             {"reservation_id", 256},     {"payment_id", 256},
     {"idempotency_key", 128},   {"name", 200},               {"update_fields", 64},
-    {"service", 256},           {"host", 256},
+    {"service", 256},           {"host", 256},               {"add_tokens", 256},
+    {"remove_tokens", 256},
 };
 
 size_t srv_valid_field_max(const char *name) {

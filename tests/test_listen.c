@@ -1,12 +1,15 @@
 /* Start-up and exit status (issue 9, item 1 and the exit code of item 10): a second
  * server on a busy port fails loudly with a non-zero exit instead of silently sharing
  * it (gRPC core sets SO_REUSEPORT by default); sharing takes --reuse-port on both; the
- * exit status says what happened (0 clean stop, 2 bad configuration, 3 cannot listen). */
+ * exit status says what happened (0 clean stop, 2 bad configuration, 3 cannot listen).
+ * --grpc-args (issue 13) reaches gRPC core over the server's own args, and a malformed
+ * value is a usage error naming the flag. */
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "concert/v1/queue.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "th.h"
 
@@ -79,4 +82,49 @@ Test(listen, exit_status_means_something, .init = start, .fini = stop, .timeout 
     th_server_start(&a, redis.url, NULL);
     kill(a.pid, SIGINT);
     cr_expect_eq(th_server_wait_exit(&a, 10000), 0, "SIGINT (log %s)", a.log);
+}
+
+/* IssueToken with a user_id of `n` bytes; the status code. */
+static grpc_status_code issue(const char *addr, size_t n, cc_status *st) {
+    char user[256];
+    memset(user, 'u', n);
+    user[n] = '\0';
+    cc_client *c = cc_client_open(addr);
+    Concert__V1__IssueTokenRequest req = CONCERT__V1__ISSUE_TOKEN_REQUEST__INIT;
+    req.user_id = user;
+    req.concert_id = (char *)"no-such-concert";
+    grpc_status_code code =
+        cc_client_unary(c, "/concert.v1.QueueService/IssueToken", &req.base, NULL, NULL, NULL, 0, 5000, st);
+    cc_client_close(c);
+    return code;
+}
+
+Test(listen, grpc_args_override_the_servers_channel_args, .init = start, .fini = stop, .timeout = 60) {
+    /* The server sets grpc.max_receive_message_length (1 MiB); --grpc-args wins. */
+    const char *small[] = {"--grpc-args", "grpc.http2.bdp_probe=0,grpc.max_receive_message_length=64", NULL};
+    th_server_start(&a, redis.url, small);
+    cc_status st;
+    cr_expect_eq(issue(a.addr, 100, &st), GRPC_STATUS_RESOURCE_EXHAUSTED,
+                 "a 100-byte user_id passes a 64-byte message limit (got %s: %s, log %s)", cc_status_name(st.code),
+                 st.message, a.log);
+    cr_expect_neq(issue(a.addr, 8, &st), GRPC_STATUS_RESOURCE_EXHAUSTED, "a small request is not refused (%s)",
+                  st.message);
+    cr_expect(serves(a.addr));
+    cr_expect_eq(th_server_stop(&a), 0, "log %s", a.log);
+    /* Without the flag the same request reaches the handler (which says the concert is unknown). */
+    th_server_start(&a, redis.url, NULL);
+    cr_expect_neq(issue(a.addr, 100, &st), GRPC_STATUS_RESOURCE_EXHAUSTED, "default limit is 1 MiB (%s)", st.message);
+    cr_expect_eq(th_server_stop(&a), 0, "log %s", a.log);
+
+    const char *bad[][3] = {
+        {"--grpc-args", "grpc.http2.bdp_probe", NULL},
+        {"--grpc-args", "grpc.http2.bdp_probe=yes", NULL},
+        {"--grpc-args", "Max=1", NULL},
+        {"--grpc-args", "grpc.x=99999999999", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        th_server_spawn(&b, "127.0.0.1:0", redis.url, bad[i]);
+        cr_expect_eq(th_server_wait_exit(&b, 10000), 2, "--grpc-args %s is a usage error (log %s)", bad[i][1], b.log);
+        cr_expect(th_server_log_has(&b, "--grpc-args"), "the reason names the flag (log %s)", b.log);
+    }
 }

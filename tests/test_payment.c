@@ -87,7 +87,7 @@ static void setup_user(const char *user, int seat, int64_t money, char *token, c
 
 static grpc_status_code pay(const char *token, const char *rid, const char *key, int timeout_ms,
                             Concert__V1__Payment **out, cc_status *st) {
-    char auth[100];
+    char auth[160];
     snprintf(auth, sizeof auth, "Bearer %s", token ? token : "");
     cc_md md[] = {{"authorization", auth}};
     Concert__V1__PayRequest req = CONCERT__V1__PAY_REQUEST__INIT;
@@ -99,7 +99,7 @@ static grpc_status_code pay(const char *token, const char *rid, const char *key,
 
 static grpc_status_code get_payment(const char *method, const char *token, const char *pid,
                                     Concert__V1__Payment **out, cc_status *st) {
-    char auth[100];
+    char auth[160];
     snprintf(auth, sizeof auth, "Bearer %s", token);
     cc_md md[] = {{"authorization", auth}};
     Concert__V1__GetPaymentRequest req = CONCERT__V1__GET_PAYMENT_REQUEST__INIT;
@@ -244,7 +244,7 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
     (void)tok_unused;
     int seat3 = 3;
     {
-        char auth[100];
+        char auth[160];
         snprintf(auth, sizeof auth, "Bearer %s", t1);
         cc_md md[] = {{"authorization", auth}};
         Concert__V1__ReserveSeatsRequest rq = CONCERT__V1__RESERVE_SEATS_REQUEST__INIT;
@@ -279,7 +279,7 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
             grpc_status_code want[] = {GRPC_STATUS_INVALID_ARGUMENT, GRPC_STATUS_NOT_FOUND, GRPC_STATUS_NOT_FOUND,
                                        GRPC_STATUS_PERMISSION_DENIED};
             for (int i = 0; i < 4; i++) {
-                char auth[100];
+                char auth[160];
                 snprintf(auth, sizeof auth, "Bearer %s", toks[i]);
                 cc_md md[] = {{"authorization", auth}};
                 Concert__V1__GetPaymentRequest req = CONCERT__V1__GET_PAYMENT_REQUEST__INIT;
@@ -463,7 +463,7 @@ Test(payment, watchers_on_every_server_are_pushed, .init = start, .fini = stop, 
     cc_client *cb = cc_client_open(b.addr);
     cc_client *clients[3] = {cli, cli, cb};
     cc_stream *s[3];
-    char auth[100];
+    char auth[160];
     snprintf(auth, sizeof auth, "Bearer %s", token);
     cc_md md[] = {{"authorization", auth}};
     Concert__V1__GetPaymentRequest req = CONCERT__V1__GET_PAYMENT_REQUEST__INIT;

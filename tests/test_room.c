@@ -275,7 +275,9 @@ Test(room, random_picks_among_everyone_then_fifo_again, .init = start, .fini = s
      * picks put about half in the second half; 1 in 10^6 chance of fewer than 5. */
     cr_expect_geq(late, 5, "RANDOM admitted %d from the second half, %d from the first", late, early);
     Concert__V1__QueueStatus *s = NULL;
-    int64_t waiting = stats("rnd")->waiting;
+    Concert__V1__Stats *st = stats("rnd");
+    int64_t waiting = st->waiting;
+    th_free_msg(st);
     int last = N - 1;
     while (th_state(cli, toks[last]) == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE) last--;
     /* A rate of 1/s (the bucket holds one: at most a couple admitted while we look);

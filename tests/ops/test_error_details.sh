@@ -5,13 +5,16 @@
 #    field, on the wire, a forged page token and undecodable bytes;
 #    a message cut inside a UTF-8 character (NOT_FOUND); UNAUTHENTICATED; PERMISSION_DENIED;
 #    NOT_FOUND; ALREADY_EXISTS; FAILED_PRECONDITION; a rate limit;
-#    UNAVAILABLE without Kafka and with Redis gone; UNIMPLEMENTED; a stream's error),
+#    UNAVAILABLE without Kafka and with Redis gone; UNIMPLEMENTED; a stream's error;
+#    a malformed WatchQueueStatuses request),
 #    decoded by Python grpcio-status `rpc_status.from_call` and the googleapis
 #    definitions of PyPI googleapis-common-protos: google.rpc.Status with the call's
 #    code and message, ErrorInfo (the README's reason, domain concert.v1, field,
 #    method, concert), BadRequest naming the field for INVALID_ARGUMENT, RetryInfo
 #    equal to `retry-after-ms` for the rate limit and present for UNAVAILABLE;
 #    grpcurl shows the details too;
+#  - WatchQueueStatuses through the generated Python stub: per-token updates, a bad
+#    token answered alone, OK after the half-close;
 #  - SetQueuePolicy.update_fields accepts every QueuePolicy field by its .proto name
 #    and by the json_name protobuf itself gives it;
 #  - concertctl follows the pages: `booking seats` of a 4,500-seat schedule (5 pages,
@@ -199,6 +202,26 @@ if mode == "families":
             pass
     expect("a server stream's error has details too", stream, C.UNAUTHENTICATED, "TOKEN_UNKNOWN", field="token",
         concert_id=concert)
+    # WatchQueueStatuses through the generated client: one update per token, a bad token
+    # answered in its own update, the stream ending OK after the half-close.
+    good = queue.IssueToken(q.IssueTokenRequest(user_id="many-" + uuid.uuid4().hex[:8], concert_id=concert), timeout=5)
+    ups = {}
+    for u in queue.WatchQueueStatuses(iter([q.WatchQueueStatusesRequest(add_tokens=[good.token, "junk"])]), timeout=20):
+        ups.setdefault(u.token, []).append(u)
+    last = ups.get(good.token, [None])[-1]
+    junk = ups.get("junk", [None])[-1]
+    name = "WatchQueueStatuses (generated stub): the good token ends ACTIVE, the junk one UNAUTHENTICATED alone"
+    if last is not None and last.error_code == 0 and last.status.state == q.QUEUE_STATE_ACTIVE and junk is not None \
+            and junk.error_code == C.UNAUTHENTICATED.value[0] and junk.error_message.startswith("token:"):
+        print("ok - %s" % name)
+    else:
+        print("not ok - %s: %r" % (name, ups))
+        failures += 1
+    def many_bad():
+        for _ in queue.WatchQueueStatuses(iter([q.WatchQueueStatusesRequest(add_tokens=["x", ""])]), timeout=5):
+            pass
+    expect("a malformed WatchQueueStatuses request ends the stream, details naming add_tokens[1]", many_bad,
+        C.INVALID_ARGUMENT, "FIELD_REQUIRED", field="add_tokens[1]")
 elif mode == "redis-down":
     expect("UNAVAILABLE: Redis gone, with RetryInfo", lambda: wallet.GetBalance(w.GetBalanceRequest(user_id="erin"), timeout=5),
         C.UNAVAILABLE, "REDIS_UNAVAILABLE", retry="any")
