@@ -108,16 +108,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/proc.sh"
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_pid "$CHILD_PID"
-  stop_pid "$SERVER_PID"
-  stop_pid "$REDIS_PID"
-  if [[ -n "$TMP" && -d "$TMP" ]]; then
-    # Keep the service logs next to the results.
-    mkdir -p "$OUT/logs" && cp -f "$TMP"/*.log "$OUT/logs/" 2>/dev/null || true
-    rm -rf -- "$TMP"
-  fi
-  if ((rc != 0)); then echo "bench.sh: FAILED (exit $rc); partial results in $OUT" >&2; fi
-  exit "$rc"
+  stop_pids "$CHILD_PID" "$SERVER_PID" "$REDIS_PID"
+  bench_finish bench.sh "$rc"
 }
 trap cleanup EXIT
 trap 'echo "bench.sh: interrupted" >&2; exit 130' INT
