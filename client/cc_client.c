@@ -233,8 +233,8 @@ struct cc_stream {
     int need_init_md; /* bidi: the first cc_stream_next also receives the initial metadata */
 };
 
-cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMessage *req, const cc_md *md,
-                            int n_md, int timeout_ms) {
+/* A stream's call on its own pluck queue, nothing started yet. */
+static cc_stream *stream_new(cc_client *c, const char *method, int timeout_ms) {
     cc_stream *s = calloc(1, sizeof *s);
     if (!s) abort();
     s->cq = grpc_completion_queue_create_for_pluck(NULL);
@@ -244,6 +244,33 @@ cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMes
     grpc_slice_unref(m);
     grpc_metadata_array_init(&s->init_md);
     grpc_metadata_array_init(&s->trail_md);
+    return s;
+}
+
+/* Arms the receipt of the final status (collected by cc_stream_status). */
+static grpc_call_error stream_recv_status(cc_stream *s) {
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    op.data.recv_status_on_client.trailing_metadata = &s->trail_md;
+    op.data.recv_status_on_client.status = &s->code;
+    op.data.recv_status_on_client.status_details = &s->details;
+    return grpc_call_start_batch(s->call, &op, 1, &s->status_tag, NULL);
+}
+
+/* Frees a stream whose first batch could not start (nothing is pending on its queue). */
+static void stream_discard(cc_stream *s) {
+    grpc_call_unref(s->call);
+    grpc_completion_queue_shutdown(s->cq);
+    grpc_completion_queue_destroy(s->cq);
+    grpc_metadata_array_destroy(&s->init_md);
+    grpc_metadata_array_destroy(&s->trail_md);
+    free(s);
+}
+
+cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMessage *req, const cc_md *md,
+                            int n_md, int timeout_ms) {
+    cc_stream *s = stream_new(c, method, timeout_ms);
     grpc_metadata mds[8];
     if (n_md > 8) n_md = 8;
     fill_md(mds, md, n_md);
@@ -253,19 +280,9 @@ cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMes
     grpc_call_error e = grpc_call_start_batch(s->call, ops, 4, &s->start_tag, NULL);
     free_md(mds, n_md);
     grpc_byte_buffer_destroy(bb);
-    if (e == GRPC_CALL_OK) {
-        memset(ops, 0, sizeof ops);
-        ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-        ops[0].data.recv_status_on_client.trailing_metadata = &s->trail_md;
-        ops[0].data.recv_status_on_client.status = &s->code;
-        ops[0].data.recv_status_on_client.status_details = &s->details;
-        e = grpc_call_start_batch(s->call, ops, 1, &s->status_tag, NULL);
-    }
+    if (e == GRPC_CALL_OK) e = stream_recv_status(s);
     if (e != GRPC_CALL_OK) {
-        grpc_call_unref(s->call);
-        grpc_completion_queue_shutdown(s->cq);
-        grpc_completion_queue_destroy(s->cq);
-        free(s);
+        stream_discard(s);
         return NULL;
     }
     grpc_completion_queue_pluck(s->cq, &s->start_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
@@ -273,15 +290,7 @@ cc_stream *cc_client_stream(cc_client *c, const char *method, const ProtobufCMes
 }
 
 cc_stream *cc_client_bidi(cc_client *c, const char *method, const cc_md *md, int n_md, int timeout_ms) {
-    cc_stream *s = calloc(1, sizeof *s);
-    if (!s) abort();
-    s->cq = grpc_completion_queue_create_for_pluck(NULL);
-    grpc_slice m = grpc_slice_from_copied_string(method);
-    s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, m, NULL, deadline_in(timeout_ms),
-                                       NULL);
-    grpc_slice_unref(m);
-    grpc_metadata_array_init(&s->init_md);
-    grpc_metadata_array_init(&s->trail_md);
+    cc_stream *s = stream_new(c, method, timeout_ms);
     grpc_metadata mds[8];
     if (n_md > 8) n_md = 8;
     fill_md(mds, md, n_md);
@@ -291,20 +300,10 @@ cc_stream *cc_client_bidi(cc_client *c, const char *method, const cc_md *md, int
     ops[0].data.send_initial_metadata.count = (size_t)n_md;
     ops[0].data.send_initial_metadata.metadata = n_md ? mds : NULL;
     grpc_call_error e = grpc_call_start_batch(s->call, ops, 1, &s->start_tag, NULL);
-    if (e == GRPC_CALL_OK) {
-        memset(ops, 0, sizeof ops);
-        ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-        ops[0].data.recv_status_on_client.trailing_metadata = &s->trail_md;
-        ops[0].data.recv_status_on_client.status = &s->code;
-        ops[0].data.recv_status_on_client.status_details = &s->details;
-        e = grpc_call_start_batch(s->call, ops, 1, &s->status_tag, NULL);
-    }
+    if (e == GRPC_CALL_OK) e = stream_recv_status(s);
     if (e != GRPC_CALL_OK) {
         free_md(mds, n_md);
-        grpc_call_unref(s->call);
-        grpc_completion_queue_shutdown(s->cq);
-        grpc_completion_queue_destroy(s->cq);
-        free(s);
+        stream_discard(s);
         return NULL;
     }
     grpc_completion_queue_pluck(s->cq, &s->start_tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);

@@ -119,12 +119,7 @@ cleanup() {
     cp -f "$KAFKA_DIR"/node1/logs/server.log "$TMP/kafka-server.log" 2>/dev/null || true
   fi
   stop_pid "$REDIS_PID"
-  if [[ -n "$TMP" && -d "$TMP" ]]; then
-    mkdir -p "$OUT/logs" && cp -f "$TMP"/*.log "$OUT/logs/" 2>/dev/null || true
-    rm -rf -- "$TMP"
-  fi
-  ((rc == 0)) || echo "bench-booking.sh: FAILED (exit $rc); partial results in $OUT" >&2
-  exit "$rc"
+  bench_finish bench-booking.sh "$rc"
 }
 trap cleanup EXIT
 trap 'echo "bench-booking.sh: interrupted" >&2; exit 130' INT

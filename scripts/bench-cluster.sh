@@ -71,16 +71,9 @@ TMP="" REDIS_PID="" SERVER_PID="" CHILD_PID="" CL_DIR=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_pid "$CHILD_PID"
-  stop_pid "$SERVER_PID"
-  stop_pid "$REDIS_PID"
+  stop_pids "$CHILD_PID" "$SERVER_PID" "$REDIS_PID"
   [[ -n "$CL_DIR" && -d "$CL_DIR" ]] && "$ROOT/scripts/redis-cluster.sh" stop --dir "$CL_DIR" >/dev/null 2>&1
-  if [[ -n "$TMP" && -d "$TMP" ]]; then
-    mkdir -p "$OUT/logs" && cp -f "$TMP"/*.log "$OUT/logs/" 2>/dev/null || true
-    rm -rf -- "$TMP"
-  fi
-  ((rc == 0)) || echo "bench-cluster.sh: FAILED (exit $rc); partial results in $OUT" >&2
-  exit "$rc"
+  bench_finish bench-cluster.sh "$rc"
 }
 trap cleanup EXIT
 trap 'echo "bench-cluster.sh: interrupted" >&2; exit 130' INT

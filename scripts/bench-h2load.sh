@@ -97,12 +97,7 @@ cleanup() {
   for p in "${SERVER_PIDS[@]}"; do stop_pid "$p"; done
   stop_pid "$ECHO_PID"
   stop_pid "$REDIS_PID"
-  if [[ -n "$TMP" && -d "$TMP" ]]; then
-    mkdir -p "$OUT/logs" && cp -f "$TMP"/*.log "$OUT/logs/" 2>/dev/null || true
-    rm -rf -- "$TMP"
-  fi
-  ((rc == 0)) || echo "bench-h2load.sh: FAILED (exit $rc); partial results in $OUT" >&2
-  exit "$rc"
+  bench_finish bench-h2load.sh "$rc"
 }
 trap cleanup EXIT
 trap 'echo "bench-h2load.sh: interrupted" >&2; exit 130' INT

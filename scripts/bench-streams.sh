@@ -97,15 +97,8 @@ CHILD_PID=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_pid "$CHILD_PID"
-  stop_pid "$SERVER_PID"
-  stop_pid "$REDIS_PID"
-  if [[ -n "$TMP" && -d "$TMP" ]]; then
-    mkdir -p "$OUT/logs" && cp -f "$TMP"/*.log "$OUT/logs/" 2>/dev/null || true
-    rm -rf -- "$TMP"
-  fi
-  ((rc == 0)) || echo "bench-streams.sh: FAILED (exit $rc); partial results in $OUT" >&2
-  exit "$rc"
+  stop_pids "$CHILD_PID" "$SERVER_PID" "$REDIS_PID"
+  bench_finish bench-streams.sh "$rc"
 }
 trap cleanup EXIT
 trap 'echo "bench-streams.sh: interrupted" >&2; exit 130' INT

@@ -22,6 +22,7 @@ Runs the whole benchmark against private services and writes bench-out/<timestam
   ghz/           ghz on the same method, same token, same concurrency, same 4
                  connections, same duration: the like-for-like cross-check
   watch/         concert-bench watch: 10,000 WatchQueueStatus streams held 30 s
+  watch-many/    the same 10,000 tokens watched 100 per WatchQueueStatuses stream
                  (server admitting 100 users/s)
   deep-queue/    concert-bench deep-queue: 1,000,000 waiting users, then the queue
                  measurement on an empty and on the deep concert (server with
@@ -107,16 +108,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/proc.sh"
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_pid "$CHILD_PID"
-  stop_pid "$SERVER_PID"
-  stop_pid "$REDIS_PID"
-  if [[ -n "$TMP" && -d "$TMP" ]]; then
-    # Keep the service logs next to the results.
-    mkdir -p "$OUT/logs" && cp -f "$TMP"/*.log "$OUT/logs/" 2>/dev/null || true
-    rm -rf -- "$TMP"
-  fi
-  if ((rc != 0)); then echo "bench.sh: FAILED (exit $rc); partial results in $OUT" >&2; fi
-  exit "$rc"
+  stop_pids "$CHILD_PID" "$SERVER_PID" "$REDIS_PID"
+  bench_finish bench.sh "$rc"
 }
 trap cleanup EXIT
 trap 'echo "bench.sh: interrupted" >&2; exit 130' INT
@@ -262,6 +255,11 @@ start_server --admit-rate 100 --max-active 1000000
 make_concert "bench-watch-$$"
 bench watch watch --concert "bench-watch-$$" --users "$WATCH_USERS" --duration "$WATCH_DUR"
 
+# ---- 4b. watch-many: the same tokens, 100 per WatchQueueStatuses stream (a gateway) -----
+start_server --admit-rate 100 --max-active 1000000
+make_concert "bench-watchm-$$"
+bench watch-many watch --concert "bench-watchm-$$" --users "$WATCH_USERS" --duration "$WATCH_DUR" --tokens-per-stream 100
+
 # ---- 5. deep-queue: 1,000,000 waiting users --------------------------------------------
 start_server --admit-rate 0 --idle-timeout-ms 0
 make_concert "bench-deep-$$"
@@ -353,7 +351,7 @@ def load(name):
                 problems.append(f"{name}/{s.get('name')}/{m.get('name')}: implausible percentiles {lat}")
     return d
 
-rep = {n: load(n) for n in ["ping", "queue", "queue-token", "watch", "deep-queue", "booking"]}
+rep = {n: load(n) for n in ["ping", "queue", "queue-token", "watch", "watch-many", "deep-queue", "booking"]}
 ghz = None
 if os.path.exists(os.path.join(out, "ghz", "ghz.json")):
     try:
@@ -420,6 +418,11 @@ for i, s in enumerate(deep.get("sections", [])):
 w = sec(rep["watch"])
 if w:
     row("watch (IssueToken + streams)", w, "", "")
+wm = sec(rep["watch-many"])
+if wm:
+    rss = (proc(wm, "concert-server").get("rss_max_bytes") or 0) / 1e6
+    row("watch-many (IssueToken + 100 tokens per WatchQueueStatuses stream)", wm,
+        "10,000 watched tokens < 64 MB server RSS", ("met" if rss < 64 else "**missed**") if not quick else "")
 bk = sec(rep["booking"])
 bk_line = ""
 if bk:
@@ -495,7 +498,7 @@ if h2:
                  ">= 0.9x of echo.\n")
     lines.append(h2)
 # Scenario findings.
-for name in ["queue", "watch", "deep-queue", "booking"]:
+for name in ["queue", "watch", "watch-many", "deep-queue", "booking"]:
     d = rep[name]
     if not d:
         continue

@@ -11,7 +11,6 @@
 #include <time.h>
 
 #include "cc_pay.h"
-#include "concert/v1/admin.pb-c.h"
 #include "concert/v1/booking.pb-c.h"
 #include "concert/v1/payment.pb-c.h"
 #include "concert/v1/wallet.pb-c.h"
@@ -192,20 +191,7 @@ Test(payment, bad_input, .init = start, .fini = stop, .timeout = 120) {
     /* A token still WAITING (admission stopped after lee and max got in). */
     char tw[128];
     {
-        Concert__V1__QueuePolicy pol = CONCERT__V1__QUEUE_POLICY__INIT;
-        pol.concert_id = "pay";
-        pol.admit_rate = 0;
-        char *fields[] = {"admit_rate"};
-        Concert__V1__SetQueuePolicyRequest req = CONCERT__V1__SET_QUEUE_POLICY_REQUEST__INIT;
-        req.policy = &pol;
-        req.n_update_fields = 1;
-        req.update_fields = fields;
-        cc_md md[] = {{"x-admin-key", KEY}};
-        Concert__V1__QueuePolicy *got = NULL;
-        cr_assert_eq(cc_client_unary(cli, "/concert.v1.AdminService/SetQueuePolicy", &req.base,
-                                     &concert__v1__queue_policy__descriptor, (ProtobufCMessage **)&got, md, 1, 5000, NULL),
-                     GRPC_STATUS_OK);
-        th_free_msg(got);
+        cr_assert_eq(th_admin_admit_rate(cli, KEY, "pay", 0, NULL), GRPC_STATUS_OK);
         Concert__V1__QueueStatus *w = NULL;
         cr_assert_eq(th_issue(cli, "waiter", "pay", &w, NULL), GRPC_STATUS_OK);
         cr_assert_eq(w->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);

@@ -93,18 +93,8 @@ static void issue(const char *user, char *token, size_t len) {
 }
 
 static void set_rate(int64_t rate) {
-    cc_md md[] = {{"x-admin-key", KEY}};
-    Concert__V1__QueuePolicy p = CONCERT__V1__QUEUE_POLICY__INIT;
-    p.concert_id = "wm";
-    p.admit_rate = rate;
-    char *f[] = {"admit_rate"};
-    Concert__V1__SetQueuePolicyRequest req = CONCERT__V1__SET_QUEUE_POLICY_REQUEST__INIT;
-    req.policy = &p;
-    req.n_update_fields = 1;
-    req.update_fields = f;
     cc_status st;
-    cr_assert_eq(cc_client_unary(cli, "/concert.v1.AdminService/SetQueuePolicy", &req.base, NULL, NULL, md, 1, 5000, &st),
-                 GRPC_STATUS_OK, "%s", st.message);
+    cr_assert_eq(th_admin_admit_rate(cli, KEY, "wm", rate, &st), GRPC_STATUS_OK, "%s", st.message);
 }
 
 static void send_req(cc_stream *s, char **add, size_t n_add, char **rm, size_t n_rm) {

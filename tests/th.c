@@ -378,6 +378,22 @@ grpc_status_code th_admin_concert(cc_client *c, const char *admin_key, const cha
     return code == GRPC_STATUS_ALREADY_EXISTS ? GRPC_STATUS_OK : code;
 }
 
+grpc_status_code th_admin_admit_rate(cc_client *c, const char *admin_key, const char *concert, int64_t rate,
+                                     cc_status *st) {
+    cc_md md[] = {{"x-admin-key", admin_key}};
+    Concert__V1__QueuePolicy p = CONCERT__V1__QUEUE_POLICY__INIT;
+    p.concert_id = (char *)concert;
+    p.admit_rate = rate;
+    char *f[] = {"admit_rate"};
+    Concert__V1__SetQueuePolicyRequest req = CONCERT__V1__SET_QUEUE_POLICY_REQUEST__INIT;
+    req.policy = &p;
+    req.n_update_fields = 1;
+    req.update_fields = f;
+    cc_status local;
+    return cc_client_unary(c, "/concert.v1.AdminService/SetQueuePolicy", &req.base, NULL, NULL, md, 1, 5000,
+                           st ? st : &local);
+}
+
 grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const char *concert, const char *schedule,
                                     int seats, int64_t price) {
     cc_md md[] = {{"x-admin-key", admin_key}};

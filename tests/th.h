@@ -148,6 +148,9 @@ int th_state(cc_client *c, const char *token);
 /** Creates the concert (ALREADY_EXISTS is fine): IssueToken needs an admin to have
  * created it. */
 grpc_status_code th_admin_concert(cc_client *c, const char *admin_key, const char *concert);
+/** SetQueuePolicy changing only admit_rate (0 = admit nobody: tokens stay WAITING). */
+grpc_status_code th_admin_admit_rate(cc_client *c, const char *admin_key, const char *concert, int64_t rate,
+                                     cc_status *st);
 /** Creates the concert (if missing) and a schedule with seats 1..seats at `price`. */
 grpc_status_code th_admin_catalogue(cc_client *c, const char *admin_key, const char *concert, const char *schedule,
                                     int seats, int64_t price);

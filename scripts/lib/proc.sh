@@ -1,4 +1,4 @@
-# scripts/lib/proc.sh: shell helpers shared by demo.sh and bench.sh (sourced, not run).
+# scripts/lib/proc.sh: shell helpers shared by demo.sh and the bench scripts (sourced, not run).
 
 # Stops one process we started: SIGTERM, up to 5 s, then SIGKILL. Only this pid.
 stop_pid() {
@@ -11,6 +11,25 @@ stop_pid() {
   done
   kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null || true
+}
+
+# stop_pids PID...: stop_pid on each (empty ones skipped), in the order given.
+stop_pids() {
+  local p
+  for p in "$@"; do stop_pid "$p"; done
+}
+
+# bench_finish NAME RC: the common end of a benchmark's EXIT trap, after its processes are
+# stopped: keeps $TMP's logs in $OUT/logs, removes $TMP, says FAILED and where the partial
+# results are unless RC is 0, and exits RC.
+bench_finish() {
+  local name="$1" rc="$2"
+  if [[ -n "${TMP:-}" && -d "$TMP" ]]; then
+    mkdir -p "$OUT/logs" && cp -f "$TMP"/*.log "$OUT/logs/" 2>/dev/null || true
+    rm -rf -- "$TMP"
+  fi
+  ((rc == 0)) || echo "$name: FAILED (exit $rc); partial results in $OUT" >&2
+  exit "$rc"
 }
 
 # free_port: a TCP port free on 127.0.0.1 just now (never 6379, never 9092).
