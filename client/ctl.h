@@ -108,6 +108,10 @@ cc_stream *ctl_stream(ctl_ctx *ctx, const char *method, const ProtobufCMessage *
  * exit status. */
 int ctl_stream_end(cc_stream *s);
 
+/** Closes `s`, which sent a message that is not a valid `desc`, prints that (INTERNAL)
+ * and returns the exit status. */
+int ctl_stream_bad(cc_stream *s, const ProtobufCMessageDescriptor *desc);
+
 /* ---- errors and exit statuses ---- */
 
 /** Exit status for a gRPC code: the code itself (UNKNOWN is 2, like a usage error). */

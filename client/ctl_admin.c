@@ -541,12 +541,7 @@ static int run_export(ctl_ctx *ctx) {
         ctl_print(ctx, m, human_order);
         protobuf_c_message_free_unpacked(m, NULL);
     }
-    if (n < 0) {
-        cc_stream_close(s, NULL);
-        cc_status st = {.code = GRPC_STATUS_INTERNAL};
-        snprintf(st.message, sizeof st.message, "response is not a valid concert.v1.SaleOrder");
-        return ctl_fail(&st);
-    }
+    if (n < 0) return ctl_stream_bad(s, &concert__v1__sale_order__descriptor);
     return ctl_stream_end(s);
 }
 

@@ -168,6 +168,13 @@ int ctl_stream_end(cc_stream *s) {
     return st.code == GRPC_STATUS_OK ? CTL_EXIT_OK : ctl_fail(&st);
 }
 
+int ctl_stream_bad(cc_stream *s, const ProtobufCMessageDescriptor *desc) {
+    cc_stream_close(s, NULL);
+    cc_status st = {.code = GRPC_STATUS_INTERNAL};
+    snprintf(st.message, sizeof st.message, "response is not a valid %s", desc->name);
+    return ctl_fail(&st);
+}
+
 /* ---- errors ---- */
 
 int ctl_exit_code(grpc_status_code code) {

@@ -149,12 +149,7 @@ static int run_watch_many(ctl_ctx *ctx, char **tokens, size_t n_tokens) {
         }
         protobuf_c_message_free_unpacked(m, NULL);
     }
-    if (n < 0) {
-        cc_stream_close(s, NULL);
-        cc_status st = {.code = GRPC_STATUS_INTERNAL};
-        snprintf(st.message, sizeof st.message, "response is not a valid concert.v1.WatchQueueStatusesResponse");
-        return ctl_fail(&st);
-    }
+    if (n < 0) return ctl_stream_bad(s, &concert__v1__watch_queue_statuses_response__descriptor);
     if ((rc = ctl_stream_end(s))) return rc;
     if (worst) return worst;
     if (expired) {
@@ -195,12 +190,7 @@ static int run_watch(ctl_ctx *ctx) {
         ctl_print(ctx, m, human_status);
         protobuf_c_message_free_unpacked(m, NULL);
     }
-    if (n < 0) {
-        cc_stream_close(s, NULL);
-        cc_status st = {.code = GRPC_STATUS_INTERNAL};
-        snprintf(st.message, sizeof st.message, "response is not a valid concert.v1.QueueStatus");
-        return ctl_fail(&st);
-    }
+    if (n < 0) return ctl_stream_bad(s, &concert__v1__queue_status__descriptor);
     if ((rc = ctl_stream_end(s))) return rc;
     if (last == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE) return CTL_EXIT_OK;
     if (last == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED) {
