@@ -131,7 +131,7 @@ struct srv_rpc {
     int blocked;        /* __atomic: srv_rpc_run is (about to be) blocked in gRPC */
     int uv_pending;     /* __atomic: the loop has events srv_rpc_run has not run yet */
     grpc_channel *bell; /* a lame channel: a call on it completes at once on s->cq */
-    uint64_t bells, wakes, turns; /* __atomic bells; wakes and turns: srv_rpc_run's */
+    uint64_t bells, waits, turns; /* __atomic bells; srv_rpc_run's turns and blocking waits */
     const srv_method *methods;
     int n_methods;
     void *app;
@@ -265,8 +265,8 @@ static void waker_stop(srv_rpc *s) {
         if (write(s->w_stop, &one, sizeof one) < 0) abort();
         pthread_join(s->waker, NULL);
         s->waker_on = 0;
-        CC_INFO("grpc_loop_stats", "turns=%llu wakes=%llu bells=%llu", (unsigned long long)s->turns,
-                 (unsigned long long)s->wakes, (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED));
+        CC_INFO("grpc_loop_stats", "turns=%llu waits=%llu bells=%llu", (unsigned long long)s->turns,
+                 (unsigned long long)s->waits, (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED));
     }
     if (s->bell) grpc_channel_destroy(s->bell);
     s->bell = NULL;
@@ -290,20 +290,25 @@ void srv_rpc_run(srv_rpc *s) {
         __atomic_store_n(&s->uv_pending, 0, __ATOMIC_SEQ_CST);
         uv_run(loop, UV_RUN_NOWAIT); /* timers, Redis replies, writes the handlers queued */
         s->turns++;
-        if (__atomic_exchange_n(&s->w_fired, 0, __ATOMIC_SEQ_CST) && waker_arm(s, EPOLL_CTL_MOD) < 0) {
-            CC_ERROR("waker_failed", "reason=\"%s\"", strerror(errno));
-            abort();
+        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_time_0(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type == GRPC_QUEUE_TIMEOUT) {
+            /* Nothing from gRPC: block until gRPC or the loop has something. The waker is
+             * armed only here, so a busy server (never blocked) never wakes it. */
+            if (__atomic_exchange_n(&s->w_fired, 0, __ATOMIC_SEQ_CST) && waker_arm(s, EPOLL_CTL_MOD) < 0) {
+                CC_ERROR("waker_failed", "reason=\"%s\"", strerror(errno));
+                abort();
+            }
+            int ms = uv_loop_alive(loop) ? uv_backend_timeout(loop) : -1;
+            __atomic_store_n(&s->blocked, 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&s->uv_pending, __ATOMIC_SEQ_CST)) ms = 0;
+            gpr_timespec dl = ms < 0    ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
+                              : ms == 0 ? gpr_time_0(GPR_CLOCK_MONOTONIC)
+                                        : gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                                       gpr_time_from_millis(ms, GPR_TIMESPAN));
+            s->waits++;
+            ev = grpc_completion_queue_next(s->cq, dl, NULL);
+            __atomic_store_n(&s->blocked, 0, __ATOMIC_SEQ_CST);
         }
-        int ms = uv_loop_alive(loop) ? uv_backend_timeout(loop) : -1;
-        __atomic_store_n(&s->blocked, 1, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&s->uv_pending, __ATOMIC_SEQ_CST)) ms = 0;
-        gpr_timespec dl = ms < 0    ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
-                          : ms == 0 ? gpr_time_0(GPR_CLOCK_MONOTONIC)
-                                    : gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                                   gpr_time_from_millis(ms, GPR_TIMESPAN));
-        grpc_event ev = grpc_completion_queue_next(s->cq, dl, NULL);
-        __atomic_store_n(&s->blocked, 0, __ATOMIC_SEQ_CST);
-        if (ev.type != GRPC_QUEUE_TIMEOUT) s->wakes++;
         for (int n = 0; ev.type != GRPC_QUEUE_TIMEOUT;) {
             if (ev.type == GRPC_QUEUE_SHUTDOWN) {
                 /* maybe_done closes the handles; the caller's uv_run finishes (and frees s). */
