@@ -15,13 +15,15 @@
  * suppression file cannot scope that: the only pattern that matches its frames is the
  * module, `libcriterion.so`, and every test body, init and fini runs under libcriterion
  * frames too (criterion_internal_test_main calls them), so the same rule in a child
- * would hide the leaks this is here to catch. So the rule is given only to the runner:
- * LeakSanitizer reads __lsan_default_suppressions when it first checks for leaks (at
- * exit), and criterion_current_test is set in a test child and NULL in the runner. Our
- * code in the runner (the ReportHook fixtures that start and stop Kafka in
- * test_payment, test_consumer and test_adaptive) is not leak-checked as a result. */
+ * would hide the leaks this is here to catch. So the rule is given only to a runner
+ * that ran tests in parallel: LeakSanitizer reads __lsan_default_suppressions when it
+ * first checks for leaks (at exit), criterion_current_test is set in a test child and
+ * NULL in the runner, and criterion_options.jobs is the --jobs it ran with (0: one per
+ * CPU). Our code in the runner (the ReportHook fixtures that start and stop Kafka in
+ * test_payment, test_consumer and test_adaptive, all --jobs 1) stays leak-checked. */
 #if defined(__SANITIZE_ADDRESS__)
 #include <criterion/criterion.h>
+#include <criterion/options.h>
 #include <sanitizer/common_interface_defs.h>
 #include <sanitizer/lsan_interface.h>
 #include <stdio.h>
@@ -29,7 +31,7 @@
 const char *__lsan_default_suppressions(void);
 
 const char *__lsan_default_suppressions(void) {
-    return criterion_current_test ? "" : "leak:libcriterion.so\n";
+    return !criterion_current_test && criterion_options.jobs != 1 ? "leak:libcriterion.so\n" : "";
 }
 
 /* The test a child runs, copied when it starts: by the time LeakSanitizer checks (at
