@@ -53,8 +53,8 @@ void __wrap_criterion_internal_test_setup(void) {
 static void on_sanitizer_death(void) {
     if (criterion_current_test)
         fprintf(stderr,
-                "th_sanitize: the report above is from the child of test %s (Criterion has counted the test; "
-                "ctest fails the binary on the report)\n",
+                "th_sanitize: the report above is from the child of test %s; ctest fails the binary on it, "
+                "whatever Criterion counted\n",
                 test_name[0] ? test_name : "(not started)");
     else
         fprintf(stderr, "th_sanitize: the report above is from the Criterion runner (ReportHooks, libcriterion)\n");
