@@ -1384,6 +1384,12 @@ void srv_queue_watch_many(srv_call *call) {
         srv_call_finish(call, GRPC_STATUS_UNAVAILABLE, "server shutting down");
         return;
     }
+    /* Held for minutes, like a WatchQueueStatus call, and nothing reads its headers: no
+     * auth (the tokens in its requests are the credentials), no rate limit, and the
+     * peer address comes from the transport. The only reader would be the status
+     * details' concert_id, taken from an `authorization` bearer when a call has no
+     * concert of its own; a stream spans concerts and its clients send none. */
+    srv_call_drop_metadata(call);
     wstream *s = calloc(1, sizeof *s);
     if (!s) abort();
     s->call = call;

@@ -5,9 +5,11 @@
  * token limit, malformed requests end the stream naming the field, and a cancelled
  * stream leaves nothing behind (concert_watch_streams and concert_watched_tokens back
  * to 0); a client that asks without reading is held back; watched tokens keep their
- * place while idle; SIGTERM ends open streams UNAVAILABLE and exits 0; concertctl
- * queue watch with several tokens. */
+ * place while idle; a token added while Redis is down or hung gets its own
+ * UNAVAILABLE update and the stream recovers when Redis returns; SIGTERM ends open
+ * streams UNAVAILABLE and exits 0; concertctl queue watch with several tokens. */
 #include <criterion/criterion.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -395,6 +397,161 @@ Test(watch_many, cancelled_streams_leave_nothing_behind, .init = start, .fini = 
     expect_gauges(0, 0);
     /* The tokens are still waiting (nothing was given up). */
     cr_expect_eq(th_state(cli, t[5]), WAITING);
+    end_test();
+}
+
+static int redis_is(void *want) { return gauge("concert_redis_up") == (long)(intptr_t)want; }
+
+/* Redis down while a stream is open: a token added meanwhile cannot be proved, so it
+ * gets its own UNAVAILABLE update and leaves the stream; the stream and its tokens
+ * already watched stay (their refreshes fail quietly). Redis comes back with its data
+ * (SAVE before the kill, the same port and folder after): the watched token is
+ * refreshed again and reaches ACTIVE, the refused one can be added again, and the
+ * half-closed stream ends OK once both are done. Deterministic: the token is added
+ * only once the server's concert_redis_up says no connection is up, and Redis is
+ * dead (connection refused), not slow. */
+Test(watch_many, redis_down_is_a_per_token_error_and_the_stream_recovers, .init = start, .fini = stop,
+     .timeout = 60) {
+    char a[128], b[128];
+    issue("down-a", a, sizeof a);
+    issue("down-b", b, sizeof b);
+    cc_stream *s = cc_client_bidi(cli, METHOD, NULL, 0, 40000);
+    cr_assert(s);
+    char *add_a[] = {a};
+    send_req(s, add_a, 1, NULL, 0);
+    update *u = next_update(s);
+    cr_assert(u);
+    cr_expect_str_eq(u->token, a);
+    cr_expect_eq(state_of(u), WAITING);
+    th_free_msg(u);
+    expect_gauges(1, 1);
+
+    redisContext *rc = th_redis_connect(&redis);
+    cr_assert(rc);
+    redisReply *r = redisCommand(rc, "SAVE");
+    cr_assert(r && r->type == REDIS_REPLY_STATUS, "SAVE failed");
+    freeReplyObject(r);
+    redisFree(rc);
+    th_redis_kill(&redis);
+    cr_assert(th_wait_for(redis_is, (void *)(intptr_t)0, 20, 10000), "concert_redis_up still says 1 after the kill");
+
+    char *add_b[] = {b};
+    send_req(s, add_b, 1, NULL, 0);
+    u = next_update(s);
+    cr_assert(u, "the stream ended instead of refusing the token alone");
+    cr_expect_str_eq(u->token, b, "the first update after the outage is for %s", u->token);
+    cr_expect_eq(u->error_code, GRPC_STATUS_UNAVAILABLE, "error %d '%s'", u->error_code, u->error_message);
+    cr_expect_str_eq(u->error_message, "token: redis unavailable");
+    cr_expect_null(u->status, "a refused token has no status");
+    th_free_msg(u);
+    expect_gauges(1, 1); /* a is still watched, b is not */
+
+    th_redis_start(&redis); /* same port and folder: loads the dump */
+    cr_assert(th_wait_for(redis_is, (void *)(intptr_t)1, 20, 10000), "the server did not reconnect within 10 s");
+    send_req(s, add_b, 1, NULL, 0);
+    u = next_update(s);
+    cr_assert(u);
+    cr_expect_str_eq(u->token, b);
+    cr_expect_eq(u->error_code, 0, "after the outage: error %d '%s'", u->error_code, u->error_message);
+    cr_expect_eq(state_of(u), WAITING);
+    th_free_msg(u);
+    expect_gauges(1, 2);
+
+    cr_assert_eq(cc_stream_close_send(s), 0);
+    set_rate(50);
+    int active_a = 0, active_b = 0;
+    while ((u = next_update(s))) {
+        cr_expect_eq(u->error_code, 0, "%s: error %d '%s'", u->token, u->error_code, u->error_message);
+        if (state_of(u) == ACTIVE) {
+            if (!strcmp(u->token, a)) active_a++;
+            if (!strcmp(u->token, b)) active_b++;
+        }
+        th_free_msg(u);
+    }
+    cc_status fin;
+    cc_stream_close(s, &fin);
+    cr_expect_eq(fin.code, GRPC_STATUS_OK, "the stream ended %s %s", cc_status_name(fin.code), fin.message);
+    cr_expect_eq(active_a, 1, "the token watched through the outage: %d ACTIVE updates", active_a);
+    cr_expect_eq(active_b, 1, "the token added again: %d ACTIVE updates", active_b);
+    expect_gauges(0, 0);
+    end_test();
+}
+
+static void start_timeout(void) {
+    static const char *const extra[] = {"--redis-timeout-ms", "1500", NULL};
+    start_with(extra);
+}
+
+/* The next update about `token`, skipping updates about others; NULL at the end. */
+static update *next_about(cc_stream *s, const char *token) {
+    update *u;
+    while ((u = next_update(s)) && strcmp(u->token, token)) th_free_msg(u);
+    return u;
+}
+
+/* Redis hung (SIGSTOP) while a stream is open: a token added meanwhile is sent, and its
+ * first status times out (--redis-timeout-ms 1500), so its own update says so; the
+ * stream goes on, and once Redis resumes the token can be added again and both reach
+ * ACTIVE. The other path to the same per-token error as the test above: there the
+ * command could not be sent at all. */
+Test(watch_many, hung_redis_times_out_one_token_and_the_stream_goes_on, .init = start_timeout, .fini = stop,
+     .timeout = 60) {
+    char a[128], b[128];
+    issue("hung-a", a, sizeof a);
+    issue("hung-b", b, sizeof b);
+    cc_stream *s = cc_client_bidi(cli, METHOD, NULL, 0, 40000);
+    cr_assert(s);
+    char *add_a[] = {a}, *add_b[] = {b};
+    send_req(s, add_a, 1, NULL, 0);
+    update *u = next_update(s);
+    cr_assert(u);
+    cr_expect_eq(state_of(u), WAITING);
+    th_free_msg(u);
+
+    kill(redis.pid, SIGSTOP);
+    uint64_t t0 = th_now_ms();
+    send_req(s, add_b, 1, NULL, 0);
+    u = next_about(s, b);
+    uint64_t took = th_now_ms() - t0;
+    cr_assert(u, "the stream ended instead of refusing the token alone");
+    cr_expect_eq(u->error_code, GRPC_STATUS_UNAVAILABLE, "error %d '%s'", u->error_code, u->error_message);
+    cr_expect_str_eq(u->error_message, "redis unavailable: timeout");
+    cr_expect_null(u->status);
+    cr_expect_lt(took, 4000, "the per-token error came %llu ms after the add (timeout 1500 ms)",
+                 (unsigned long long)took);
+    th_free_msg(u);
+    expect_gauges(1, 1);
+
+    kill(redis.pid, SIGCONT);
+    /* Connections dropped during the pause come back with backoff: add b until it is
+     * answered with a status (bounded by the loop and the stream's deadline). */
+    int added = 0;
+    for (int i = 0; i < 50 && !added; i++) {
+        send_req(s, add_b, 1, NULL, 0);
+        u = next_about(s, b);
+        cr_assert(u);
+        added = u->error_code == 0 && state_of(u) == WAITING;
+        cr_assert(added || u->error_code == GRPC_STATUS_UNAVAILABLE, "after the pause: %d '%s'", u->error_code,
+                  u->error_message);
+        th_free_msg(u);
+        if (!added) th_pause_ms(100);
+    }
+    cr_assert(added, "b could not be added within 5 s of Redis resuming");
+    expect_gauges(1, 2);
+    cr_assert_eq(cc_stream_close_send(s), 0);
+    set_rate(50);
+    int active_a = 0, active_b = 0;
+    while ((u = next_update(s))) {
+        cr_expect_eq(u->error_code, 0, "%s: error %d '%s'", u->token, u->error_code, u->error_message);
+        if (state_of(u) == ACTIVE) active_a += !strcmp(u->token, a), active_b += !strcmp(u->token, b);
+        th_free_msg(u);
+    }
+    cc_status fin;
+    cc_stream_close(s, &fin);
+    cr_expect_eq(fin.code, GRPC_STATUS_OK, "the stream ended %s %s", cc_status_name(fin.code), fin.message);
+    cr_expect_eq(active_a, 1, "the token watched through the pause: %d ACTIVE updates", active_a);
+    cr_expect_eq(active_b, 1, "the token added again: %d ACTIVE updates", active_b);
+    expect_gauges(0, 0);
     end_test();
 }
 
