@@ -309,6 +309,9 @@ void srv_rpc_run(srv_rpc *s) {
             ev = grpc_completion_queue_next(s->cq, dl, NULL);
             __atomic_store_n(&s->blocked, 0, __ATOMIC_SEQ_CST);
         }
+        /* The loop's clock (uv_now) moves only in uv_run: handlers that run now must not
+         * see the time before the wait (rate limits, deadlines, Redis' clock estimate). */
+        if (ev.type != GRPC_QUEUE_TIMEOUT) uv_update_time(loop);
         for (int n = 0; ev.type != GRPC_QUEUE_TIMEOUT;) {
             if (ev.type == GRPC_QUEUE_SHUTDOWN) {
                 /* maybe_done closes the handles; the caller's uv_run finishes (and frees s). */
