@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# callgrind-status.sh: instructions per GetQueueStatus in concert-server (issue 13), the
+# callgrind-status.sh: instructions per GetQueueStatus (or Health/Check: --method health)
+# in concert-server (issue 13), the
 # noise-free figure of docs/PERFORMANCE.md "Server cost per call". Starts its own
 # redis-server and one concert-server under `valgrind --tool=callgrind` on free
 # 127.0.0.1 ports (state in a temp dir, stopped by pid on exit), creates a concert and
@@ -11,7 +12,7 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: scripts/callgrind-status.sh [--server BIN] [--build-dir DIR] [--requests N]
-                                   [--warmup N] [--out DIR] [--help]
+                                   [--warmup N] [--method status|health] [--out DIR] [--help]
 
 Runs concert-server under valgrind --tool=callgrind, h2load -c 8 -m 64 -n WARMUP of
 GetQueueStatus (one token of a waiting user), callgrind_control --zero, then
@@ -22,6 +23,8 @@ Options:
   --build-dir DIR  release build with concertctl (default build-bench); not built here
   --requests N     measured requests (default 20000)
   --warmup N       requests before the counters are zeroed (default 2000)
+  --method M       status (default): GetQueueStatus of one waiting user's token;
+                   health: Health/Check of the server ("" service, answered SERVING)
   --out DIR        output folder (default bench-out/callgrind-<UTC timestamp>): the dump
                    (callgrind.run), callgrind_annotate's inclusive listing, the logs
   --help           this help
@@ -36,6 +39,7 @@ SERVER=""
 REQS=20000
 WARM=2000
 OUT=""
+METHOD=status
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -43,6 +47,7 @@ while [[ $# -gt 0 ]]; do
     --build-dir) [[ $# -ge 2 ]] || { echo "callgrind-status.sh: --build-dir needs a value" >&2; exit 2; }; BUILD="$2"; shift ;;
     --requests) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -ge 100 ]] || { echo "callgrind-status.sh: --requests needs a number >= 100" >&2; exit 2; }; REQS="$2"; shift ;;
     --warmup) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "callgrind-status.sh: --warmup needs a number" >&2; exit 2; }; WARM="$2"; shift ;;
+    --method) [[ $# -ge 2 && "$2" =~ ^(status|health)$ ]] || { echo "callgrind-status.sh: --method is status or health" >&2; exit 2; }; METHOD="$2"; shift ;;
     --out) [[ $# -ge 2 ]] || { echo "callgrind-status.sh: --out needs a value" >&2; exit 2; }; OUT="$2"; shift ;;
     *) echo "callgrind-status.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -115,9 +120,16 @@ b = sys.argv[2].encode(); assert len(b) < 128
 msg = bytes([1 << 3 | 2, len(b)]) + b
 open(sys.argv[1], "wb").write(b"\0" + struct.pack(">I", len(msg)) + msg)
 PY
+BODY="$TMP/status.bin"
+URL_PATH=/concert.v1.QueueService/GetQueueStatus
+if [[ "$METHOD" == health ]]; then
+  BODY="$TMP/health.bin"
+  printf '\0\0\0\0\0' >"$BODY" # an empty HealthCheckRequest: the server as a whole
+  URL_PATH=/grpc.health.v1.Health/Check
+fi
 h2() { # h2 N OUTFILE
-  h2load -n "$1" -c 8 -m 64 -d "$TMP/status.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
-    "http://127.0.0.1:$PORT/concert.v1.QueueService/GetQueueStatus" >"$2" 2>&1 || die "h2load failed: $(tail -n 3 "$2")"
+  h2load -n "$1" -c 8 -m 64 -d "$BODY" -H 'content-type: application/grpc' -H 'te: trailers' \
+    "http://127.0.0.1:$PORT$URL_PATH" >"$2" 2>&1 || die "h2load failed: $(tail -n 3 "$2")"
   grep -q "$1 succeeded" "$2" || die "not every request succeeded: $(grep succeeded "$2")"
 }
 # The fast path needs a fresh admission tick of the concert: wait for the first one.
@@ -136,14 +148,14 @@ sleep 1
 cp "$f" "$OUT/callgrind.run"
 callgrind_annotate --inclusive=yes --threshold=99.9 "$OUT/callgrind.run" >"$OUT/annotate-inclusive.txt" 2>/dev/null || true
 callgrind_annotate --threshold=99.9 "$OUT/callgrind.run" >"$OUT/annotate-self.txt" 2>/dev/null || true
-python3 - "$OUT/callgrind.run" "$REQS" "$OUT/annotate-inclusive.txt" <<'PY'
+python3 - "$OUT/callgrind.run" "$REQS" "$OUT/annotate-inclusive.txt" "${URL_PATH##*/}" <<'PY'
 import re, sys
 f, n, ann = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 total = 0
 for line in open(f):
     if line.startswith("summary:") or line.startswith("totals:"):
         total = int(line.split()[1]); break
-print(f"instructions per GetQueueStatus: {total / n:,.0f} (Ir {total:,} over {n:,} calls)")
+print(f"instructions per {sys.argv[4]}: {total / n:,.0f} (Ir {total:,} over {n:,} calls)")
 print("top inclusive (Ir per call):")
 k = 0
 for line in open(ann):

@@ -82,8 +82,6 @@ typedef struct srv_app {
     uv_timer_t sweep_timer;
     /* health watchers */
     srv_health_watcher *health_watchers;
-    int health_serving; /* __atomic: 1 while Health says SERVING; written on the loop
-                           (srv_health_changed), read by the CQ thread (srv_health_check_cq) */
     /* abuse protection: rate limits (user/token and peer buckets) and identity mode */
     srv_limit_spec rate_user, rate_peer;
     srv_limit *limit_user, *limit_peer;
@@ -130,7 +128,7 @@ void srv_queue_leave(srv_call *c);
 void srv_queue_sale_proof(srv_call *c);
 void srv_receipt_keys(srv_call *c);
 void srv_health_check(srv_call *c);
-/** CQ thread: the reply to a Health/Check it may answer itself, or NULL (see srv_rpc.h). */
+/** The reply to a Health/Check answered without an srv_call, or NULL (see srv_rpc.h). */
 grpc_byte_buffer *srv_health_check_cq(const ProtobufCMessage *req, void *app);
 void srv_health_watch(srv_call *c);
 void srv_reflection_info(srv_call *c);

@@ -28,21 +28,21 @@ static int is_known(const char *svc) {
     return 0;
 }
 
-/* Loop thread; the CQ thread reads app->health_serving (srv_health_check_cq). */
 static int current(srv_app *app) {
     if (app->shutting_down || !cc_redis_is_up(app->redis))
         return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
     return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
 }
 
-/* CQ thread (srv_method.cq_handler): SERVING for a known service while the loop says
- * so, answered without the hand-off to the loop; anything else (an unknown service's
- * NOT_FOUND, NOT_SERVING) is left to srv_health_check on the loop. Reads nothing but
- * the request, constants and the atomic app->health_serving. */
+/* srv_method.cq_handler: SERVING for a known service, answered without an srv_call;
+ * anything else (an unknown service's NOT_FOUND, NOT_SERVING) is left to
+ * srv_health_check. */
 grpc_byte_buffer *srv_health_check_cq(const ProtobufCMessage *m, void *p) {
     const Grpc__Health__V1__HealthCheckRequest *req = (const void *)m;
-    const srv_app *app = p;
-    if (!__atomic_load_n(&app->health_serving, __ATOMIC_ACQUIRE) || !is_known(req->service)) return NULL;
+    srv_app *app = p;
+    if (current(app) != GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ||
+        !is_known(req->service))
+        return NULL;
     static const uint8_t serving[] = {0x08, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING};
     grpc_slice sl = grpc_slice_from_static_buffer(serving, sizeof serving);
     return grpc_raw_byte_buffer_create(&sl, 1);
@@ -94,13 +94,10 @@ void srv_health_watch(srv_call *c) {
 
 void srv_health_changed(srv_app *app) {
     int st = current(app);
-    __atomic_store_n(&app->health_serving, st == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING,
-                     __ATOMIC_RELEASE);
     for (srv_health_watcher *w = app->health_watchers; w; w = w->next)
         if (w->known && w->last != st) send_status(w, st);
 }
 
 void srv_health_init(srv_app *app) {
     app->health_watchers = NULL;
-    __atomic_store_n(&app->health_serving, 0, __ATOMIC_RELEASE);
 }

@@ -1,16 +1,15 @@
 /* srv_rpc: gRPC C core server on a libuv loop. See srv_rpc.h.
  *
- * Who owns what: the loop owns srv_rpc's state, every srv_call (and `free_calls`, the
- * finished ones it reuses), the slots while the loop handles them, the stats and the
- * observers. The CQ thread (cq_thread) owns the
- * fcall objects and their free list, `fast_answered`, and a slot from the moment it
- * takes a fast-method event until it has re-armed it; it shares with the loop only the
- * event list (mu), the list of finished fast calls (fast_mu) and `cq_shutting_down`
- * (atomic). gRPC core's own calls are thread-safe. The CQ thread never touches a
- * srv_call or anything of the app but what a cq_handler reads (atomics).
+ * One thread (the one in srv_rpc_run) owns everything: srv_rpc's state, every srv_call
+ * (and `free_calls`, the finished ones it reuses), the slots, the fast calls (fcall),
+ * the stats and the observers. It blocks in grpc_completion_queue_next, with the
+ * deadline of the loop's next timer, and runs the loop without blocking
+ * (UV_RUN_NOWAIT) between batches of completions. The waker thread shares with it
+ * only three atomics (`blocked`, `uv_pending`, `w_fired`) and the bell channel (gRPC
+ * core's calls are thread-safe); it never touches a call or the loop.
  *
- * Tags: every completion carries a pointer to an `srv_tag` whose `fn` runs on the
- * loop. A call owns three tags (final/status, close, write/recv) so that several of
+ * Tags: every completion carries a pointer to an `srv_tag` whose `fn` runs on that
+ * thread. A call owns three tags (final/status, close, write/recv) so that several of
  * its batches can be in flight; `refs` counts those batches plus one for the handler,
  * and the call is freed when it drops to zero. */
 #include "srv_rpc.h"
@@ -29,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -39,13 +40,7 @@
 typedef struct srv_tag srv_tag;
 struct srv_tag {
     void (*fn)(srv_tag *tag, int ok);
-    int on_cq; /* 1: fn runs on the CQ thread (fast calls), 0: on the loop */
 };
-
-typedef struct {
-    srv_tag *tag;
-    int ok;
-} srv_event;
 
 typedef struct srv_slot {
     srv_tag tag;
@@ -59,8 +54,8 @@ typedef struct srv_slot {
     grpc_byte_buffer *payload;
 } srv_slot;
 
-/* A call answered on the CQ thread (srv_method.cq_handler): owned by that thread from
- * accept to the end of its one batch, then back on the CQ thread's free list. */
+/* A call answered at once (srv_method.cq_handler), without an srv_call: from accept to
+ * the end of its one batch, then back on the free list. */
 typedef struct fcall {
     srv_tag tag;
     srv_rpc *s;
@@ -68,12 +63,6 @@ typedef struct fcall {
     int cancelled;
     struct fcall *next_free;
 } fcall;
-
-/* What the loop learns of a fast call afterwards (srv_rpc_sync). */
-typedef struct {
-    int method;
-    float seconds;
-} fdone;
 
 #define MAX_TRAILERS 4 /* srv_call_add_trailer's; one more slot for grpc-status-details-bin */
 /* Bytes in each call for its unpacked request (more: malloc). A token request (the
@@ -132,11 +121,17 @@ struct srv_rpc {
     uv_loop_t *loop;
     grpc_server *server;
     grpc_completion_queue *cq;
-    pthread_t thread;
-    uv_async_t async;
-    pthread_mutex_t mu;
-    srv_event *events, *spare;
-    size_t n_events, cap_events, cap_spare;
+    /* The waker (waker_main): wakes the thread blocked in grpc_completion_queue_next
+     * when the loop has something to do (see srv_rpc_run). */
+    pthread_t waker;
+    int w_ep;           /* its epoll set: the loop's backend fd (one-shot) and w_stop */
+    int w_stop;         /* eventfd: the waker exits */
+    int waker_on;       /* the thread runs (joined by waker_stop) */
+    int w_fired;        /* __atomic: the backend fd fired; srv_rpc_run re-arms it */
+    int blocked;        /* __atomic: srv_rpc_run is (about to be) blocked in gRPC */
+    int uv_pending;     /* __atomic: the loop has events srv_rpc_run has not run yet */
+    grpc_channel *bell; /* a lame channel: a call on it completes at once on s->cq */
+    uint64_t bells, waits, turns; /* __atomic bells; srv_rpc_run's turns and blocking waits */
     const srv_method *methods;
     int n_methods;
     void *app;
@@ -152,107 +147,181 @@ struct srv_rpc {
     srv_rpc_stats stats;
     uint64_t *by_code; /* [method][code] finished calls; row n_methods: unknown methods */
     int open_slots;
-    int closed_handles;
+    int cq_closing; /* grpc_completion_queue_shutdown called */
     int forced; /* connections closed once our calls were over */
-    /* CQ thread <-> loop, for fast calls. */
-    int cq_shutting_down;    /* __atomic: the loop set shutting_down; the CQ thread stops answering */
-    pthread_mutex_t fast_mu; /* guards done/n_done/cap_done */
-    fdone *done_list;
-    size_t n_done, cap_done;
-    fcall *free_fcalls;      /* CQ thread only */
-    uint64_t fast_answered;  /* CQ thread only */
-    srv_call *free_calls;    /* loop only: finished calls for reuse (call_new), freed with s */
+    fcall *free_fcalls;      /* finished fast calls for reuse */
+    uint64_t fast_answered;
+    srv_call *free_calls;    /* finished calls for reuse (call_new), freed with s */
     size_t n_free_calls;
 };
 
 static void on_slot(srv_tag *t, int ok);
 
-/* ---- completion-queue thread ---- */
-
-/* Appends n events under one lock and wakes the loop once. */
-static void push_events(srv_rpc *s, const srv_event *evs, size_t n) {
-    pthread_mutex_lock(&s->mu);
-    if (s->n_events + n > s->cap_events) {
-        while (s->n_events + n > s->cap_events) s->cap_events = s->cap_events ? s->cap_events * 2 : 256;
-        s->events = realloc(s->events, s->cap_events * sizeof *s->events);
-        if (!s->events) abort();
-    }
-    memcpy(s->events + s->n_events, evs, n * sizeof *evs);
-    s->n_events += n;
-    pthread_mutex_unlock(&s->mu);
-    uv_async_send(&s->async);
-}
-
-/* Blocks for one event, then takes whatever else is already complete without
- * waiting (up to a batch), so that a busy server crosses threads once per batch
- * rather than once per event. */
 static int fast_answer(srv_rpc *s, srv_slot *sl);
-
-static void *cq_thread(void *arg) {
-    srv_rpc *s = arg;
-    enum { BATCH = 256 };
-    srv_event batch[BATCH];
-    int done = 0;
-    pthread_setname_np(pthread_self(), "srv-cq");
-    while (!done) {
-        size_t n = 0;
-        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-        for (;;) {
-            if (ev.type == GRPC_QUEUE_SHUTDOWN) {
-                batch[n++] = (srv_event){NULL, 0}; /* NULL tag: the queue is shut down */
-                done = 1;
-                break;
-            }
-            if (ev.type == GRPC_OP_COMPLETE) {
-                srv_tag *t = ev.tag;
-                if (t->on_cq) {
-                    t->fn(t, ev.success); /* a fast call's batch is over */
-                } else if (t->fn == on_slot && ev.success && ((srv_slot *)t)->m &&
-                           ((srv_slot *)t)->m->cq_handler && fast_answer(s, (srv_slot *)t) == 0) {
-                    /* answered here */
-                } else {
-                    batch[n++] = (srv_event){ev.tag, ev.success};
-                }
-            }
-            if (ev.type == GRPC_QUEUE_TIMEOUT || n == BATCH) break;
-            ev = grpc_completion_queue_next(s->cq, gpr_time_0(GPR_CLOCK_REALTIME), NULL);
-        }
-        if (n) push_events(s, batch, n);
-    }
-    return NULL;
-}
-
 static void maybe_done(srv_rpc *s);
 
-static void on_async(uv_async_t *a) {
-    srv_rpc *s = a->data;
-    srv_rpc_sync(s);
+/* ---- one thread for gRPC and the loop ---- */
+
+/* A doorbell: a call on the lame channel fails at once, and its completion lands on
+ * s->cq, which wakes the thread blocked in grpc_completion_queue_next. gRPC core 1.51
+ * has no public way to post an event to a completion queue, nor to poll one from
+ * another loop; this is the cheapest public one (~5 us of CPU, measured), and it only
+ * rings when that thread is blocked with the loop's events waiting. */
+typedef struct {
+    srv_tag tag;
+    grpc_call *call;
+    grpc_metadata_array trailers;
+    grpc_status_code status;
+    grpc_slice details;
+} srv_bell;
+
+static void on_bell(srv_tag *t, int ok) {
+    srv_bell *b = (srv_bell *)t;
+    grpc_call_unref(b->call);
+    grpc_slice_unref(b->details);
+    grpc_metadata_array_destroy(&b->trailers);
+    free(b);
+}
+
+/* Waker thread. */
+static void ring(srv_rpc *s) {
+    srv_bell *b = calloc(1, sizeof *b);
+    if (!b) abort();
+    b->tag.fn = on_bell;
+    grpc_metadata_array_init(&b->trailers);
+    b->details = grpc_empty_slice();
+    b->call = grpc_channel_create_call(s->bell, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq,
+                                       grpc_slice_from_static_string("/srv.Bell/Ring"), NULL,
+                                       gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[1].data.recv_status_on_client.trailing_metadata = &b->trailers;
+    ops[1].data.recv_status_on_client.status = &b->status;
+    ops[1].data.recv_status_on_client.status_details = &b->details;
+    grpc_call_error e = grpc_call_start_batch(b->call, ops, 2, &b->tag, NULL);
+    if (e != GRPC_CALL_OK) {
+        /* Not expected; the loop then waits for the next gRPC event or timer. */
+        CC_ERROR("grpc_bell_failed", "error=%d", (int)e);
+        grpc_call_unref(b->call);
+        grpc_metadata_array_destroy(&b->trailers);
+        free(b);
+        return;
+    }
+    __atomic_add_fetch(&s->bells, 1, __ATOMIC_RELAXED);
+}
+
+/* Waits for the loop's backend fd (one-shot: srv_rpc_run re-arms it once it has run
+ * the loop), tells srv_rpc_run, and rings if that thread is blocked in gRPC. The
+ * stores and loads are sequentially consistent, as in srv_rpc_run: either this thread
+ * sees `blocked` and rings, or that one sees `uv_pending` and does not block. */
+static void *waker_main(void *arg) {
+    srv_rpc *s = arg;
+    pthread_setname_np(pthread_self(), "srv-wake");
     for (;;) {
-        pthread_mutex_lock(&s->mu);
-        srv_event *evs = s->events;
-        size_t n = s->n_events;
-        size_t cap = s->cap_events;
-        s->events = s->spare;
-        s->cap_events = s->cap_spare;
-        s->n_events = 0;
-        pthread_mutex_unlock(&s->mu);
-        if (n == 0) {
-            s->spare = evs;
-            s->cap_spare = cap;
-            return;
+        struct epoll_event ev[2];
+        int n = epoll_wait(s->w_ep, ev, 2, -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            CC_ERROR("waker_failed", "reason=\"%s\"", strerror(errno));
+            abort(); /* the loop would never run again while gRPC is idle */
         }
-        for (size_t i = 0; i < n; i++) {
-            if (!evs[i].tag) {
-                s->cq_done = 1;
-                continue;
+        for (int i = 0; i < n; i++)
+            if (ev[i].data.u32 == 1) return NULL;
+        __atomic_store_n(&s->w_fired, 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&s->uv_pending, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&s->blocked, __ATOMIC_SEQ_CST)) ring(s);
+    }
+}
+
+static int waker_arm(srv_rpc *s, int op) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u32 = 0};
+    return epoll_ctl(s->w_ep, op, uv_backend_fd(s->loop), &ev);
+}
+
+static int waker_start(srv_rpc *s, char *err, size_t errlen) {
+    s->w_ep = epoll_create1(EPOLL_CLOEXEC);
+    s->w_stop = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    struct epoll_event stop = {.events = EPOLLIN, .data.u32 = 1};
+    if (s->w_ep < 0 || s->w_stop < 0 || waker_arm(s, EPOLL_CTL_ADD) < 0 ||
+        epoll_ctl(s->w_ep, EPOLL_CTL_ADD, s->w_stop, &stop) < 0) {
+        snprintf(err, errlen, "waker: %s", strerror(errno));
+        return -1;
+    }
+    s->bell = grpc_lame_client_channel_create("srv-bell", GRPC_STATUS_UNAVAILABLE, "bell");
+    if (pthread_create(&s->waker, NULL, waker_main, s) != 0) {
+        snprintf(err, errlen, "waker: cannot start a thread");
+        return -1;
+    }
+    s->waker_on = 1;
+    return 0;
+}
+
+/* Before the completion queue shuts down (no bell may start after). */
+static void waker_stop(srv_rpc *s) {
+    if (s->waker_on) {
+        uint64_t one = 1;
+        if (write(s->w_stop, &one, sizeof one) < 0) abort();
+        pthread_join(s->waker, NULL);
+        s->waker_on = 0;
+        CC_INFO("grpc_loop_stats", "turns=%llu waits=%llu bells=%llu", (unsigned long long)s->turns,
+                 (unsigned long long)s->waits, (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED));
+    }
+    if (s->bell) grpc_channel_destroy(s->bell);
+    s->bell = NULL;
+    if (s->w_ep >= 0) close(s->w_ep);
+    if (s->w_stop >= 0) close(s->w_stop);
+    s->w_ep = s->w_stop = -1;
+}
+
+static void dispatch(srv_rpc *s, grpc_event ev) {
+    srv_tag *t = ev.tag;
+    if (t->fn == on_slot && ev.success && ((srv_slot *)t)->m && ((srv_slot *)t)->m->cq_handler &&
+        fast_answer(s, (srv_slot *)t) == 0)
+        return; /* answered without an srv_call */
+    t->fn(t, ev.success);
+}
+
+void srv_rpc_run(srv_rpc *s) {
+    enum { BATCH = 256 };
+    uv_loop_t *loop = s->loop;
+    for (;;) {
+        __atomic_store_n(&s->uv_pending, 0, __ATOMIC_SEQ_CST);
+        uv_run(loop, UV_RUN_NOWAIT); /* timers, Redis replies, writes the handlers queued */
+        s->turns++;
+        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_time_0(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type == GRPC_QUEUE_TIMEOUT) {
+            /* Nothing from gRPC: block until gRPC or the loop has something. The waker is
+             * armed only here, so a busy server (never blocked) never wakes it. */
+            if (__atomic_exchange_n(&s->w_fired, 0, __ATOMIC_SEQ_CST) && waker_arm(s, EPOLL_CTL_MOD) < 0) {
+                CC_ERROR("waker_failed", "reason=\"%s\"", strerror(errno));
+                abort();
             }
-            evs[i].tag->fn(evs[i].tag, evs[i].ok);
+            int ms = uv_loop_alive(loop) ? uv_backend_timeout(loop) : -1;
+            __atomic_store_n(&s->blocked, 1, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n(&s->uv_pending, __ATOMIC_SEQ_CST)) ms = 0;
+            gpr_timespec dl = ms < 0    ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
+                              : ms == 0 ? gpr_time_0(GPR_CLOCK_MONOTONIC)
+                                        : gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                                       gpr_time_from_millis(ms, GPR_TIMESPAN));
+            s->waits++;
+            ev = grpc_completion_queue_next(s->cq, dl, NULL);
+            __atomic_store_n(&s->blocked, 0, __ATOMIC_SEQ_CST);
         }
-        s->spare = evs;
-        s->cap_spare = cap;
-        if (s->cq_done) {
-            maybe_done(s);
-            return;
+        /* The loop's clock (uv_now) moves only in uv_run: handlers that run now must not
+         * see the time before the wait (rate limits, deadlines, Redis' clock estimate). */
+        if (ev.type != GRPC_QUEUE_TIMEOUT) uv_update_time(loop);
+        for (int n = 0; ev.type != GRPC_QUEUE_TIMEOUT;) {
+            if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+                /* maybe_done closes the handles; the caller's uv_run finishes (and frees s). */
+                s->cq_done = 1;
+                maybe_done(s);
+                return;
+            }
+            dispatch(s, ev);
+            if (++n == BATCH) break;
+            ev = grpc_completion_queue_next(s->cq, gpr_time_0(GPR_CLOCK_MONOTONIC), NULL);
         }
     }
 }
@@ -560,9 +629,9 @@ static int srv_rpc_decode(srv_rpc *s, const ProtobufCMessageDescriptor *desc, gr
 
 static void arm_slot(srv_slot *sl);
 
-/* ---- fast calls: answered on the CQ thread ---- */
+/* ---- fast calls: answered at once, without an srv_call ---- */
 
-/* CQ thread: the fast call's one batch is over. */
+/* The fast call's one batch is over. */
 static void fast_end(srv_tag *t, int ok) {
     fcall *f = (fcall *)t;
     grpc_call_unref(f->call);
@@ -571,7 +640,7 @@ static void fast_end(srv_tag *t, int ok) {
     f->s->free_fcalls = f;
 }
 
-/* Loop: a slot whose request could not be armed again. Its method can no longer take
+/* A slot whose request could not be armed again. Its method can no longer take
  * calls: the slot is freed here (nothing else points at it) and the process is told. */
 static void slot_lost(srv_slot *sl) {
     srv_rpc *s = sl->s;
@@ -583,16 +652,9 @@ static void slot_lost(srv_slot *sl) {
     maybe_done(s);
 }
 
-/* Loop: re-arming a slot failed on the CQ thread; as arm_slot's failure. */
-static void on_rearm_failed(srv_tag *t, int ok) {
-    srv_slot *sl = (srv_slot *)t;
-    CC_ERROR("grpc_request_call_failed", "method=%s", sl->m->path);
-    slot_lost(sl);
-}
-
 /* The four ops of a unary call's OK answer: initial metadata, `msg`, status OK with
  * `details` (the caller's empty slice, alive until the batch starts), and the close
- * whose flag lands in *cancelled. Used on both threads (it touches nothing shared). */
+ * whose flag lands in *cancelled. */
 static void ops_ok_reply(grpc_op ops[4], grpc_byte_buffer *msg, grpc_slice *details, int *cancelled) {
     memset(ops, 0, 4 * sizeof *ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -605,11 +667,11 @@ static void ops_ok_reply(grpc_op ops[4], grpc_byte_buffer *msg, grpc_slice *deta
     ops[3].data.recv_close_on_server.cancelled = cancelled;
 }
 
-/* CQ thread: answers the call in slot `sl` with its method's cq_handler and re-arms the
- * slot, or returns -1 and leaves the slot untouched for the loop's on_slot (shutdown,
- * headers too big, a request that does not decode, or the handler declined). */
+/* Answers the call in slot `sl` with its method's cq_handler and re-arms the slot, or
+ * returns -1 and leaves the slot untouched for on_slot (shutdown, headers too big, a
+ * request that does not decode, or the handler declined). */
 static int fast_answer(srv_rpc *s, srv_slot *sl) {
-    if (__atomic_load_n(&s->cq_shutting_down, __ATOMIC_ACQUIRE)) return -1;
+    if (s->shutting_down) return -1;
     uint64_t t0 = uv_hrtime();
     size_t md_bytes = 0;
     for (size_t i = 0; i < sl->md.count; i++)
@@ -626,7 +688,6 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     if (f) s->free_fcalls = f->next_free;
     else if (!(f = calloc(1, sizeof *f))) abort();
     f->tag.fn = fast_end;
-    f->tag.on_cq = 1;
     f->s = s;
     f->call = sl->call;
     f->cancelled = 0;
@@ -636,17 +697,14 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     grpc_metadata_array_destroy(&sl->md); /* the array; the strings are the call's */
     grpc_metadata_array_init(&sl->md);
 
-    /* The loop's record of the call exists before the answer leaves: a client that got
-     * it and then reads /metrics sees it counted (srv_rpc_sync runs first). */
-    pthread_mutex_lock(&s->fast_mu);
-    if (s->n_done == s->cap_done) {
-        s->cap_done = s->cap_done ? s->cap_done * 2 : 1024;
-        s->done_list = realloc(s->done_list, s->cap_done * sizeof *s->done_list);
-        if (!s->done_list) abort();
-    }
-    s->done_list[s->n_done++] = (fdone){(int)(sl->m - s->methods), (float)((double)(uv_hrtime() - t0) / 1e9)};
-    size_t nd = s->n_done;
-    pthread_mutex_unlock(&s->fast_mu);
+    /* Counted before the answer leaves: a client that got it and then reads /metrics
+     * sees it. */
+    int mi = (int)(sl->m - s->methods);
+    s->stats.accepted++;
+    s->stats.finished++;
+    s->by_code[mi * 17 + GRPC_STATUS_OK]++;
+    if (s->cfg.on_call_start) s->cfg.on_call_start(s->app, mi);
+    if (s->cfg.on_call_end) s->cfg.on_call_end(s->app, mi, GRPC_STATUS_OK, (double)(uv_hrtime() - t0) / 1e9);
 
     grpc_op ops[4];
     grpc_slice details = grpc_empty_slice();
@@ -662,36 +720,10 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     sl->tag.fn = on_slot;
     if (grpc_server_request_registered_call(s->server, sl->reg, &sl->call, &sl->deadline, &sl->md, &sl->payload,
                                             s->cq, s->cq, &sl->tag) != GRPC_CALL_OK) {
-        sl->tag.fn = on_rearm_failed;
-        push_events(s, &(srv_event){&sl->tag, 0}, 1);
-    } else if (nd % 512 == 0) {
-        uv_async_send(&s->async); /* only fast calls for a while: let the loop count them */
+        CC_ERROR("grpc_request_call_failed", "method=%s", sl->m->path);
+        slot_lost(sl);
     }
     return 0;
-}
-
-void srv_rpc_sync(srv_rpc *s) {
-    pthread_mutex_lock(&s->fast_mu);
-    size_t n = s->n_done;
-    if (!n) {
-        pthread_mutex_unlock(&s->fast_mu);
-        return;
-    }
-    fdone buf[256];
-    fdone *list = n <= 256 ? buf : malloc(n * sizeof *list);
-    if (!list) abort();
-    memcpy(list, s->done_list, n * sizeof *list);
-    s->n_done = 0;
-    pthread_mutex_unlock(&s->fast_mu);
-    for (size_t i = 0; i < n; i++) {
-        int m = list[i].method;
-        s->stats.accepted++;
-        s->stats.finished++;
-        s->by_code[m * 17 + GRPC_STATUS_OK]++;
-        if (s->cfg.on_call_start) s->cfg.on_call_start(s->app, m);
-        if (s->cfg.on_call_end) s->cfg.on_call_end(s->app, m, GRPC_STATUS_OK, list[i].seconds);
-    }
-    if (list != buf) free(list);
 }
 
 static void on_slot(srv_tag *t, int ok) {
@@ -886,15 +918,16 @@ int srv_rpc_check_grpc_args(const char *spec, char *err, size_t errlen) {
     return parse_grpc_args(spec, &g, err, errlen);
 }
 
-/* Frees a server that never started (no thread, no loop handles). */
+/* Frees a server that never started (no loop handles). */
 static void free_unstarted(srv_rpc *s, void **regs) {
+    waker_stop(s);
     if (s->server) grpc_server_destroy(s->server);
     if (s->cq) {
         grpc_completion_queue_shutdown(s->cq);
+        while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type != GRPC_QUEUE_SHUTDOWN) {
+        }
         grpc_completion_queue_destroy(s->cq);
     }
-    pthread_mutex_destroy(&s->mu);
-    pthread_mutex_destroy(&s->fast_mu);
     free(regs);
     free(s->by_code);
     free(s);
@@ -914,8 +947,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     s->app = app;
     s->by_code = calloc((size_t)(n_methods + 1) * 17, sizeof *s->by_code);
     if (!s->by_code) abort();
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_mutex_init(&s->fast_mu, NULL);
+    s->w_ep = s->w_stop = -1;
 
     /* gRPC core turns SO_REUSEPORT on by default: a second server on a busy port would
      * silently share it. Only --reuse-port allows that.
@@ -1007,12 +1039,15 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
         free_unstarted(s, regs);
         return -1;
     }
+    char werr[200];
+    if (waker_start(s, werr, sizeof werr) < 0) {
+        CC_ERROR("grpc_start_failed", "reason=\"%s\"", werr);
+        free_unstarted(s, regs);
+        return -1;
+    }
     grpc_server_start(s->server);
-    uv_async_init(loop, &s->async, on_async);
-    s->async.data = s;
     uv_timer_init(loop, &s->grace);
     s->grace.data = s;
-    pthread_create(&s->thread, NULL, cq_thread, s);
     for (int i = 0; i < n_methods; i++)
         for (int k = 0; k < s->cfg.requests_per_method; k++) new_slot(s, &methods[i], regs[i]);
     new_slot(s, NULL, NULL);
@@ -1027,15 +1062,10 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
 
 static void on_closed_handle(uv_handle_t *h) {
     srv_rpc *s = h->data;
-    if (++s->closed_handles < 2) return;
     void (*done)(void *) = s->done;
     void *payload = s->done_payload;
-    pthread_join(s->thread, NULL);
     grpc_server_destroy(s->server);
     grpc_completion_queue_destroy(s->cq);
-    pthread_mutex_destroy(&s->mu);
-    pthread_mutex_destroy(&s->fast_mu);
-    free(s->done_list);
     while (s->free_fcalls) {
         fcall *f = s->free_fcalls;
         s->free_fcalls = f->next_free;
@@ -1047,8 +1077,6 @@ static void on_closed_handle(uv_handle_t *h) {
         CC_UNPOISON(c, sizeof *c);
         free(c);
     }
-    free(s->events);
-    free(s->spare);
     free(s->by_code);
     free(s);
     if (done) done(payload);
@@ -1064,12 +1092,15 @@ static void maybe_done(srv_rpc *s) {
         grpc_server_cancel_all_calls(s->server);
     }
     if (s->server_done && !s->cq_done && s->open_slots == 0 && s->stats.active == 0) {
-        grpc_completion_queue_shutdown(s->cq);
+        if (!s->cq_closing) {
+            s->cq_closing = 1;
+            waker_stop(s); /* no bell may start on a queue that is shutting down */
+            grpc_completion_queue_shutdown(s->cq);
+        }
         return;
     }
-    if (s->cq_done == 1 && !uv_is_closing((uv_handle_t *)&s->async)) {
+    if (s->cq_done == 1 && !uv_is_closing((uv_handle_t *)&s->grace)) {
         uv_timer_stop(&s->grace);
-        uv_close((uv_handle_t *)&s->async, on_closed_handle);
         uv_close((uv_handle_t *)&s->grace, on_closed_handle);
     }
 }
@@ -1090,7 +1121,6 @@ static void on_grace(uv_timer_t *t) {
 void srv_rpc_shutdown(srv_rpc *s, uint64_t grace_ms, void (*done)(void *), void *payload) {
     if (s->shutting_down) return;
     s->shutting_down = 1;
-    __atomic_store_n(&s->cq_shutting_down, 1, __ATOMIC_RELEASE);
     s->done = done;
     s->done_payload = payload;
     s->t_shutdown.fn = on_server_shutdown;
@@ -1297,12 +1327,10 @@ int srv_call_decode(srv_call *c, const ProtobufCMessageDescriptor *desc, grpc_by
 }
 
 void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out) {
-    srv_rpc_sync((srv_rpc *)s); /* the loop's own object: const for the caller only */
     *out = s->stats;
 }
 
 uint64_t srv_rpc_calls(const srv_rpc *s, int method, grpc_status_code code) {
-    srv_rpc_sync((srv_rpc *)s);
     if (method < 0 || method > s->n_methods || (int)code < 0 || (int)code > 16) return 0;
     return s->by_code[method * 17 + (int)code];
 }

@@ -1,28 +1,28 @@
-/* srv_rpc: the gRPC C core server bridged onto one libuv loop.
+/* srv_rpc: the gRPC C core server and a libuv loop driven by one thread.
  *
- * One completion queue (created _for_next) is drained by a dedicated thread that
- * moves (tag, ok) events into a locked list and wakes the loop with uv_async (sends
- * coalesce, so the loop drains the whole list per wake-up). Everything else
- * (requesting calls, starting batches, handlers) runs on the loop thread, except the
- * calls of methods with a `cq_handler` that it can answer itself (below).
+ * One completion queue (created _for_next). srv_rpc_run drives both: it blocks in
+ * grpc_completion_queue_next with the deadline of the loop's next timer, handles the
+ * completions that are ready (up to a batch), then runs the loop once without blocking
+ * (UV_RUN_NOWAIT: Redis replies, timers, the writes the handlers queued), and again.
+ * Nothing crosses threads on a call's way: its request, its handler, its Redis
+ * commands and replies, its answer and its end are all on that thread, as in a bare
+ * single-thread gRPC server. The loop's own events (a Redis reply, another thread's
+ * uv_async_send) can arrive while that thread is blocked in gRPC: a waker thread
+ * watches the loop's backend fd (uv_backend_fd) and then rings a doorbell (a call on a
+ * lame channel, whose failure lands on the queue at once). gRPC core 1.51 offers no
+ * public way to poll its queue from another loop or to post to it; under load the
+ * thread is seldom blocked, so the bell seldom rings.
  *
  * Each registered method keeps several grpc_server_request_registered_call armed;
- * every accepted call becomes an `srv_call`, a small state machine owned by the loop
- * and freed (or kept for reuse by the next call) when its handler has finished and no
- * batch is in flight. Unknown methods
- * get UNIMPLEMENTED. Server streams keep one SEND_MESSAGE in flight with a queue
- * behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice cancellation.
- * Bidi streams (client streaming) get no first message: the handler arms one
- * RECV_MESSAGE at a time with srv_call_recv, on the loop, and its callback (after the
- * CQ thread handed the completion over like any other) decodes the message with
- * srv_call_decode and arms the next receive, or waits for srv_call_on_drain first
- * when its client is not reading the answers.
- *
- * Threads: the CQ thread owns only the answers of methods with a `cq_handler` (it
- * decodes, answers, re-arms the slot and frees the call itself, and leaves a record of
- * each such call in a locked list the loop turns into on_call_start/on_call_end and the
- * counters: on every wake-up, and in srv_rpc_sync before anyone reads them). Everything
- * the loop owns (srv_call, stats, observers, shutdown) stays on the loop.
+ * every accepted call becomes an `srv_call`, a small state machine freed (or kept for
+ * reuse by the next call) when its handler has finished and no batch is in flight.
+ * Unknown methods get UNIMPLEMENTED. Server streams keep one SEND_MESSAGE in flight
+ * with a queue behind it, and RECV_CLOSE_ON_SERVER armed at the start to notice
+ * cancellation. Bidi streams (client streaming) get no first message: the handler arms
+ * one RECV_MESSAGE at a time with srv_call_recv, and its callback decodes the message
+ * with srv_call_decode and arms the next receive, or waits for srv_call_on_drain first
+ * when its client is not reading the answers. Methods with a `cq_handler` are answered
+ * from the request's completion itself, without an srv_call (Health/Check).
  *
  * Requests are decoded through the configured `decode` function (the server checks
  * every string on the wire before unpacking); a request that does not decode is
@@ -43,11 +43,10 @@ typedef enum { SRV_UNARY, SRV_SERVER_STREAM, SRV_BIDI_STREAM } srv_kind;
 
 typedef void (*srv_handler)(srv_call *call);
 
-/** Optional, unary only: answers a call on the completion-queue thread, without the
- * hand-off to the loop. Gets the decoded request and the app; returns the reply (a new
- * buffer srv_rpc takes) to answer OK at once, or NULL to hand the call to `handler` on
- * the loop as usual (errors, anything that needs loop state). Runs on the CQ thread:
- * it may only read what is safe to read from another thread (atomics, constants). */
+/** Optional, unary only: answers a call at once, without an srv_call (no per-call state
+ * machine, no observer hooks of its own). Gets the decoded request and the app; returns
+ * the reply (a new buffer srv_rpc takes) to answer OK at once, or NULL to hand the call
+ * to `handler` as usual (errors, anything that needs more than a glance at the app). */
 typedef grpc_byte_buffer *(*srv_cq_handler)(const ProtobufCMessage *req, void *app);
 
 typedef struct {
@@ -108,12 +107,18 @@ int srv_rpc_check_grpc_args(const char *spec, char *err, size_t errlen);
 int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg,
                   const srv_method *methods, int n_methods, void *app, int *bound_port);
 
+/** Runs the server and the loop on the calling thread (the loop's) until the server has
+ * shut down (srv_rpc_shutdown); then returns, and the caller's uv_run(UV_RUN_DEFAULT)
+ * finishes the loop's remaining work (the server is freed there, `done` runs there).
+ * Call it instead of uv_run while a server runs. */
+void srv_rpc_run(srv_rpc *s);
+
 /** Stops accepting calls; in-flight calls may finish. After `grace_ms` the remaining
  * calls are cancelled. `done` runs on the loop once every call is over and the
- * completion-queue thread has exited; the server is freed after it returns. */
+ * completion queue has shut down; the server is freed after it returns. */
 void srv_rpc_shutdown(srv_rpc *s, uint64_t grace_ms, void (*done)(void *payload), void *payload);
 
-/* ---- per call (loop thread only) ---- */
+/* ---- per call (the loop's thread only) ---- */
 
 void *srv_call_app(const srv_call *c);
 const srv_method *srv_call_method(const srv_call *c);
@@ -181,9 +186,6 @@ typedef struct {
     uint64_t accepted, finished, unimplemented, active;
 } srv_rpc_stats;
 void srv_rpc_get_stats(const srv_rpc *s, srv_rpc_stats *out);
-/** Applies the calls the CQ thread answered since the last wake-up (counters, the call
- * observer); srv_rpc_get_stats and srv_rpc_calls do it first. Loop thread. */
-void srv_rpc_sync(srv_rpc *s);
 /** Finished calls of method index `method` (n_methods: unknown methods) with `code`. */
 uint64_t srv_rpc_calls(const srv_rpc *s, int method, grpc_status_code code);
 

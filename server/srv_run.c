@@ -173,6 +173,7 @@ int srv_run(const srv_config *cfg) {
         uv_signal_start(&sig_int, on_signal, SIGINT);
     }
 
+    if (app->rpc) srv_rpc_run(app->rpc); /* until the gRPC server has shut down */
     uv_run(app->loop, UV_RUN_DEFAULT);
     uv_loop_close(app->loop);
     grpc_shutdown();

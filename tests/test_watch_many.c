@@ -119,6 +119,20 @@ static update *next_update(cc_stream *s) {
 static int state_of(const update *u) { return u->status ? (int)u->status->state : 0; }
 
 #define WAITING CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING
+
+/* A stream (deadline in ms) watching `tok`, whose first update said WAITING. */
+static cc_stream *open_watching(const char *tok, int deadline_ms) {
+    cc_stream *s = cc_client_bidi(cli, METHOD, NULL, 0, deadline_ms);
+    cr_assert(s);
+    char *add[] = {(char *)tok};
+    send_req(s, add, 1, NULL, 0);
+    update *u = next_update(s);
+    cr_assert(u, "no first update for %s", tok);
+    cr_expect_str_eq(u->token, tok);
+    cr_expect_eq(state_of(u), WAITING, "%s: state %d", tok, state_of(u));
+    th_free_msg(u);
+    return s;
+}
 #define ACTIVE CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE
 #define EXPIRED CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED
 
@@ -415,15 +429,8 @@ Test(watch_many, redis_down_is_a_per_token_error_and_the_stream_recovers, .init 
     char a[128], b[128];
     issue("down-a", a, sizeof a);
     issue("down-b", b, sizeof b);
-    cc_stream *s = cc_client_bidi(cli, METHOD, NULL, 0, 40000);
-    cr_assert(s);
-    char *add_a[] = {a};
-    send_req(s, add_a, 1, NULL, 0);
-    update *u = next_update(s);
-    cr_assert(u);
-    cr_expect_str_eq(u->token, a);
-    cr_expect_eq(state_of(u), WAITING);
-    th_free_msg(u);
+    cc_stream *s = open_watching(a, 40000);
+    update *u;
     expect_gauges(1, 1);
 
     redisContext *rc = th_redis_connect(&redis);
@@ -499,14 +506,9 @@ Test(watch_many, hung_redis_times_out_one_token_and_the_stream_goes_on, .init = 
     char a[128], b[128];
     issue("hung-a", a, sizeof a);
     issue("hung-b", b, sizeof b);
-    cc_stream *s = cc_client_bidi(cli, METHOD, NULL, 0, 40000);
-    cr_assert(s);
-    char *add_a[] = {a}, *add_b[] = {b};
-    send_req(s, add_a, 1, NULL, 0);
-    update *u = next_update(s);
-    cr_assert(u);
-    cr_expect_eq(state_of(u), WAITING);
-    th_free_msg(u);
+    cc_stream *s = open_watching(a, 40000);
+    char *add_b[] = {b};
+    update *u;
 
     kill(redis.pid, SIGSTOP);
     uint64_t t0 = th_now_ms();
@@ -628,14 +630,7 @@ Test(watch_many, watched_tokens_keep_their_place_while_idle, .init = start_idle,
     char quiet[128], watched[128];
     issue("idle-quiet", quiet, sizeof quiet);
     issue("idle-watched", watched, sizeof watched);
-    cc_stream *s = cc_client_bidi(cli, METHOD, NULL, 0, 30000);
-    cr_assert(s);
-    char *add[] = {watched};
-    send_req(s, add, 1, NULL, 0);
-    update *u = next_update(s);
-    cr_assert(u);
-    cr_expect_eq(state_of(u), WAITING);
-    th_free_msg(u);
+    cc_stream *s = open_watching(watched, 30000);
     cr_assert(th_wait_for(user_gone, "idle-quiet", 50, 10000), "the quiet user still waits after 10 s (600 ms idle)");
     cr_expect(!user_gone("idle-watched"), "the watched user lost its place with the quiet one");
     /* No longer watched: it idles out too. */
