@@ -414,6 +414,28 @@ Test(watch_many, cancelled_streams_leave_nothing_behind, .init = start, .fini = 
     end_test();
 }
 
+/* The end of the two Redis-outage tests: the client half-closes, admission starts, and
+ * `a` (watched through the `what`) and `b` (added again after it) each reach ACTIVE
+ * exactly once, with no error, and the stream ends OK. */
+static void both_reach_active(cc_stream *s, const char *a, const char *b, const char *what) {
+    cr_assert_eq(cc_stream_close_send(s), 0);
+    set_rate(50);
+    int active_a = 0, active_b = 0;
+    update *u;
+    while ((u = next_update(s))) {
+        cr_expect_eq(u->error_code, 0, "%s: error %d '%s'", u->token, u->error_code, u->error_message);
+        if (state_of(u) == ACTIVE) active_a += !strcmp(u->token, a), active_b += !strcmp(u->token, b);
+        th_free_msg(u);
+    }
+    cc_status fin;
+    cc_stream_close(s, &fin);
+    cr_expect_eq(fin.code, GRPC_STATUS_OK, "the stream ended %s %s", cc_status_name(fin.code), fin.message);
+    cr_expect_eq(active_a, 1, "the token watched through the %s: %d ACTIVE updates", what, active_a);
+    cr_expect_eq(active_b, 1, "the token added again: %d ACTIVE updates", active_b);
+    expect_gauges(0, 0);
+    end_test();
+}
+
 static int redis_is(void *want) { return gauge("concert_redis_up") == (long)(intptr_t)want; }
 
 /* Redis down while a stream is open: a token added meanwhile cannot be proved, so it
@@ -464,24 +486,7 @@ Test(watch_many, redis_down_is_a_per_token_error_and_the_stream_recovers, .init 
     th_free_msg(u);
     expect_gauges(1, 2);
 
-    cr_assert_eq(cc_stream_close_send(s), 0);
-    set_rate(50);
-    int active_a = 0, active_b = 0;
-    while ((u = next_update(s))) {
-        cr_expect_eq(u->error_code, 0, "%s: error %d '%s'", u->token, u->error_code, u->error_message);
-        if (state_of(u) == ACTIVE) {
-            if (!strcmp(u->token, a)) active_a++;
-            if (!strcmp(u->token, b)) active_b++;
-        }
-        th_free_msg(u);
-    }
-    cc_status fin;
-    cc_stream_close(s, &fin);
-    cr_expect_eq(fin.code, GRPC_STATUS_OK, "the stream ended %s %s", cc_status_name(fin.code), fin.message);
-    cr_expect_eq(active_a, 1, "the token watched through the outage: %d ACTIVE updates", active_a);
-    cr_expect_eq(active_b, 1, "the token added again: %d ACTIVE updates", active_b);
-    expect_gauges(0, 0);
-    end_test();
+    both_reach_active(s, a, b, "outage");
 }
 
 static void start_timeout(void) {
@@ -540,21 +545,7 @@ Test(watch_many, hung_redis_times_out_one_token_and_the_stream_goes_on, .init = 
     }
     cr_assert(added, "b could not be added within 5 s of Redis resuming");
     expect_gauges(1, 2);
-    cr_assert_eq(cc_stream_close_send(s), 0);
-    set_rate(50);
-    int active_a = 0, active_b = 0;
-    while ((u = next_update(s))) {
-        cr_expect_eq(u->error_code, 0, "%s: error %d '%s'", u->token, u->error_code, u->error_message);
-        if (state_of(u) == ACTIVE) active_a += !strcmp(u->token, a), active_b += !strcmp(u->token, b);
-        th_free_msg(u);
-    }
-    cc_status fin;
-    cc_stream_close(s, &fin);
-    cr_expect_eq(fin.code, GRPC_STATUS_OK, "the stream ended %s %s", cc_status_name(fin.code), fin.message);
-    cr_expect_eq(active_a, 1, "the token watched through the pause: %d ACTIVE updates", active_a);
-    cr_expect_eq(active_b, 1, "the token added again: %d ACTIVE updates", active_b);
-    expect_gauges(0, 0);
-    end_test();
+    both_reach_active(s, a, b, "pause");
 }
 
 /* The exit status of `concertctl --server ADDR queue watch TOKEN...` (its output in log). */
