@@ -1321,7 +1321,7 @@ static void stream_add(wstream *s, srv_app *app, const char *token, size_t max) 
     cc_smap_put(s->by_token, w->token, w);
     if (send_status_script(app, &q, on_watch_first, w) < 0) {
         w->refs--;
-        watcher_end(w, GRPC_STATUS_UNAVAILABLE, "token: redis unavailable");
+        watcher_end(w, GRPC_STATUS_UNAVAILABLE, "redis unavailable"); /* as every call says it */
     }
 }
 
