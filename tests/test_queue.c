@@ -111,6 +111,41 @@ Test(queue, same_user_other_concert_gets_another_token, .init = start_paused, .f
     end_test();
 }
 
+/* ---- an idle server wakes for Redis at once ---- */
+
+/* Every timer of the server at its slowest: the loop then has nothing of its own to do
+ * for up to ~1 s at a time (the fixed 1 s timers), and one thread waits in gRPC core
+ * meanwhile. A Redis reply arriving then must wake it at once (srv_rpc.c's waker and
+ * doorbell), not at the next timer: each of 20 calls one after the other, each needing
+ * Redis, has 400 ms. Without the doorbell a reply waits for the next 1 s tick, so most
+ * calls would pass their deadline. */
+static const char *const slow_timers[] = {"--admit-rate", "0", "--admit-interval-ms", "10000",
+                                          "--sweep-interval-ms", "10000", "--watch-interval-ms", "60000",
+                                          "--adapt-interval-ms", "60000", NULL};
+static void start_slow_timers(void) { start(slow_timers); }
+
+Test(queue, idle_server_answers_redis_calls_at_once, .init = start_slow_timers, .fini = stop) {
+    Concert__V1__QueueStatus *s = NULL;
+    cr_assert_eq(th_issue(cli, "idle-waker", "c-one", &s, NULL), GRPC_STATUS_OK);
+    char token[128];
+    snprintf(token, sizeof token, "%s", s->token);
+    free_status(s);
+    for (int i = 0; i < 20; i++) {
+        Concert__V1__GetQueueStatusRequest req = CONCERT__V1__GET_QUEUE_STATUS_REQUEST__INIT;
+        req.token = token;
+        Concert__V1__QueueStatus *st = NULL;
+        cc_status cs;
+        grpc_status_code c = cc_client_unary(cli, "/concert.v1.QueueService/GetQueueStatus", &req.base,
+                                             &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&st,
+                                             NULL, 0, 400, &cs);
+        cr_assert_eq(c, GRPC_STATUS_OK, "call %d: %s %s (a Redis reply waited for a timer?)", i, cc_status_name(c),
+                     cs.message);
+        cr_expect_eq(st->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+        free_status(st);
+    }
+    end_test();
+}
+
 /* ---- leaving ---- */
 
 Test(queue, leave_then_rejoin, .init = start_paused, .fini = stop) {
