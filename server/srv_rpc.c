@@ -150,7 +150,6 @@ struct srv_rpc {
     int cq_closing; /* grpc_completion_queue_shutdown called */
     int forced; /* connections closed once our calls were over */
     fcall *free_fcalls;      /* finished fast calls for reuse */
-    uint64_t fast_answered;
     srv_call *free_calls;    /* finished calls for reuse (call_new), freed with s */
     size_t n_free_calls;
 };
@@ -163,7 +162,10 @@ static void maybe_done(srv_rpc *s);
 /* ---- one thread for gRPC and the loop ---- */
 
 /* A doorbell: a call on the lame channel fails at once, and its completion lands on
- * s->cq, which wakes the thread blocked in grpc_completion_queue_next. gRPC core 1.51
+ * s->cq, which wakes the thread blocked in grpc_completion_queue_next. Made by the
+ * waker (ring), freed by on_bell on srv_rpc_run's thread when that completion comes;
+ * none is made once waker_stop has run, so every bell is freed before the queue's
+ * shutdown event. gRPC core 1.51
  * has no public way to post an event to a completion queue, nor to poll one from
  * another loop; this is the cheapest public one (~5 us of CPU, measured), and it only
  * rings when that thread is blocked with the loop's events waiting. */
@@ -631,6 +633,15 @@ static void arm_slot(srv_slot *sl);
 
 /* ---- fast calls: answered at once, without an srv_call ---- */
 
+/* The slot's request headers as HPACK counts them (RFC 7541 4.1: name + value + 32 per
+ * field), against cfg.max_metadata_bytes. */
+static size_t md_bytes_of(const srv_slot *sl) {
+    size_t n = 0;
+    for (size_t i = 0; i < sl->md.count; i++)
+        n += GRPC_SLICE_LENGTH(sl->md.metadata[i].key) + GRPC_SLICE_LENGTH(sl->md.metadata[i].value) + 32;
+    return n;
+}
+
 /* The fast call's one batch is over. */
 static void fast_end(srv_tag *t, int ok) {
     fcall *f = (fcall *)t;
@@ -673,10 +684,7 @@ static void ops_ok_reply(grpc_op ops[4], grpc_byte_buffer *msg, grpc_slice *deta
 static int fast_answer(srv_rpc *s, srv_slot *sl) {
     if (s->shutting_down) return -1;
     uint64_t t0 = uv_hrtime();
-    size_t md_bytes = 0;
-    for (size_t i = 0; i < sl->md.count; i++)
-        md_bytes += GRPC_SLICE_LENGTH(sl->md.metadata[i].key) + GRPC_SLICE_LENGTH(sl->md.metadata[i].value) + 32;
-    if (md_bytes > (size_t)s->cfg.max_metadata_bytes) return -1;
+    if (md_bytes_of(sl) > (size_t)s->cfg.max_metadata_bytes) return -1;
     char err[300];
     ProtobufCMessage *req;
     if (srv_rpc_decode(s, sl->m->request, sl->payload, NULL, &req, err, sizeof err) < 0) return -1;
@@ -715,14 +723,8 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
         CC_ERROR("grpc_batch_failed", "method=%s error=%d", sl->m->path, (int)e);
         fast_end(&f->tag, 0);
     }
-    s->fast_answered++;
 
-    sl->tag.fn = on_slot;
-    if (grpc_server_request_registered_call(s->server, sl->reg, &sl->call, &sl->deadline, &sl->md, &sl->payload,
-                                            s->cq, s->cq, &sl->tag) != GRPC_CALL_OK) {
-        CC_ERROR("grpc_request_call_failed", "method=%s", sl->m->path);
-        slot_lost(sl);
-    }
+    arm_slot(sl); /* may free sl (slot_lost): not touched after */
     return 0;
 }
 
@@ -747,10 +749,7 @@ static void on_slot(srv_tag *t, int ok) {
     grpc_byte_buffer *payload = sl->payload;
     const srv_method *m = sl->m;
     srv_call *c;
-    /* Headers as HPACK counts them (RFC 7541 4.1: name + value + 32 per field). */
-    size_t md_bytes = 0;
-    for (size_t i = 0; i < sl->md.count; i++)
-        md_bytes += GRPC_SLICE_LENGTH(sl->md.metadata[i].key) + GRPC_SLICE_LENGTH(sl->md.metadata[i].value) + 32;
+    size_t md_bytes = md_bytes_of(sl);
     if (md_bytes > (size_t)s->cfg.max_metadata_bytes) {
         c = call_new(s, m, call, m ? sl->deadline : sl->details.deadline, &sl->md);
         if (!m) {

@@ -44,7 +44,7 @@ typedef enum { SRV_UNARY, SRV_SERVER_STREAM, SRV_BIDI_STREAM } srv_kind;
 typedef void (*srv_handler)(srv_call *call);
 
 /** Optional, unary only: answers a call at once, without an srv_call (no per-call state
- * machine, no observer hooks of its own). Gets the decoded request and the app; returns
+ * machine; srv_rpc still counts it and calls the observers). Gets the decoded request and the app; returns
  * the reply (a new buffer srv_rpc takes) to answer OK at once, or NULL to hand the call
  * to `handler` as usual (errors, anything that needs more than a glance at the app). */
 typedef grpc_byte_buffer *(*srv_cq_handler)(const ProtobufCMessage *req, void *app);
