@@ -116,6 +116,7 @@ typedef struct rnode {
     int port;
     int wanted;
     int n_up;
+    int next_conn;
     rconn *conns;
     int fence_slot;      /* slot of fence_key, -1 none yet */
     char fence_key[40];  /* cc_redis_wait's fence: a key in a slot this node serves */
@@ -454,16 +455,14 @@ static void node_want(rnode *n, int want) {
     }
 }
 
-/* The first connection that is up: every command of a loop turn goes out in one write
- * and comes back in one read, and Redis serves one client's pipeline per event (round
- * robin over two connections cost the server 7 % and Redis 15 % more per
- * GetQueueStatus, measured with bench-h2load.sh). The others are hot spares: they take
- * the traffic at once when the first drops, instead of after its reconnect. */
 static rconn *pick_conn(rnode *n) {
     int k = n->pool->cfg.connections;
     for (int i = 0; i < k; i++) {
-        rconn *c = &n->conns[i];
-        if (c->state == C_UP && c->ac) return c;
+        rconn *c = &n->conns[(n->next_conn + i) % k];
+        if (c->state == C_UP && c->ac) {
+            n->next_conn = (c->idx + 1) % k;
+            return c;
+        }
     }
     return NULL;
 }
