@@ -5,7 +5,9 @@
  * and Sentinel URLs have one node; in cluster mode there is a node per address ever
  * seen (seeds, primaries of the slot map, redirect targets), and `slot_node[slot]`
  * names the primary of each slot. A node that is not a primary of the current map is
- * not "wanted": its connections are dropped and not reconnected.
+ * not "wanted": its connections are dropped and not reconnected. Each node keeps the
+ * index of the connection of each lane (small, bulk; see cc_redis.h), chosen when a
+ * command finds its lane's connection not up (pick_conn).
  *
  * Ownership: each pending command is a `rreq` holding its own RESP encoding (so it
  * can be resent after MOVED/ASK/TRYAGAIN/NOSCRIPT), linked in its connection's send
@@ -52,6 +54,7 @@ typedef struct rreq {
     int node;           /* >= 0: pinned to this node (cc_redis_command_node) */
     int redirects;
     int no_redirect;    /* MOVED/ASK go to the caller (a fence must stay on its connection) */
+    int bulk;           /* 1: the bulk lane (kept through redirects and retries) */
     int noscript_resent;
     int ask_node;       /* >= 0: resend there after ASKING */
     int retry_ms;
@@ -116,7 +119,7 @@ typedef struct rnode {
     int port;
     int wanted;
     int n_up;
-    int next_conn;
+    int small, bulk;     /* the lanes' connections (indexes into conns), -1 none yet */
     rconn *conns;
     int fence_slot;      /* slot of fence_key, -1 none yet */
     char fence_key[40];  /* cc_redis_wait's fence: a key in a slot this node serves */
@@ -418,6 +421,7 @@ static rnode *node_for(cc_redis *r, const char *host, int port) {
     snprintf(n->host, sizeof n->host, "%s", host);
     n->port = port;
     n->fence_slot = -1;
+    n->small = n->bulk = -1;
     n->conns = calloc((size_t)r->cfg.connections, sizeof *n->conns);
     if (!n->conns) abort();
     for (int i = 0; i < r->cfg.connections; i++) {
@@ -455,16 +459,32 @@ static void node_want(rnode *n, int want) {
     }
 }
 
-static rconn *pick_conn(rnode *n) {
-    int k = n->pool->cfg.connections;
-    for (int i = 0; i < k; i++) {
-        rconn *c = &n->conns[(n->next_conn + i) % k];
-        if (c->state == C_UP && c->ac) {
-            n->next_conn = (c->idx + 1) % k;
-            return c;
-        }
+static int conn_is_up(const rnode *n, int i) { return i >= 0 && n->conns[i].state == C_UP && n->conns[i].ac; }
+
+/* The first connection up other than `not`, or -1. */
+static int first_up(const rnode *n, int not) {
+    for (int i = 0; i < n->pool->cfg.connections; i++)
+        if (i != not && conn_is_up(n, i)) return i;
+    return -1;
+}
+
+/* The connection of a lane (cc_redis.h, "Lanes"). The small lane keeps its connection
+ * while it is up (so that its commands stay in order and a loop turn's leave in one
+ * write); when it is down the lane takes the first up that is not the bulk lane's, or
+ * the bulk lane's when no other is. The bulk lane takes the first up other than the
+ * small lane's, or shares the small lane's when there is none (re-chosen on every
+ * command while it shares, so it leaves as soon as a second connection is up). Two
+ * array reads per command while both lanes' connections stay up. */
+static rconn *pick_conn(rnode *n, int bulk) {
+    if (!conn_is_up(n, n->small)) {
+        int i = first_up(n, conn_is_up(n, n->bulk) ? n->bulk : -1);
+        if (i < 0) i = first_up(n, -1);
+        if (i < 0) return NULL;
+        n->small = i;
     }
-    return NULL;
+    if (!bulk) return &n->conns[n->small];
+    if (n->bulk == n->small || !conn_is_up(n, n->bulk)) n->bulk = first_up(n, n->small);
+    return &n->conns[n->bulk >= 0 ? n->bulk : n->small];
 }
 
 /* Any node with a connection up, round robin (keyless commands, map refreshes). */
@@ -653,7 +673,7 @@ static void retry_later(cc_redis *r, rreq *q, int ms) {
  * until the deadline. */
 static void dispatch(cc_redis *r, rreq *q) {
     rnode *n = target_of(r, q);
-    rconn *c = n ? pick_conn(n) : NULL;
+    rconn *c = n ? pick_conn(n, q->bulk) : NULL;
     if (c) {
         if (q->ask_node >= 0) {
             const char *argv[] = {"ASKING"};
@@ -775,7 +795,7 @@ static void refresh_map(cc_redis *r) {
     rconn *c = NULL;
     for (int i = 0; i < r->n_nodes && !c; i++) {
         rnode *n = r->nodes[(r->next_node + i) % r->n_nodes];
-        if (n->n_up > 0) c = pick_conn(n);
+        if (n->n_up > 0) c = pick_conn(n, 0);
     }
     if (!c) {
         map_retry_soon(r); /* nothing up: try again soon (connections are reconnecting) */
@@ -1246,7 +1266,7 @@ static int submit(cc_redis *r, rreq *q) {
         return -1;
     }
     rnode *n = target_of(r, q);
-    rconn *c = n ? pick_conn(n) : NULL;
+    rconn *c = n ? pick_conn(n, q->bulk) : NULL;
     if (!c || send_on(c, q) < 0) {
         req_free(r, q);
         return -1;
@@ -1254,12 +1274,23 @@ static int submit(cc_redis *r, rreq *q) {
     return 0;
 }
 
-int cc_redis_command_argv(cc_redis *r, cc_redis_cb cb, void *payload, int argc, const char **argv,
-                          const size_t *argvlen) {
+static int command_lane(cc_redis *r, int bulk, cc_redis_cb cb, void *payload, int argc, const char **argv,
+                        const size_t *argvlen) {
     if (r->closing || argc < 1) return -1;
     rreq *q = req_new(r, cb, payload, argc, argv, argvlen);
+    q->bulk = bulk;
     if (r->url.cluster) route_key(q, argc, argv, argvlen);
     return submit(r, q);
+}
+
+int cc_redis_command_argv(cc_redis *r, cc_redis_cb cb, void *payload, int argc, const char **argv,
+                          const size_t *argvlen) {
+    return command_lane(r, 0, cb, payload, argc, argv, argvlen);
+}
+
+int cc_redis_command_argv_bulk(cc_redis *r, cc_redis_cb cb, void *payload, int argc, const char **argv,
+                               const size_t *argvlen) {
+    return command_lane(r, 1, cb, payload, argc, argv, argvlen);
 }
 
 int cc_redis_command_node(cc_redis *r, int node, cc_redis_cb cb, void *payload, int argc, const char **argv,
@@ -1299,8 +1330,8 @@ int cc_redis_command(cc_redis *r, cc_redis_cb cb, void *payload, const char *fmt
     return rc;
 }
 
-int cc_redis_eval(cc_redis *r, const cc_redis_script *s, cc_redis_cb cb, void *payload, int nkeys,
-                  int nargs, const char **args, const size_t *lens) {
+static int eval_lane(cc_redis *r, int bulk, const cc_redis_script *s, cc_redis_cb cb, void *payload, int nkeys,
+                     int nargs, const char **args, const size_t *lens) {
     /* Small calls (nearly all) build argv on the stack; large ones (watcher refreshes,
      * seat maps) on the heap. */
     const char *argv_s[64];
@@ -1322,12 +1353,22 @@ int cc_redis_eval(cc_redis *r, const cc_redis_script *s, cc_redis_cb cb, void *p
         argv[3 + i] = args[i];
         argvlen[3 + i] = lens ? lens[i] : strlen(args[i]);
     }
-    int rc = cc_redis_command_argv(r, cb, payload, nargs + 3, argv, argvlen);
+    int rc = command_lane(r, bulk, cb, payload, nargs + 3, argv, argvlen);
     if (argv != argv_s) {
         free(argv);
         free(argvlen);
     }
     return rc;
+}
+
+int cc_redis_eval(cc_redis *r, const cc_redis_script *s, cc_redis_cb cb, void *payload, int nkeys, int nargs,
+                  const char **args, const size_t *lens) {
+    return eval_lane(r, 0, s, cb, payload, nkeys, nargs, args, lens);
+}
+
+int cc_redis_eval_bulk(cc_redis *r, const cc_redis_script *s, cc_redis_cb cb, void *payload, int nkeys, int nargs,
+                       const char **args, const size_t *lens) {
+    return eval_lane(r, 1, s, cb, payload, nkeys, nargs, args, lens);
 }
 
 /* ---- WAIT on every connection ---- */

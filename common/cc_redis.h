@@ -1,6 +1,5 @@
 /* cc_redis: a small pool of long-lived, multiplexed hiredis async connections on one
- * libuv loop. Commands are pipelined on whichever connection is up (round robin);
- * each has a timeout (hiredis 0.14 has none, so a per-connection uv timer watches the
+ * libuv loop. Commands travel in two lanes (below), pipelined; each has a timeout (hiredis 0.14 has none, so a per-connection uv timer watches the
  * oldest pending command and drops the connection when it is late); dropped
  * connections reconnect with exponential backoff. Lua scripts are registered once,
  * loaded on every (re)connect and called by SHA.
@@ -15,6 +14,28 @@
  * connections drop. Commands without a key go to any primary. Scripts are loaded on
  * every connection of every node; a NOSCRIPT reply (a flushed cache, a new primary)
  * reloads them on that connection and resends the command once, transparently.
+ *
+ * Lanes. A node's connections carry two lanes:
+ *  - the small lane (cc_redis_command_argv, cc_redis_command, cc_redis_eval,
+ *    cc_redis_command_node and the pool's own commands) is one connection, the first
+ *    that came up, kept while it stays up: a loop turn's commands leave in one write
+ *    and come back in one read;
+ *  - the bulk lane (cc_redis_command_argv_bulk, cc_redis_eval_bulk), for commands whose
+ *    replies are big or that run long (HSCAN chunks, watcher refreshes, admission,
+ *    audits, exports, sweeps), is another connection of the same node, so that a small
+ *    command never waits behind a big reply. When only one connection of the node is
+ *    up (or --redis-connections is 1) both lanes share it. Connections beyond two are
+ *    hot spares that take over a lane whose connection drops.
+ * Ordering: Redis runs one connection's commands in the order sent, and only those.
+ * So commands of the same lane to the same node run in the order they were sent while
+ * the lane keeps its connection; commands of different lanes may run in any order. A
+ * caller whose second command must see the effect of the first (a write that is not
+ * awaited, then a read of the same key) sends both on the same lane, or sends the
+ * second from the first's callback. A lane changes connection only when its
+ * connection drops (its pending commands then fail) or, for the bulk lane, when a
+ * second connection comes up while it shared the small lane's: then bulk commands
+ * already sent may run after later ones. Redirects (MOVED/ASK/TRYAGAIN) and NOSCRIPT
+ * resends keep a command's lane.
  *
  * Threading: every function must be called from the loop's thread. */
 #ifndef CC_REDIS_H
@@ -43,7 +64,8 @@ int cc_redis_url_parse(cc_redis_url *out, const char *url, char *err, size_t err
 
 typedef struct {
     const char *url;            /* see above */
-    int connections;            /* pool size (per primary in cluster mode), default 2 */
+    int connections;            /* connections per node (per primary in cluster mode), default 2:
+                                 * the small and the bulk lane (see above); 1: both share one */
     int command_timeout_ms;     /* default 2000 */
     int connect_timeout_ms;     /* default 1000 */
     int max_backoff_ms;         /* default 2000 */
@@ -107,7 +129,7 @@ int cc_redis_n_nodes(const cc_redis *r);
 const char *cc_redis_node_addr(const cc_redis *r, int node, char *buf, size_t len);
 
 /** Sends a command to primary `node` (0 <= node < cc_redis_n_nodes), for what is per
- * node (SCAN, INFO, DBSIZE). Same contract as cc_redis_command_argv. */
+ * node (SCAN, INFO, DBSIZE), on the small lane. Same contract as cc_redis_command_argv. */
 int cc_redis_command_node(cc_redis *r, int node, cc_redis_cb cb, void *payload, int argc, const char **argv,
                           const size_t *argvlen);
 
@@ -124,18 +146,29 @@ typedef void (*cc_redis_wait_cb)(int acked, const char *err, void *payload);
  * exactly once) or -1 when no connection is up. */
 int cc_redis_wait(cc_redis *r, int replicas, int timeout_ms, cc_redis_wait_cb cb, void *payload);
 
-/** Sends a command. Returns 0 when queued (cb will be called exactly once), or -1
- * when no connection is up (cb will not be called). */
+/** Sends a command on the small lane. Returns 0 when queued (cb will be called exactly
+ * once), or -1 when no connection is up (cb will not be called). argv and argvlen
+ * (NULL: strlen of each) are copied before it returns. */
 int cc_redis_command_argv(cc_redis *r, cc_redis_cb cb, void *payload, int argc,
                           const char **argv, const size_t *argvlen);
+
+/** The same on the bulk lane: for a command whose reply is big (many elements, a large
+ * string) or that runs long, so that small commands do not queue behind it. Same
+ * contract; mind the ordering rule above. */
+int cc_redis_command_argv_bulk(cc_redis *r, cc_redis_cb cb, void *payload, int argc,
+                               const char **argv, const size_t *argvlen);
 
 /** printf-style variant (hiredis format: %s, %b, %d...). Same contract. */
 int cc_redis_command(cc_redis *r, cc_redis_cb cb, void *payload, const char *fmt, ...);
 
 /** EVALSHA of `script` with `nkeys` keys followed by args (args[0..nargs) are
- * keys then ARGV). Same contract as cc_redis_command_argv. */
+ * keys then ARGV), on the small lane. Same contract as cc_redis_command_argv. */
 int cc_redis_eval(cc_redis *r, const cc_redis_script *script, cc_redis_cb cb, void *payload,
                   int nkeys, int nargs, const char **args, const size_t *lens);
+
+/** The same on the bulk lane (see cc_redis_command_argv_bulk). */
+int cc_redis_eval_bulk(cc_redis *r, const cc_redis_script *script, cc_redis_cb cb, void *payload,
+                       int nkeys, int nargs, const char **args, const size_t *lens);
 
 /** Stops reconnecting, fails pending commands with "closing", frees the pool once
  * every handle is closed (the loop keeps running until then). */
