@@ -315,7 +315,8 @@ static void sweep_one(srv_app *app, const char *concert, void *arg) {
     snprintf(key, sizeof key, "cc:{%s}:holds", concert);
     snprintf(prefix, sizeof prefix, "cc:{%s}:", concert);
     const char *args[] = {key, prefix};
-    if (cc_redis_eval(app->redis, &s_sweep, on_sweep, sc, 1, 2, args, NULL) < 0) free(sc);
+    /* Up to 500 releases at once: the bulk lane. */
+    if (cc_redis_eval_bulk(app->redis, &s_sweep, on_sweep, sc, 1, 2, args, NULL) < 0) free(sc);
 }
 
 static void on_sweep_timer(uv_timer_t *t) {

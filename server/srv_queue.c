@@ -1122,7 +1122,8 @@ static void refresh_watchers(srv_concert *c) {
             w->refs++;
             b->n++;
         }
-        if (cc_redis_eval(app->redis, &s_watch, on_watch_batch, b, 1, n, args, lens) < 0) {
+        /* Up to WATCH_CHUNK statuses a reply: the bulk lane. */
+        if (cc_redis_eval_bulk(app->redis, &s_watch, on_watch_batch, b, 1, n, args, lens) < 0) {
             CC_DEBUG("watch_refresh_not_sent", "concert=%s watchers=%zu", c->id, b->n);
             for (size_t i = 0; i < b->n; i++) watcher_unref(b->w[i]);
             free(b);
@@ -1467,7 +1468,10 @@ static void on_admit_timer(uv_timer_t *t) {
         args[n++] = s->gone_keep, args[n++] = rhex, args[n++] = calls, args[n++] = errors;
         args[n++] = s->a_interval, args[n++] = s->a_pending, args[n++] = s->a_backlog, args[n++] = s->a_errors;
         c->admit_sent = uv_now(app->loop);
-        if (cc_redis_eval(app->redis, &s_admit, on_admit, c, 1, n, args, NULL) == 0) c->admit_inflight = 1;
+        /* Admission may move many tokens (and its reply lists the ended ones): the bulk
+         * lane. What it reads that the small lane writes unawaited (q:seen bits) only
+         * matters at the idle timeout's scale. */
+        if (cc_redis_eval_bulk(app->redis, &s_admit, on_admit, c, 1, n, args, NULL) == 0) c->admit_inflight = 1;
     }
 }
 

@@ -320,7 +320,8 @@ static void read_more(export_ctx *x) {
     snprintf(off, sizeof off, "%zu", logging ? x->log_len : x->left_len);
     snprintf(len, sizeof len, "%d", logging ? LOG_CHUNK : LEFT_CHUNK);
     const char *args[] = {k.slot, k.prefix, x->concert, logging ? "log" : "left", off, len};
-    if (cc_redis_eval(x->app->redis, &s_sale, logging ? on_log : on_left, x, 1, 6, args, NULL) < 0)
+    /* Chunks of the sale's log and bitmap: the bulk lane. */
+    if (cc_redis_eval_bulk(x->app->redis, &s_sale, logging ? on_log : on_left, x, 1, 6, args, NULL) < 0)
         export_fail(x, GRPC_STATUS_UNAVAILABLE, "redis unavailable");
 }
 
