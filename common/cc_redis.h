@@ -17,9 +17,9 @@
  *
  * Lanes. A node's connections carry two lanes:
  *  - the small lane (cc_redis_command_argv, cc_redis_command, cc_redis_eval,
- *    cc_redis_command_node and the pool's own commands) is one connection, the first
- *    that came up, kept while it stays up: a loop turn's commands leave in one write
- *    and come back in one read;
+ *    cc_redis_command_node, CLUSTER SLOTS) is one connection (the first
+ *    up when one is needed), kept while it stays up: a loop turn's commands leave in one
+ *    write and come back in one read;
  *  - the bulk lane (cc_redis_command_argv_bulk, cc_redis_eval_bulk), for commands whose
  *    replies are big or that run long (HSCAN chunks, watcher refreshes, admission,
  *    audits, exports, sweeps), is another connection of the same node, so that a small

@@ -35,7 +35,7 @@ int main(int argc, char **argv) {
         {"metrics", "CONCERT_METRICS", CC_OPT_STR, &metrics, "HOST:PORT", "serve Prometheus metrics (GET /metrics) here; port 0 picks one (the metrics_listening log line names it)", 0, 0},
         {"batch", "CONCERT_BATCH", CC_OPT_INT, &batch, "N", "most payments in one batch (default 500)", 1, 100000},
         {"max-inflight", "CONCERT_MAX_INFLIGHT", CC_OPT_INT, &inflight, "N", "batches settling at once; one user's payments still apply in Kafka order (default 4)", 1, 64},
-        {"redis-connections", "CONCERT_REDIS_CONNECTIONS", CC_OPT_INT, &conns, "N", "multiplexed, pipelined Redis connections (default 2)", 1, 64},
+        {"redis-connections", "CONCERT_REDIS_CONNECTIONS", CC_OPT_INT, &conns, "N", "pipelined Redis connections: commands share the first, the others are hot spares (default 2)", 1, 64},
         {"redis-wait-replicas", "CONCERT_REDIS_WAIT_REPLICAS", CC_OPT_INT, &wait_replicas, "N", "before committing a batch, WAIT until N Redis replicas have it; fewer = retry the batch (default 0: no WAIT)", 0, 16},
         {"redis-wait-timeout-ms", "CONCERT_REDIS_WAIT_TIMEOUT_MS", CC_OPT_INT, &wait_timeout, "MS", "timeout of that WAIT (default 1000)", 1, 60000},
         {"redis-timeout-ms", "CONCERT_REDIS_TIMEOUT_MS", CC_OPT_INT, &redis_timeout, "MS", "Redis command timeout; a late reply drops the connection and the batch is retried (default 2000)", 10, 60000},

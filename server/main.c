@@ -71,7 +71,7 @@ int main(int argc, char **argv) {
         {"kafka-fetch-min-bytes", "CONCERT_KAFKA_FETCH_MIN_BYTES", CC_OPT_INT, &cfg.kafka_fetch_min_bytes, "N", "fetch.min.bytes of the payment results feed (default 1: a result is answered at once)", 1, 100000000},
         {"admit-interval-ms", "CONCERT_ADMIT_INTERVAL_MS", CC_OPT_INT, &cfg.admit_interval_ms, "MS", "how often this server runs admission (default 100)", 10, 10000},
         {"watch-interval-ms", "CONCERT_WATCH_INTERVAL_MS", CC_OPT_INT, &cfg.watch_interval_ms, "MS", "how often queue watchers are refreshed (default 500)", 50, 60000},
-        {"redis-connections", "CONCERT_REDIS_CONNECTIONS", CC_OPT_INT, &cfg.redis_connections, "N", "multiplexed Redis connections (default 2)", 1, 64},
+        {"redis-connections", "CONCERT_REDIS_CONNECTIONS", CC_OPT_INT, &cfg.redis_connections, "N", "pipelined Redis connections per node: small commands share the first, big or long replies (seat maps, watcher refreshes, admission, audits) go on the second; 1: both share one; more: hot spares (default 2)", 1, 64},
         {"redis-timeout-ms", "CONCERT_REDIS_TIMEOUT_MS", CC_OPT_INT, &cfg.redis_timeout_ms, "MS", "Redis command timeout (default 2000)", 10, 60000},
         {"shutdown-grace-ms", "CONCERT_SHUTDOWN_GRACE_MS", CC_OPT_INT, &cfg.shutdown_grace_ms, "MS", "on SIGTERM, time for in-flight calls (default 5000)", 0, 600000},
         {"tls-cert", "CONCERT_TLS_CERT", CC_OPT_STR, &cfg.tls_cert, "FILE", "serve gRPC over TLS with this PEM certificate (chain); needs --tls-key", 0, 0},
