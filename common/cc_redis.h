@@ -137,9 +137,9 @@ int cc_redis_command_node(cc_redis *r, int node, cc_redis_cb cb, void *payload, 
  * connections asked, or with acked = -1 and `err` when one of them failed. */
 typedef void (*cc_redis_wait_cb)(int acked, const char *err, void *payload);
 
-/** Replication fence: on every connection that is up, of every primary, a small
- * write (INCR of a fence key that primary serves) followed by WAIT `replicas`
- * `timeout_ms`, pipelined. Once `cb` reports >= replicas, every write any client made
+/** Replication fence: on every connection that is up (both lanes' and the spares), of
+ * every primary, a small write (INCR of a fence key that primary serves) followed by
+ * WAIT `replicas` `timeout_ms`, pipelined. Once `cb` reports >= replicas, every write any client made
  * on any primary before the call is on that many replicas of its primary (WAIT covers
  * the writes of its own connection, and the fence's offset is past all earlier ones,
  * also those of another process, e.g. a crashed consumer's). Returns 0 (cb called
