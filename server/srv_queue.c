@@ -68,7 +68,6 @@ struct srv_queue_state {
     char d_rate[24], d_max[24], d_ttl[24], d_idle[24], gone_keep[24];
     char a_interval[24], a_pending[24], a_backlog[24], a_errors[24];
     int64_t clock_offset; /* Redis ms minus uv_now, from the admission ticks */
-    int64_t clock_rtt;    /* round trip (ms) of the tick that measured it: the offset is within half */
     int clock_known;
     struct fctx *free_fast; /* finished fast-path contexts for reuse (status_fast), freed with the state */
     size_t n_free_fast;
@@ -101,12 +100,15 @@ struct srv_watcher {
  * epoch length L and the pool's reconnect count; any change of the three drops every
  * chunk. A bit is marked only when Redis confirmed it (GETBIT said 1 or SETBIT
  * answered) for a proven waiting token, and only if the command was sent at least
- * mirror_margin() ms into epoch E by this server's estimate. Why it never lies while
- * it is consulted (epoch E by the estimate; docs/DATA.md "Queue"):
+ * (the tick's round trip / 2 + MIRROR_SLACK_MS) ms into epoch E by this server's
+ * estimate of Redis' clock (not at all when that margin is L / 2 or more). Why it
+ * never lies while it is consulted (epoch E by the estimate; docs/DATA.md "Queue"):
  *  - Redis clears slot E%3 only in the sweeps of epochs = E+2 (mod 3), i.e. E-1 and
- *    E+2 (DEL slot (e+1)%3), each on Redis' own clock. The estimate is ahead of Redis
- *    by at most half the tick's round trip (the tick's reading lies between send and
- *    reply; uv_now only lags), so a command sent at estimate >= E*L + margin executes
+ *    E+2 (DEL slot (e+1)%3), each on Redis' own clock. The estimate (this concert's
+ *    last tick: Redis' TIME minus the midpoint of the tick's send and reply by uv_now)
+ *    is ahead of Redis by at most half that tick's round trip (Redis read TIME between
+ *    send and reply; uv_now is updated after epoll returns and lags the real clock
+ *    otherwise), so a command sent at estimate >= E*L + margin executes
  *    at Redis time >= E*L: after any E-1 sweep. It is consulted only while the
  *    estimate is < (E+1)*L, i.e. Redis < (E+2)*L unless the estimate lags Redis by a
  *    whole epoch: before the E+2 sweep. So a skipped GETBIT would have read 1 and the
@@ -116,9 +118,11 @@ struct srv_watcher {
  *  - The sweep's other DEL (all slots of a chunk whose q:here is empty) needs every
  *    user of that chunk gone from the line; a token that left or idled out fails the
  *    fast path's ZRANGEBYSCORE and goes to the script, and a rejoin has a new n.
- *  - The idle timeout changed: a new L drops the mirror at this server's next tick;
- *    until then the old L's slots are what the fast path writes anyway, and the sweep
- *    clears nothing for two epochs of the new L after it sees the change.
+ *  - The idle timeout changed: a new L drops the mirror at this server's next tick
+ *    reply (admit interval, 100 ms by default; the fast path stops after
+ *    INFO_FRESH_MS without one); until then the old L's slots are what the fast path
+ *    writes anyway, and the sweep clears nothing in the first two epochs of the new L
+ *    (at least L_new ms after the change).
  *  - Redis restart, failover, data loss with a reconnect: any connection going down
  *    bumps cc_redis_stats.reconnects, which drops the mirror. A concert deleted (the
  *    tick says so) drops it too; one recreated within the epoch reuses join numbers,
@@ -155,6 +159,7 @@ struct srv_concert {
     uint64_t info_at;    /* uv_now of its reply, 0 = none yet */
     int64_t rate, idle_ms, sale_at, waiting;
     int method;
+    int64_t clock_offset, clock_rtt; /* Redis ms minus uv_now from this tick (its node's clock), its round trip */
     seen_mirror seen; /* the fast path's idle bits known set (see seen_mirror) */
     /* The scheduled sale's seed once drawn (pre-queue joins need it). */
     int have_seed;
@@ -1020,11 +1025,13 @@ static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
     f->may_mark = 0;
     if (f->idle_ms > 0 && n > 0) {
         int64_t L = (f->idle_ms + 1) / 2;
-        int64_t rn = redis_now(app);
+        /* Redis' clock by this concert's last tick (fresh: fast_ok), which measured the
+         * clock of the node that holds the concert (Redis Cluster: one per slot). */
+        int64_t rn = (int64_t)uv_now(app->loop) + c->clock_offset;
         int64_t E = rn / L;
         /* The mirror only from a margin into the epoch (see seen_mirror); an L too
          * short for the margin never uses it. */
-        int64_t margin = app->queue->clock_rtt / 2 + MIRROR_SLACK_MS;
+        int64_t margin = c->clock_rtt / 2 + MIRROR_SLACK_MS;
         int known = 0;
         if (margin < L / 2 && rn - E * L >= margin) {
             uint64_t gen = redis_gen(app);
@@ -1558,8 +1565,9 @@ static void on_admit(redisReply *r, const char *err, void *p) {
             c->info_at = now ? now : 1;
             /* Redis' clock: its reading is halfway between send and reply. */
             app->queue->clock_offset = rnow - (int64_t)(c->admit_sent + (now - c->admit_sent) / 2);
-            app->queue->clock_rtt = (int64_t)(now - c->admit_sent);
             app->queue->clock_known = 1;
+            c->clock_offset = app->queue->clock_offset;
+            c->clock_rtt = (int64_t)(now - c->admit_sent);
             srv_metrics_queue_rate(app, c->id, c->rate);
         }
         if (admitted || expired || idled)
