@@ -98,7 +98,7 @@ struct srv_watcher {
  *
  * Tagged by the absolute epoch E (of Redis' clock as this server estimates it), the
  * epoch length L and the pool's reconnect count; any change of the three drops every
- * chunk. A bit is marked only when Redis confirmed it (GETBIT said 1 or SETBIT
+ * chunk, and no reply to a command sent before a drop (or a reconnect) marks. A bit is marked only when Redis confirmed it (GETBIT said 1 or SETBIT
  * answered) for a proven waiting token, and only if the command was sent at least
  * (the tick's round trip / 2 + MIRROR_SLACK_MS) ms into epoch E by this server's
  * estimate of Redis' clock (not at all when that margin is L / 2 or more). Why it
@@ -132,6 +132,7 @@ struct srv_watcher {
 typedef struct {
     int64_t epoch, L; /* L == 0: empty */
     uint64_t gen;     /* cc_redis_stats.reconnects when it was started */
+    uint64_t era;     /* drops so far: a command sent before a drop never marks after it */
     int n;            /* chunks in use */
     int last;         /* the chunk found last (most polls are in one chunk) */
     int64_t idx[MIRROR_MAX_CHUNKS];
@@ -142,6 +143,7 @@ static void mirror_drop(seen_mirror *m) {
     for (int i = 0; i < m->n; i++) free(m->bits[i]);
     m->n = m->last = 0;
     m->L = 0;
+    m->era++;
 }
 
 struct srv_concert {
@@ -296,8 +298,8 @@ static int mirror_has(seen_mirror *m, int64_t E, int64_t L, uint64_t gen, int64_
     return (m->bits[i][b >> 3] >> (b & 7)) & 1;
 }
 
-static void mirror_mark(seen_mirror *m, int64_t E, int64_t L, uint64_t gen, int64_t n) {
-    if (m->epoch != E || m->L != L || m->gen != gen) return; /* started over since the send */
+static void mirror_mark(seen_mirror *m, uint64_t era, int64_t n) {
+    if (m->era != era || !m->L) return; /* started over since the send */
     int i = mirror_find(m, n);
     if (i < 0) {
         if (m->n >= MIRROR_MAX_CHUNKS) return; /* full: those users keep their GETBIT */
@@ -885,8 +887,7 @@ typedef struct fctx {
     int pending, failed, found, got_bit;
     int64_t pos, bitval;
     int may_mark;           /* sent late enough in the epoch that a confirmed bit may be mirrored */
-    int64_t m_epoch, m_len; /* the mirror's tag at the send */
-    uint64_t m_gen;
+    uint64_t m_gen, m_era;  /* the reconnect count and the mirror's era at the send */
     struct fctx *next_free;
 } fctx;
 
@@ -922,7 +923,7 @@ static void fctx_put(srv_app *app, fctx *f) {
 static void fast_mark(fctx *f) {
     srv_app *app = f->q.app;
     srv_concert *c = concert_get(app, f->q.concert, 0);
-    if (c && redis_gen(app) == f->m_gen) mirror_mark(&c->seen, f->m_epoch, f->m_len, f->m_gen, f->q.nv);
+    if (c && redis_gen(app) == f->m_gen) mirror_mark(&c->seen, f->m_era, f->q.nv);
 }
 
 static void on_fast_setbit(redisReply *r, const char *err, void *p) {
@@ -1036,7 +1037,7 @@ static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
         if (margin < L / 2 && rn - E * L >= margin) {
             uint64_t gen = redis_gen(app);
             known = mirror_has(&c->seen, E, L, gen, n); /* then GETBIT would say 1: no GETBIT, no SETBIT */
-            f->may_mark = !known, f->m_epoch = E, f->m_len = L, f->m_gen = gen;
+            f->may_mark = !known, f->m_gen = gen, f->m_era = c->seen.era;
         }
         if (!known) send_getbit(app, f, &k, E % 3);
     }
