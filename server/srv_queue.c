@@ -875,9 +875,11 @@ static void status_by_script(sctx *s) {
     }
 }
 
-/* The fast path: three plain reads of a waiting user (see the top of the file). The
- * tick's figures are copied: the concert may leave the registry meanwhile. Owned by
- * the call's handler until fast_done, then back on app->queue->free_fast. */
+/* The fast path: three plain reads of a waiting user, two when the idle-bit mirror
+ * knows the bit (see the top of the file). The tick's figures are copied: the concert
+ * may leave the registry meanwhile (the mirror is looked up again by id). Owned by the
+ * call's handler until fast_done (or the reply to its SETBIT, which marks the mirror),
+ * then back on app->queue->free_fast. */
 typedef struct fctx {
     qctx q;
     int64_t rate, waiting, idle_ms;
