@@ -20,7 +20,8 @@
  *
  * GetQueueStatus of a waiting user (the call everyone repeats) is three plain reads
  * pipelined (ZRANGEBYSCORE proves the token and finds the member, ZCOUNT gives the
- * position, GETBIT tells whether this idle epoch already saw the user) when this
+ * position, GETBIT tells whether this idle epoch already saw the user; skipped when
+ * this server's idle-bit mirror knows it did, see seen_mirror) when this
  * server's last admission tick of the concert is fresh: the rate, the idle timeout and
  * the sale's opening come from that tick, and Redis' clock from this server's clock
  * plus the offset the ticks measure. Anything else goes through queue_status.lua.
@@ -53,6 +54,8 @@
 #define INFO_FRESH_MS 2000 /* the fast path trusts a tick's figures this long */
 #define ISSUE_TRIES 4      /* seed / tie retries of one IssueToken */
 #define CHUNK 65536        /* join numbers per idle bitmap (queue_lib.lua) */
+#define MIRROR_MAX_CHUNKS 64 /* idle-bit mirror: at most 64 chunks of 8 KiB per concert (seen_mirror) */
+#define MIRROR_SLACK_MS 50   /* idle-bit mirror: margin beyond half the clock tick's round trip */
 
 extern const unsigned char lua_queue_lib[], lua_queue_issue[], lua_queue_status[], lua_queue_leave[],
     lua_queue_admit[], lua_queue_watch[], lua_queue_user[];
@@ -89,6 +92,60 @@ struct srv_watcher {
     srv_watcher *prev, *next;
 };
 
+/* The idle-bit mirror (issue 13): which q:seen bits of one idle epoch this server
+ * knows are set in Redis, so that GetQueueStatus' fast path skips GETBIT (and SETBIT)
+ * for a user it already saw this epoch: two commands per repeated poll, not three.
+ *
+ * Tagged by the absolute epoch E (of Redis' clock as this server estimates it), the
+ * epoch length L and the pool's reconnect count; any change of the three drops every
+ * chunk, and no reply to a command sent before a drop (or a reconnect) marks. A bit is marked only when Redis confirmed it (GETBIT said 1 or SETBIT
+ * answered) for a proven waiting token, and only if the command was sent at least
+ * (the tick's round trip / 2 + MIRROR_SLACK_MS) ms into epoch E by this server's
+ * estimate of Redis' clock (not at all when that margin is L / 2 or more). Why it
+ * never lies while it is consulted (epoch E by the estimate; docs/DATA.md "Queue"):
+ *  - Redis clears slot E%3 only in the sweeps of epochs = E+2 (mod 3), i.e. E-1 and
+ *    E+2 (DEL slot (e+1)%3), each on Redis' own clock. The estimate (this concert's
+ *    last tick: Redis' TIME minus the midpoint of the tick's send and reply by uv_now)
+ *    is ahead of Redis by at most half that tick's round trip (Redis read TIME between
+ *    send and reply; uv_now is updated after epoll returns and lags the real clock
+ *    otherwise), so a command sent at estimate >= E*L + margin executes
+ *    at Redis time >= E*L: after any E-1 sweep. It is consulted only while the
+ *    estimate is < (E+1)*L, i.e. Redis < (E+2)*L unless the estimate lags Redis by a
+ *    whole epoch: before the E+2 sweep. So a skipped GETBIT would have read 1 and the
+ *    skipped SETBIT would have been a no-op: Redis ends in the same state, and idle
+ *    drop-out is unchanged.
+ *  - Other writers (seen() in queue_issue/status/watch) only ever set bits.
+ *  - The sweep's other DEL (all slots of a chunk whose q:here is empty) needs every
+ *    user of that chunk gone from the line; a token that left or idled out fails the
+ *    fast path's ZRANGEBYSCORE and goes to the script, and a rejoin has a new n.
+ *  - The idle timeout changed: a new L drops the mirror at this server's next tick
+ *    reply (admit interval, 100 ms by default; the fast path stops after
+ *    INFO_FRESH_MS without one); until then the old L's slots are what the fast path
+ *    writes anyway, and the sweep clears nothing in the first two epochs of the new L
+ *    (at least L_new ms after the change).
+ *  - Redis restart, failover, data loss with a reconnect: any connection going down
+ *    bumps cc_redis_stats.reconnects, which drops the mirror. A concert deleted (the
+ *    tick says so) drops it too; one recreated within the epoch reuses join numbers,
+ *    but IssueToken's seen() sets the new user's bit in Redis' epoch at the join.
+ * Even a wrong mirror costs at most one epoch's bits of a user, and the sweep drops
+ * only users with no bit in three consecutive epochs. */
+typedef struct {
+    int64_t epoch, L; /* L == 0: empty */
+    uint64_t gen;     /* cc_redis_stats.reconnects when it was started */
+    uint64_t era;     /* drops so far: a command sent before a drop never marks after it */
+    int n;            /* chunks in use */
+    int last;         /* the chunk found last (most polls are in one chunk) */
+    int64_t idx[MIRROR_MAX_CHUNKS];
+    uint8_t *bits[MIRROR_MAX_CHUNKS]; /* CHUNK / 8 bytes each, calloc'd on first mark */
+} seen_mirror;
+
+static void mirror_drop(seen_mirror *m) {
+    for (int i = 0; i < m->n; i++) free(m->bits[i]);
+    m->n = m->last = 0;
+    m->L = 0;
+    m->era++;
+}
+
 struct srv_concert {
     char id[SRV_MAX_ID + 1];
     srv_concert *hnext;
@@ -104,6 +161,8 @@ struct srv_concert {
     uint64_t info_at;    /* uv_now of its reply, 0 = none yet */
     int64_t rate, idle_ms, sale_at, waiting;
     int method;
+    int64_t clock_offset, clock_rtt; /* Redis ms minus uv_now from this tick (its node's clock), its round trip */
+    seen_mirror seen; /* the fast path's idle bits known set (see seen_mirror) */
     /* The scheduled sale's seed once drawn (pre-queue joins need it). */
     int have_seed;
     unsigned char seed[32];
@@ -168,6 +227,7 @@ static void concert_drop(srv_app *app, srv_concert *c, int exists) {
     CC_INFO("queue_idle", "concert=%s exists=%d", c->id, exists);
     cc_redis_command(app->redis, ignore_reply, NULL, "SREM cc:queues %s", c->id);
     OPENSSL_cleanse(c->seed, sizeof c->seed);
+    mirror_drop(&c->seen);
     free(c);
 }
 
@@ -205,6 +265,51 @@ void srv_concerts_foreach(srv_app *app, void (*fn)(srv_app *app, const char *con
 /* Redis' clock as this server estimates it (ms). */
 static int64_t redis_now(const srv_app *app) {
     return (int64_t)uv_now(app->loop) + app->queue->clock_offset;
+}
+
+/* ---- the idle-bit mirror (seen_mirror) ---- */
+
+static uint64_t redis_gen(const srv_app *app) {
+    cc_redis_stats st;
+    cc_redis_get_stats(app->redis, &st);
+    return st.reconnects;
+}
+
+/* The chunk of join number n, or -1. */
+static int mirror_find(const seen_mirror *m, int64_t n) {
+    int64_t ci = n / CHUNK;
+    if (m->last < m->n && m->idx[m->last] == ci) return m->last;
+    for (int i = 0; i < m->n; i++)
+        if (m->idx[i] == ci) return i;
+    return -1;
+}
+
+/* 1 if bit n is known set for (E, L, gen); starts the mirror over for another tag. */
+static int mirror_has(seen_mirror *m, int64_t E, int64_t L, uint64_t gen, int64_t n) {
+    if (m->epoch != E || m->L != L || m->gen != gen) {
+        mirror_drop(m);
+        m->epoch = E, m->L = L, m->gen = gen;
+        return 0;
+    }
+    int i = mirror_find(m, n);
+    if (i < 0) return 0;
+    m->last = i;
+    int64_t b = n % CHUNK;
+    return (m->bits[i][b >> 3] >> (b & 7)) & 1;
+}
+
+static void mirror_mark(seen_mirror *m, uint64_t era, int64_t n) {
+    if (m->era != era || !m->L) return; /* started over since the send */
+    int i = mirror_find(m, n);
+    if (i < 0) {
+        if (m->n >= MIRROR_MAX_CHUNKS) return; /* full: those users keep their GETBIT */
+        i = m->n;
+        if (!(m->bits[i] = calloc(1, CHUNK / 8))) abort();
+        m->idx[i] = n / CHUNK;
+        m->n++;
+    }
+    int64_t b = n % CHUNK;
+    m->bits[i][b >> 3] |= (uint8_t)(1u << (b & 7));
 }
 
 /* ---- replies ---- */
@@ -770,9 +875,11 @@ static void status_by_script(sctx *s) {
     }
 }
 
-/* The fast path: three plain reads of a waiting user (see the top of the file). The
- * tick's figures are copied: the concert may leave the registry meanwhile. Owned by
- * the call's handler until fast_done, then back on app->queue->free_fast. */
+/* The fast path: three plain reads of a waiting user, two when the idle-bit mirror
+ * knows the bit (see the top of the file). The tick's figures are copied: the concert
+ * may leave the registry meanwhile (the mirror is looked up again by id). Owned by the
+ * call's handler until fast_done (or the reply to its SETBIT, which marks the mirror),
+ * then back on app->queue->free_fast. */
 typedef struct fctx {
     qctx q;
     int64_t rate, waiting, idle_ms;
@@ -781,6 +888,8 @@ typedef struct fctx {
     char bit[16];
     int pending, failed, found, got_bit;
     int64_t pos, bitval;
+    int may_mark;           /* sent late enough in the epoch that a confirmed bit may be mirrored */
+    uint64_t m_gen, m_era;  /* the reconnect count and the mirror's era at the send */
     struct fctx *next_free;
 } fctx;
 
@@ -811,6 +920,20 @@ static void fctx_put(srv_app *app, fctx *f) {
     CC_POISON(f, offsetof(fctx, next_free)); /* the ASan build still sees a use after "free" */
 }
 
+/* A proven waiting token's bit, confirmed set by Redis: into the concert's mirror
+ * (if the concert is still known and its mirror still has the tag of the send). */
+static void fast_mark(fctx *f) {
+    srv_app *app = f->q.app;
+    srv_concert *c = concert_get(app, f->q.concert, 0);
+    if (c && redis_gen(app) == f->m_gen) mirror_mark(&c->seen, f->m_era, f->q.nv);
+}
+
+static void on_fast_setbit(redisReply *r, const char *err, void *p) {
+    fctx *f = p;
+    if (r && r->type == REDIS_REPLY_INTEGER) fast_mark(f);
+    fctx_put(f->q.app, f);
+}
+
 static void fast_done(fctx *f) {
     srv_app *app = f->q.app;
     if (f->failed || !f->found || f->pos <= 0) {
@@ -827,8 +950,12 @@ static void fast_done(fctx *f) {
     status_waiting(&st, f->pos, estimate_wait(f->pos, f->waiting, f->rate, f->method, 0));
     srv_call_reply(f->q.call, &st.base);
     if (f->got_bit && f->bitval == 0) {
+        /* f stays ours until the reply: a SETBIT that Redis answered is mirrored. */
         const char *argv[] = {"SETBIT", f->seen_key, f->bit, "1"};
-        cc_redis_command_argv(app->redis, ignore_reply, NULL, 4, argv, NULL);
+        if (!f->may_mark) cc_redis_command_argv(app->redis, ignore_reply, NULL, 4, argv, NULL);
+        else if (cc_redis_command_argv(app->redis, on_fast_setbit, f, 4, argv, NULL) == 0) return;
+    } else if (f->got_bit && f->may_mark) {
+        fast_mark(f); /* GETBIT said 1 */
     }
     fctx_put(app, f);
 }
@@ -867,6 +994,21 @@ static int fast_ok(const srv_app *app, const srv_concert *c) {
     return c->sale_at <= 0 || c->sale_at <= redis_now(app);
 }
 
+/* GETBIT q:seen:<slot>:<n / CHUNK> <n % CHUNK> of f's token. */
+static void send_getbit(srv_app *app, fctx *f, const srv_queue_keys *k, int64_t slot) {
+    int64_t n = f->q.nv;
+    /* "<prefix>q:seen:<slot>:<n / CHUNK>" and "<n % CHUNK>", without snprintf */
+    char *o = f->seen_key;
+    memcpy(o, k->prefix, k->plen);
+    memcpy(o + k->plen, "q:seen:", 7);
+    o = put_i64(o + k->plen + 7, slot);
+    *o++ = ':';
+    put_i64(o, n / CHUNK);
+    put_i64(f->bit, n % CHUNK);
+    const char *gb[] = {"GETBIT", f->seen_key, f->bit};
+    if (cc_redis_command_argv(app->redis, on_fast_bit, f, 3, gb, NULL) == 0) f->pending++;
+}
+
 static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
     fctx *f = fctx_get(app);
     f->q = *q;
@@ -883,19 +1025,23 @@ static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
     const char *zc[] = {"ZCOUNT", k.slot, "-inf", q->n};
     if (cc_redis_command_argv(app->redis, on_fast_count, f, 4, zc, NULL) == 0) f->pending++;
     else f->failed = 1;
-    if (f->idle_ms > 0) {
+    f->may_mark = 0;
+    if (f->idle_ms > 0 && n > 0) {
         int64_t L = (f->idle_ms + 1) / 2;
-        int64_t slot = (redis_now(app) / L) % 3;
-        /* "<prefix>q:seen:<slot>:<n / CHUNK>" and "<n % CHUNK>", without snprintf */
-        char *o = f->seen_key;
-        memcpy(o, k.prefix, k.plen);
-        memcpy(o + k.plen, "q:seen:", 7);
-        o = put_i64(o + k.plen + 7, slot);
-        *o++ = ':';
-        put_i64(o, n / CHUNK);
-        put_i64(f->bit, n % CHUNK);
-        const char *gb[] = {"GETBIT", f->seen_key, f->bit};
-        if (cc_redis_command_argv(app->redis, on_fast_bit, f, 3, gb, NULL) == 0) f->pending++;
+        /* Redis' clock by this concert's last tick (fresh: fast_ok), which measured the
+         * clock of the node that holds the concert (Redis Cluster: one per slot). */
+        int64_t rn = (int64_t)uv_now(app->loop) + c->clock_offset;
+        int64_t E = rn / L;
+        /* The mirror only from a margin into the epoch (see seen_mirror); an L too
+         * short for the margin never uses it. */
+        int64_t margin = c->clock_rtt / 2 + MIRROR_SLACK_MS;
+        int known = 0;
+        if (margin < L / 2 && rn - E * L >= margin) {
+            uint64_t gen = redis_gen(app);
+            known = mirror_has(&c->seen, E, L, gen, n); /* then GETBIT would say 1: no GETBIT, no SETBIT */
+            f->may_mark = !known, f->m_gen = gen, f->m_era = c->seen.era;
+        }
+        if (!known) send_getbit(app, f, &k, E % 3);
     }
     if (--f->pending == 0) fast_done(f);
 }
@@ -1424,6 +1570,8 @@ static void on_admit(redisReply *r, const char *err, void *p) {
             /* Redis' clock: its reading is halfway between send and reply. */
             app->queue->clock_offset = rnow - (int64_t)(c->admit_sent + (now - c->admit_sent) / 2);
             app->queue->clock_known = 1;
+            c->clock_offset = app->queue->clock_offset;
+            c->clock_rtt = (int64_t)(now - c->admit_sent);
             srv_metrics_queue_rate(app, c->id, c->rate);
         }
         if (admitted || expired || idled)
@@ -1436,6 +1584,7 @@ static void on_admit(redisReply *r, const char *err, void *p) {
             const char *user = srv_str_at(r, i);
             if (srv_valid_user(user)) user_record(app, user, c->id, srv_str_at(r, i + 1));
         }
+        if (!exists) mirror_drop(&c->seen); /* deleted: its bits went with it */
         int empty = !exists || (waiting == 0 && active == 0 && holds == 0);
         if (!empty) {
             concert_note(app, c->id);
@@ -1543,6 +1692,7 @@ void srv_queue_free(srv_app *app) {
         while (c) {
             srv_concert *next = c->hnext;
             OPENSSL_cleanse(c->seed, sizeof c->seed);
+            mirror_drop(&c->seen);
             free(c);
             c = next;
         }

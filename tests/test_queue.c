@@ -246,6 +246,149 @@ Test(queue, idle_waiting_users_lose_their_place, .init = start_idle, .fini = sto
     end_test();
 }
 
+/* ---- the idle-bit mirror (GetQueueStatus' fast path skips GETBIT for a user this
+ * server already saw set this epoch; srv_queue.c seen_mirror) ---- */
+
+/* Redis' count of `cmd` calls so far (INFO commandstats; commands from scripts too). */
+static long long cmd_calls(const char *cmd) {
+    redisContext *rc = th_redis_connect(&redis);
+    redisReply *r = redisCommand(rc, "INFO commandstats");
+    long long n = -1;
+    char want[64];
+    snprintf(want, sizeof want, "cmdstat_%s:calls=", cmd);
+    if (r && r->type == REDIS_REPLY_STRING) {
+        const char *p = strstr(r->str, want);
+        n = p ? atoll(p + strlen(want)) : 0;
+    }
+    freeReplyObject(r);
+    redisFree(rc);
+    return n;
+}
+
+static int user_ended(const char *concert, const char *user) {
+    redisContext *rc = th_redis_connect(&redis);
+    /* While waiting, q:users holds the user's join number; once it ended, its token. */
+    redisReply *r = redisCommand(rc, "HGET cc:{%s}:q:users %s", concert, user);
+    int gone = r && r->type == REDIS_REPLY_STRING && !strncmp(r->str, "v2.", 3);
+    freeReplyObject(r);
+    redisFree(rc);
+    return gone;
+}
+
+static const char *const mirror_flags[] = {"--admit-rate", "0", "--idle-timeout-ms", "1200", "--rate-user", "0", NULL};
+static void start_mirror(void) { start(mirror_flags); }
+
+/* Redis' clock (ms). */
+static long long redis_ms(redisContext *rc) {
+    redisReply *r = redisCommand(rc, "TIME");
+    long long t = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2
+                      ? atoll(r->element[0]->str) * 1000 + atoll(r->element[1]->str) / 1000
+                      : 0;
+    freeReplyObject(r);
+    return t;
+}
+
+/* Idle epochs of 600 ms: a user polled only through this server, and only in the
+ * second half of each epoch by Redis' clock (so never where the mirror is not used),
+ * for 4.5 s (7 epochs) keeps waiting: the mirror started over every epoch, or its
+ * skipped SETBITs would leave the user without a bit and the sweep would drop it.
+ * The silent one is dropped, and fewer GETBITs than polls reach Redis. */
+Test(queue, idle_mirror_keeps_pollers_and_skips_getbit, .init = start_mirror, .fini = stop) {
+    Concert__V1__QueueStatus *quiet = NULL, *asking = NULL;
+    cr_assert_eq(th_issue(cli, "quiet", "idle", &quiet, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(th_issue(cli, "asking", "idle", &asking, NULL), GRPC_STATUS_OK);
+    redisContext *rc = th_redis_connect(&redis);
+    long long g0 = cmd_calls("getbit");
+    uint64_t end = th_now_ms() + 4500;
+    int polls = 0, gone = 0;
+    while (th_now_ms() < end) {
+        if (redis_ms(rc) % 600 < 320) { /* the first half (and some): wait for the second */
+            th_pause_ms(10);
+            continue;
+        }
+        cr_assert_eq(th_state(cli, asking->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING,
+                     "poll %d: a user who keeps asking must keep waiting", polls);
+        polls++;
+        if (!gone) gone = user_ended("idle", "quiet");
+        th_pause_ms(40);
+    }
+    redisFree(rc);
+    long long getbits = cmd_calls("getbit") - g0;
+    cr_assert(gone, "the quiet user still waits after 4.5 s with a 1200 ms idle timeout");
+    cr_expect_eq(th_state(cli, quiet->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_EXPIRED);
+    /* Main: a GETBIT per poll, plus the sweep's for the quiet user. Here one per epoch
+     * plus the sweep's (idle_mirror_forgets_on_reconnect counts them exactly). */
+    cr_expect(getbits < polls, "%lld GETBITs for %d polls: the mirror should skip most", getbits, polls);
+    cr_log_info("%lld GETBITs for %d polls", getbits, polls);
+    free_status(quiet);
+    free_status(asking);
+    end_test();
+}
+
+typedef struct {
+    const char *token;
+    long long before;
+} quiet_poll;
+
+/* One poll that sent no GETBIT (the mirror knew the bit). */
+static int poll_without_getbit(void *arg) {
+    quiet_poll *q = arg;
+    long long g = cmd_calls("getbit");
+    int st = th_state(cli, q->token);
+    return st == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING && cmd_calls("getbit") == g;
+}
+
+static int poll_waiting(void *arg) {
+    return th_state(cli, arg) == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING;
+}
+
+typedef struct {
+    long long clients;
+} all_back;
+
+static int clients_back(void *arg) {
+    return th_redis_info_int(&redis, "connected_clients") >= ((all_back *)arg)->clients;
+}
+
+static const char *const mirror_long[] = {"--admit-rate", "0", "--idle-timeout-ms", "20000", "--rate-user", "0", NULL};
+static void start_mirror_long(void) { start(mirror_long); }
+
+/* The mirror is a copy of Redis' bits: after a reconnect (a Redis restart or
+ * failover may have lost them) the server asks Redis again and sets the bit anew. */
+Test(queue, idle_mirror_forgets_on_reconnect, .init = start_mirror_long, .fini = stop) {
+    Concert__V1__QueueStatus *a = NULL;
+    cr_assert_eq(th_issue(cli, "asking", "idle", &a, NULL), GRPC_STATUS_OK);
+    quiet_poll q = {a->token, 0};
+    cr_assert(th_wait_for(poll_without_getbit, &q, 20, 5000), "no poll went without GETBIT in 5 s");
+    /* 40 repeated polls within one 10 s epoch: a GETBIT at most at an epoch start. */
+    long long g0 = cmd_calls("getbit");
+    for (int i = 0; i < 40; i++)
+        cr_assert_eq(th_state(cli, a->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+    long long getbits = cmd_calls("getbit") - g0;
+    cr_expect_leq(getbits, 2, "%lld GETBITs for 40 polls", getbits);
+    /* Lose the bits and every connection of the server. */
+    redisContext *rc = th_redis_connect(&redis);
+    long long clients = th_redis_info_int(&redis, "connected_clients");
+    freeReplyObject(redisCommand(rc, "DEL cc:{idle}:q:seen:0:0 cc:{idle}:q:seen:1:0 cc:{idle}:q:seen:2:0"));
+    freeReplyObject(redisCommand(rc, "CLIENT KILL TYPE normal SKIPME yes"));
+    all_back b = {clients};
+    cr_assert(th_wait_for(clients_back, &b, 20, 10000), "the server's connections did not come back");
+    cr_assert(th_wait_for(poll_waiting, (void *)a->token, 20, 5000), "no answer after the reconnect");
+    for (int i = 0; i < 5; i++)
+        cr_assert_eq(th_state(cli, a->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+    long long n = atoll(a->token + strlen("v2.idle."));
+    int set = 0;
+    for (int slot = 0; slot < 3; slot++) {
+        redisReply *r = redisCommand(rc, "GETBIT cc:{idle}:q:seen:%d:0 %lld", slot, n);
+        set |= r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        freeReplyObject(r);
+    }
+    cr_expect(set, "after a reconnect the polls must set the user's idle bit again (n=%lld)", n);
+    redisFree(rc);
+    free_status(a);
+    end_test();
+}
+
 /* ---- watch ---- */
 
 static const char *const slow_admit[] = {"--admit-rate", "4", "--watch-interval-ms", "100", NULL};
