@@ -938,7 +938,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     if (!s) abort();
     s->loop = loop;
     s->cfg = *cfg;
-    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 16;
+    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 4;
     if (s->cfg.max_message_bytes <= 0) s->cfg.max_message_bytes = 1 << 20;
     if (s->cfg.max_metadata_bytes <= 0) s->cfg.max_metadata_bytes = 64 << 10;
     s->methods = methods;
@@ -1047,6 +1047,15 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     grpc_server_start(s->server);
     uv_timer_init(loop, &s->grace);
     s->grace.data = s;
+    /* Few armed requests per method, not one per call in flight: a call that finds none
+     * waits in gRPC core's queue of the method and is handed over by the next re-arm
+     * (arm_slot runs as soon as a slot's call is taken, so one thread keeps up at any
+     * rate). Every armed request costs every completion: gRPC 1.51 as Debian builds it
+     * (no NDEBUG) checks each completion's tag against a list of every tag outstanding
+     * on the queue (cq_check_tag, a linear scan under the queue's mutex, twice per unary
+     * call), and armed requests of idle methods sit at the list's head for good: 29
+     * methods x 32 cost ~10,700 instructions per call, x 4 ~1,400
+     * (docs/PERFORMANCE.md "Server cost per call"). */
     for (int i = 0; i < n_methods; i++)
         for (int k = 0; k < s->cfg.requests_per_method; k++) new_slot(s, &methods[i], regs[i]);
     new_slot(s, NULL, NULL);
