@@ -20,6 +20,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/slice_buffer.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
@@ -70,6 +71,11 @@ typedef struct fcall {
  * every open stream carries it (10,000 watchers: 1.9 MB). */
 #define CALL_ARENA 192
 #define FREE_CALLS_MAX 1024 /* finished srv_calls kept for reuse */
+/* A request metadata array of at most this many entries is emptied and kept for the
+ * next call instead of freed (gRPC core appends to it: no free and realloc per call); a
+ * bigger one (a call with many headers) is freed, so that no slot or kept call holds
+ * one for good. */
+#define MD_KEEP 16
 
 typedef struct wq {
     grpc_byte_buffer *bb;
@@ -100,6 +106,7 @@ struct srv_call {
     void (*on_drain)(srv_call *c); /* once pending writes fall to drain_at */
     int drain_at;
     grpc_byte_buffer *recv_bb;
+    grpc_byte_buffer *husk; /* unary: the request's buffer, emptied, to send the reply in (take_husk) */
     void *data;
     int in_list;
     srv_call *prev, *next; /* all live calls, for shutdown */
@@ -330,6 +337,15 @@ void srv_rpc_run(srv_rpc *s) {
 
 /* ---- calls ---- */
 
+/* Empties a request metadata array for reuse (MD_KEEP); its strings were the call's. */
+static void md_recycle(grpc_metadata_array *md) {
+    if (md->capacity > MD_KEEP) {
+        grpc_metadata_array_destroy(md);
+        grpc_metadata_array_init(md);
+    }
+    md->count = 0;
+}
+
 /* Discards the stream messages not yet handed to gRPC. */
 static void drop_queue(srv_call *c) {
     while (c->q_head) {
@@ -355,7 +371,7 @@ static void call_unref(srv_call *c) {
     drop_queue(c);
     if (c->req) protobuf_c_message_free_unpacked(c->req, &c->alloc);
     if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
-    grpc_metadata_array_destroy(&c->md);
+    if (c->husk) grpc_byte_buffer_destroy(c->husk);
     for (size_t i = 0; i < c->n_trailers; i++) {
         grpc_slice_unref(c->trailers[i].key);
         grpc_slice_unref(c->trailers[i].value);
@@ -364,6 +380,7 @@ static void call_unref(srv_call *c) {
     free(c->details);
     grpc_call_unref(c->call);
     if (s->n_free_calls < FREE_CALLS_MAX) {
+        md_recycle(&c->md); /* kept for a slot to re-arm with (call_new) */
         c->next_free = s->free_calls;
         s->free_calls = c;
         s->n_free_calls++;
@@ -371,6 +388,7 @@ static void call_unref(srv_call *c) {
         CC_POISON(c, offsetof(srv_call, next_free));
         CC_POISON(c->arena, CALL_ARENA);
     } else {
+        grpc_metadata_array_destroy(&c->md);
         free(c);
     }
 }
@@ -532,10 +550,13 @@ static void alloc_trailers(srv_call *c) {
 static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_timespec deadline,
                           grpc_metadata_array *md) {
     srv_call *c = s->free_calls;
+    grpc_metadata_array spare; /* for the slot: a finished call's emptied array, or a new one */
+    grpc_metadata_array_init(&spare);
     if (c) {
         s->free_calls = c->next_free;
         s->n_free_calls--;
         CC_UNPOISON(c, offsetof(srv_call, arena));
+        spare = c->md;
         memset(c, 0, offsetof(srv_call, arena)); /* the arena's bytes need no clearing */
     } else if (!(c = calloc(1, sizeof *c))) {
         abort();
@@ -545,7 +566,7 @@ static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_
     c->m = m;
     c->call = call;
     c->md = *md;
-    grpc_metadata_array_init(md);
+    *md = spare;
     c->refs = 1; /* the handler's */
     gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
     gpr_timespec dl = gpr_convert_clock_type(deadline, GPR_CLOCK_MONOTONIC);
@@ -631,7 +652,51 @@ static int srv_rpc_decode(srv_rpc *s, const ProtobufCMessageDescriptor *desc, gr
 
 static void arm_slot(srv_slot *sl);
 
+/* A request buffer whose slices can be swapped for a reply's: gRPC core hands a
+ * registered method's message over as a raw, uncompressed buffer. */
+static int reusable(const grpc_byte_buffer *bb) {
+    return bb && bb->type == GRPC_BB_RAW && bb->data.raw.compression == GRPC_COMPRESS_NONE;
+}
+
+/* After decoding: a unary call keeps its request's buffer, emptied, and sends its reply
+ * in it (srv_call_reply), as the echo server sends its request back: no buffer made and
+ * freed per call. Streams do not keep it (it would stay for the stream's life). */
+static void take_husk(srv_call *c, grpc_byte_buffer *bb) {
+    if (!bb) return;
+    if (c->m && c->m->kind == SRV_UNARY && reusable(bb)) {
+        grpc_slice_buffer_reset_and_unref(&bb->data.raw.slice_buffer);
+        c->husk = bb;
+    } else {
+        grpc_byte_buffer_destroy(bb);
+    }
+}
+
 /* ---- fast calls: answered at once, without an srv_call ---- */
+
+/* A fast call's unpacked request lives on the stack (no malloc per call): bump
+ * allocation in `bytes`, malloc beyond them. */
+typedef struct {
+    size_t used;
+    _Alignas(max_align_t) unsigned char bytes[CALL_ARENA];
+} stack_arena;
+
+static void *stack_alloc(void *data, size_t size) {
+    stack_arena *a = data;
+    size_t at = (a->used + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
+    if (size <= CALL_ARENA && at <= CALL_ARENA - size) {
+        a->used = at + size;
+        return a->bytes + at;
+    }
+    void *p = malloc(size);
+    if (!p) abort();
+    return p;
+}
+
+static void stack_free(void *data, void *p) {
+    stack_arena *a = data;
+    if ((unsigned char *)p >= a->bytes && (unsigned char *)p < a->bytes + CALL_ARENA) return;
+    free(p);
+}
 
 /* The slot's request headers as HPACK counts them (RFC 7541 4.1: name + value + 32 per
  * field), against cfg.max_metadata_bytes. */
@@ -687,10 +752,27 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     if (md_bytes_of(sl) > (size_t)s->cfg.max_metadata_bytes) return -1;
     char err[300];
     ProtobufCMessage *req;
-    if (srv_rpc_decode(s, sl->m->request, sl->payload, NULL, &req, err, sizeof err) < 0) return -1;
-    grpc_byte_buffer *reply = sl->m->cq_handler(req, s->app);
-    protobuf_c_message_free_unpacked(req, NULL);
-    if (!reply) return -1;
+    stack_arena a;
+    a.used = 0;
+    ProtobufCAllocator alloc = {stack_alloc, stack_free, &a};
+    if (srv_rpc_decode(s, sl->m->request, sl->payload, &alloc, &req, err, sizeof err) < 0) return -1;
+    grpc_slice body;
+    int answered = sl->m->cq_handler(req, s->app, &body);
+    protobuf_c_message_free_unpacked(req, &alloc);
+    if (!answered) return -1;
+    /* The reply goes out in the request's own buffer, as the echo server sends its
+     * request back: its slices are swapped for the reply's (no buffer made and freed per
+     * call). */
+    grpc_byte_buffer *reply = sl->payload;
+    sl->payload = NULL;
+    if (reusable(reply)) {
+        grpc_slice_buffer_reset_and_unref(&reply->data.raw.slice_buffer);
+        grpc_slice_buffer_add(&reply->data.raw.slice_buffer, body);
+    } else {
+        if (reply) grpc_byte_buffer_destroy(reply);
+        reply = grpc_raw_byte_buffer_create(&body, 1);
+        grpc_slice_unref(body);
+    }
 
     fcall *f = s->free_fcalls;
     if (f) s->free_fcalls = f->next_free;
@@ -700,10 +782,7 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     f->call = sl->call;
     f->cancelled = 0;
     sl->call = NULL;
-    if (sl->payload) grpc_byte_buffer_destroy(sl->payload);
-    sl->payload = NULL;
-    grpc_metadata_array_destroy(&sl->md); /* the array; the strings are the call's */
-    grpc_metadata_array_init(&sl->md);
+    md_recycle(&sl->md);
 
     /* Counted before the answer leaves: a client that got it and then reads /metrics
      * sees it. */
@@ -787,7 +866,7 @@ static void on_slot(srv_tag *t, int ok) {
     if (m->kind != SRV_BIDI_STREAM) {
         char err[300];
         int rc = srv_rpc_decode(s, m->request, payload, &c->alloc, &c->req, err, sizeof err);
-        if (payload) grpc_byte_buffer_destroy(payload);
+        take_husk(c, payload);
         if (rc < 0) {
             srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
             return;
@@ -1083,6 +1162,7 @@ static void on_closed_handle(uv_handle_t *h) {
         srv_call *c = s->free_calls;
         s->free_calls = c->next_free;
         CC_UNPOISON(c, sizeof *c);
+        grpc_metadata_array_destroy(&c->md);
         free(c);
     }
     free(s->by_code);
@@ -1247,7 +1327,15 @@ static void reply_emptying(srv_call *c, grpc_byte_buffer *bb) {
 
 void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
     if (c->handler_done) return;
-    grpc_byte_buffer *bb = cc_pb_pack(msg); /* ours alone: no copy needed */
+    grpc_byte_buffer *bb = c->husk; /* ours alone: no copy needed */
+    c->husk = NULL;
+    if (bb) {
+        grpc_slice s = grpc_slice_malloc(protobuf_c_message_get_packed_size(msg));
+        protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
+        grpc_slice_buffer_add(&bb->data.raw.slice_buffer, s);
+    } else {
+        bb = cc_pb_pack(msg);
+    }
     reply_emptying(c, bb);
     grpc_byte_buffer_destroy(bb);
 }
@@ -1255,8 +1343,16 @@ void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
 void srv_call_reply_raw(srv_call *c, grpc_byte_buffer *bb) {
     if (c->handler_done) return;
     /* Give gRPC core a copy (slice references, not bytes) so that a cached reply stays
-     * whole. */
-    grpc_byte_buffer *cp = grpc_byte_buffer_copy(bb);
+     * whole: in the request's buffer when the call kept it. */
+    grpc_byte_buffer *cp = c->husk;
+    c->husk = NULL;
+    if (cp && reusable(bb)) {
+        for (size_t i = 0; i < bb->data.raw.slice_buffer.count; i++)
+            grpc_slice_buffer_add(&cp->data.raw.slice_buffer, grpc_slice_ref(bb->data.raw.slice_buffer.slices[i]));
+    } else {
+        if (cp) grpc_byte_buffer_destroy(cp);
+        cp = grpc_byte_buffer_copy(bb);
+    }
     reply_emptying(c, cp);
     grpc_byte_buffer_destroy(cp);
 }
