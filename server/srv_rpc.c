@@ -124,6 +124,17 @@ struct srv_call {
     _Alignas(max_align_t) unsigned char arena[CALL_ARENA];
 };
 
+/* A registered method's armed requests (slots): few at first, more while it is busy
+ * (note_taken). */
+typedef struct {
+    void *reg;     /* grpc_server_register_method's handle */
+    int slots;     /* slots of the method */
+    int taken;     /* its calls taken in turn `turn` of srv_rpc_run */
+    uint64_t turn;
+} method_slots;
+
+#define FIRST_SLOTS 2 /* armed requests per method at start (at most cfg.requests_per_method) */
+
 struct srv_rpc {
     uv_loop_t *loop;
     grpc_server *server;
@@ -153,6 +164,7 @@ struct srv_rpc {
     srv_call *calls;
     srv_rpc_stats stats;
     uint64_t *by_code; /* [method][code] finished calls; row n_methods: unknown methods */
+    method_slots *ms;  /* [method] */
     int open_slots;
     int cq_closing; /* grpc_completion_queue_shutdown called */
     int forced; /* connections closed once our calls were over */
@@ -274,8 +286,14 @@ static void waker_stop(srv_rpc *s) {
         if (write(s->w_stop, &one, sizeof one) < 0) abort();
         pthread_join(s->waker, NULL);
         s->waker_on = 0;
-        CC_INFO("grpc_loop_stats", "turns=%llu waits=%llu bells=%llu", (unsigned long long)s->turns,
-                 (unsigned long long)s->waits, (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED));
+        int slots = 0, most = 0; /* the methods' slots as they had grown (note_taken) */
+        for (int i = 0; s->ms && i < s->n_methods; i++) {
+            slots += s->ms[i].slots;
+            if (s->ms[i].slots > most) most = s->ms[i].slots;
+        }
+        CC_INFO("grpc_loop_stats", "turns=%llu waits=%llu bells=%llu slots=%d most_slots=%d",
+                 (unsigned long long)s->turns, (unsigned long long)s->waits,
+                 (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED), slots, most);
     }
     if (s->bell) grpc_channel_destroy(s->bell);
     s->bell = NULL;
@@ -284,8 +302,24 @@ static void waker_stop(srv_rpc *s) {
     s->w_ep = s->w_stop = -1;
 }
 
+static void new_slot(srv_rpc *s, const srv_method *m, void *reg);
+
+/* A call of a registered method was taken from one of its slots. A method that takes as
+ * many calls in one turn as it has slots had calls waiting in gRPC core for a re-arm:
+ * it gets one more slot, up to cfg.requests_per_method. Idle methods keep FIRST_SLOTS,
+ * because every armed request costs every completion (see srv_rpc_start). */
+static void note_taken(srv_rpc *s, const srv_slot *sl) {
+    method_slots *ms = &s->ms[sl->m - s->methods];
+    if (ms->turn != s->turns) {
+        ms->turn = s->turns;
+        ms->taken = 0;
+    }
+    if (++ms->taken >= ms->slots && ms->slots < s->cfg.requests_per_method) new_slot(s, sl->m, ms->reg);
+}
+
 static void dispatch(srv_rpc *s, grpc_event ev) {
     srv_tag *t = ev.tag;
+    if (t->fn == on_slot && ev.success && ((srv_slot *)t)->m && !s->shutting_down) note_taken(s, (srv_slot *)t);
     if (t->fn == on_slot && ev.success && ((srv_slot *)t)->m && ((srv_slot *)t)->m->cq_handler &&
         fast_answer(s, (srv_slot *)t) == 0)
         return; /* answered without an srv_call */
@@ -720,6 +754,7 @@ static void fast_end(srv_tag *t, int ok) {
  * calls: the slot is freed here (nothing else points at it) and the process is told. */
 static void slot_lost(srv_slot *sl) {
     srv_rpc *s = sl->s;
+    if (sl->m) s->ms[sl->m - s->methods].slots--;
     grpc_metadata_array_destroy(&sl->md);
     grpc_call_details_destroy(&sl->details);
     s->open_slots--;
@@ -901,6 +936,7 @@ static void new_slot(srv_rpc *s, const srv_method *m, void *reg) {
     grpc_metadata_array_init(&sl->md);
     grpc_call_details_init(&sl->details);
     s->open_slots++;
+    if (m) s->ms[m - s->methods].slots++;
     arm_slot(sl);
 }
 
@@ -1008,6 +1044,7 @@ static void free_unstarted(srv_rpc *s, void **regs) {
     }
     free(regs);
     free(s->by_code);
+    free(s->ms);
     free(s);
 }
 
@@ -1017,14 +1054,15 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     if (!s) abort();
     s->loop = loop;
     s->cfg = *cfg;
-    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 4;
+    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 64;
     if (s->cfg.max_message_bytes <= 0) s->cfg.max_message_bytes = 1 << 20;
     if (s->cfg.max_metadata_bytes <= 0) s->cfg.max_metadata_bytes = 64 << 10;
     s->methods = methods;
     s->n_methods = n_methods;
     s->app = app;
     s->by_code = calloc((size_t)(n_methods + 1) * 17, sizeof *s->by_code);
-    if (!s->by_code) abort();
+    s->ms = calloc((size_t)n_methods + 1, sizeof *s->ms);
+    if (!s->by_code || !s->ms) abort();
     s->w_ep = s->w_stop = -1;
 
     /* gRPC core turns SO_REUSEPORT on by default: a second server on a busy port would
@@ -1126,17 +1164,21 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     grpc_server_start(s->server);
     uv_timer_init(loop, &s->grace);
     s->grace.data = s;
-    /* Few armed requests per method, not one per call in flight: a call that finds none
-     * waits in gRPC core's queue of the method and is handed over by the next re-arm
-     * (arm_slot runs as soon as a slot's call is taken, so one thread keeps up at any
-     * rate). Every armed request costs every completion: gRPC 1.51 as Debian builds it
-     * (no NDEBUG) checks each completion's tag against a list of every tag outstanding
-     * on the queue (cq_check_tag, a linear scan under the queue's mutex, twice per unary
-     * call), and armed requests of idle methods sit at the list's head for good: 29
-     * methods x 32 cost ~10,700 instructions per call, x 4 ~1,400
-     * (docs/PERFORMANCE.md "Server cost per call"). */
-    for (int i = 0; i < n_methods; i++)
-        for (int k = 0; k < s->cfg.requests_per_method; k++) new_slot(s, &methods[i], regs[i]);
+    /* FIRST_SLOTS armed requests per method, more only for a busy one (note_taken), not
+     * requests_per_method each: every armed request costs every completion. gRPC 1.51
+     * as Debian builds it (no NDEBUG) checks each completion's tag against a list of
+     * every tag outstanding on the queue (cq_check_tag: a linear scan under the
+     * queue's mutex, twice per unary call), and the armed requests of idle methods sit
+     * at the list's head for good: 29 methods x 32 cost ~10,700 instructions per call.
+     * A call that finds no armed request waits in gRPC core's queue of its method and
+     * is handed over by the next re-arm (arm_slot runs as soon as a slot's call is
+     * taken), which costs gRPC core a few locks more than an armed one: a busy method
+     * therefore grows its slots (docs/PERFORMANCE.md "Server cost per call"). */
+    for (int i = 0; i < n_methods; i++) {
+        s->ms[i].reg = regs[i];
+        int first = s->cfg.requests_per_method < FIRST_SLOTS ? s->cfg.requests_per_method : FIRST_SLOTS;
+        for (int k = 0; k < first; k++) new_slot(s, &methods[i], regs[i]);
+    }
     new_slot(s, NULL, NULL);
     new_slot(s, NULL, NULL);
     free(regs);
@@ -1166,6 +1208,7 @@ static void on_closed_handle(uv_handle_t *h) {
         free(c);
     }
     free(s->by_code);
+    free(s->ms);
     free(s);
     if (done) done(payload);
 }
