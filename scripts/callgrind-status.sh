@@ -6,7 +6,8 @@
 # 127.0.0.1 ports (state in a temp dir, stopped by pid on exit), creates a concert and
 # one waiting user's token, warms up with h2load, zeroes the counters, runs a fixed
 # h2load line of GetQueueStatus, dumps the counters and prints instructions per call
-# (every thread of the server) and the top functions (inclusive, per call).
+# (every thread of the server) and the top functions (inclusive, per call). --echo runs
+# concert-bench-echo (the bare gRPC C core reference) the same way instead.
 set -euo pipefail
 
 usage() {
