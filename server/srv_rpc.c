@@ -307,7 +307,10 @@ static void new_slot(srv_rpc *s, const srv_method *m, void *reg);
 /* A call of a registered method was taken from one of its slots. A method that takes as
  * many calls in one turn as it has slots had calls waiting in gRPC core for a re-arm:
  * it gets one more slot, up to cfg.requests_per_method. Idle methods keep FIRST_SLOTS,
- * because every armed request costs every completion (see srv_rpc_start). */
+ * because every armed request costs every completion (see srv_rpc_start). A slot is
+ * never taken back (gRPC core 1.51 cannot cancel a requested call): a method that was
+ * busy once keeps its slots, so the cap (32 by default, what every method had before)
+ * bounds the cost whatever the traffic. */
 static void note_taken(srv_rpc *s, const srv_slot *sl) {
     method_slots *ms = &s->ms[sl->m - s->methods];
     if (ms->turn != s->turns) {
@@ -1054,7 +1057,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     if (!s) abort();
     s->loop = loop;
     s->cfg = *cfg;
-    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 64;
+    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 32;
     if (s->cfg.max_message_bytes <= 0) s->cfg.max_message_bytes = 1 << 20;
     if (s->cfg.max_metadata_bytes <= 0) s->cfg.max_metadata_bytes = 64 << 10;
     s->methods = methods;
