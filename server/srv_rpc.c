@@ -134,6 +134,9 @@ typedef struct {
 } method_slots;
 
 #define FIRST_SLOTS 2 /* armed requests per method at start (at most cfg.requests_per_method) */
+/* Slots of all methods together, per method: growth stops there, so that whatever the
+ * traffic no more requests are armed than the 32 per method of before growth. */
+#define SLOT_BUDGET 32
 
 struct srv_rpc {
     uv_loop_t *loop;
@@ -165,6 +168,7 @@ struct srv_rpc {
     srv_rpc_stats stats;
     uint64_t *by_code; /* [method][code] finished calls; row n_methods: unknown methods */
     method_slots *ms;  /* [method] */
+    int method_slots_total; /* slots of registered methods (for SLOT_BUDGET) */
     int open_slots;
     int cq_closing; /* grpc_completion_queue_shutdown called */
     int forced; /* connections closed once our calls were over */
@@ -309,15 +313,17 @@ static void new_slot(srv_rpc *s, const srv_method *m, void *reg);
  * it gets one more slot, up to cfg.requests_per_method. Idle methods keep FIRST_SLOTS,
  * because every armed request costs every completion (see srv_rpc_start). A slot is
  * never taken back (gRPC core 1.51 cannot cancel a requested call): a method that was
- * busy once keeps its slots, so the cap (32 by default, what every method had before)
- * bounds the cost whatever the traffic. */
+ * busy once keeps its slots, so all methods' slots together stop at SLOT_BUDGET per
+ * method, what they had before, whatever the traffic. */
 static void note_taken(srv_rpc *s, const srv_slot *sl) {
     method_slots *ms = &s->ms[sl->m - s->methods];
     if (ms->turn != s->turns) {
         ms->turn = s->turns;
         ms->taken = 0;
     }
-    if (++ms->taken >= ms->slots && ms->slots < s->cfg.requests_per_method) new_slot(s, sl->m, ms->reg);
+    if (++ms->taken >= ms->slots && ms->slots < s->cfg.requests_per_method &&
+        s->method_slots_total < SLOT_BUDGET * s->n_methods)
+        new_slot(s, sl->m, ms->reg);
 }
 
 static void dispatch(srv_rpc *s, grpc_event ev) {
@@ -757,7 +763,7 @@ static void fast_end(srv_tag *t, int ok) {
  * calls: the slot is freed here (nothing else points at it) and the process is told. */
 static void slot_lost(srv_slot *sl) {
     srv_rpc *s = sl->s;
-    if (sl->m) s->ms[sl->m - s->methods].slots--;
+    if (sl->m) s->ms[sl->m - s->methods].slots--, s->method_slots_total--;
     grpc_metadata_array_destroy(&sl->md);
     grpc_call_details_destroy(&sl->details);
     s->open_slots--;
@@ -939,7 +945,7 @@ static void new_slot(srv_rpc *s, const srv_method *m, void *reg) {
     grpc_metadata_array_init(&sl->md);
     grpc_call_details_init(&sl->details);
     s->open_slots++;
-    if (m) s->ms[m - s->methods].slots++;
+    if (m) s->ms[m - s->methods].slots++, s->method_slots_total++;
     arm_slot(sl);
 }
 
@@ -1057,7 +1063,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     if (!s) abort();
     s->loop = loop;
     s->cfg = *cfg;
-    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 32;
+    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 64;
     if (s->cfg.max_message_bytes <= 0) s->cfg.max_message_bytes = 1 << 20;
     if (s->cfg.max_metadata_bytes <= 0) s->cfg.max_metadata_bytes = 64 << 10;
     s->methods = methods;

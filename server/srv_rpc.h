@@ -66,7 +66,7 @@ typedef int (*srv_decode_fn)(const ProtobufCMessageDescriptor *desc, const uint8
 
 typedef struct {
     const char *listen;   /* host:port; port 0 picks one */
-    int requests_per_method; /* most armed requests per method (default 32; each starts with 2,
+    int requests_per_method; /* most armed requests per method (default 64; each starts with 2,
                                 a busy one gets more: see srv_rpc_start) */
     int max_message_bytes;   /* largest request accepted (default 1 MiB) */
     int max_metadata_bytes;  /* largest header block of one call (default 64 KiB): a bigger one
