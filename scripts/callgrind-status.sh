@@ -6,13 +6,15 @@
 # 127.0.0.1 ports (state in a temp dir, stopped by pid on exit), creates a concert and
 # one waiting user's token, warms up with h2load, zeroes the counters, runs a fixed
 # h2load line of GetQueueStatus, dumps the counters and prints instructions per call
-# (every thread of the server) and the top functions (inclusive, per call).
+# (every thread of the server) and the top functions (inclusive, per call). --echo runs
+# concert-bench-echo (the bare gRPC C core reference) the same way instead.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
 usage: scripts/callgrind-status.sh [--server BIN] [--build-dir DIR] [--requests N]
-                                   [--warmup N] [--method status|health] [--out DIR] [--help]
+                                   [--warmup N] [--method status|health] [--echo]
+                                   [--server-args 'ARGS'] [--out DIR] [--help]
 
 Runs concert-server under valgrind --tool=callgrind, h2load -c 8 -m 64 -n WARMUP of
 GetQueueStatus (one token of a waiting user), callgrind_control --zero, then
@@ -25,6 +27,13 @@ Options:
   --warmup N       requests before the counters are zeroed (default 2000)
   --method M       status (default): GetQueueStatus of one waiting user's token;
                    health: Health/Check of the server ("" service, answered SERVING)
+  --echo           measure concert-bench-echo (BUILD/client/concert-bench-echo, the
+                   bare gRPC C core reference) under the same valgrind and h2load line
+                   instead of concert-server (status: a made-up token of the same
+                   length as a real one, echoed back; no Redis)
+  --server-args A  extra concert-server flags, split on spaces (e.g.
+                   '--keepalive-time-ms 0' or '--grpc-args grpc.minimal_stack=1'), to
+                   measure what a setting costs per call
   --out DIR        output folder (default bench-out/callgrind-<UTC timestamp>): the dump
                    (callgrind.run), callgrind_annotate's inclusive listing, the logs
   --help           this help
@@ -40,6 +49,8 @@ REQS=20000
 WARM=2000
 OUT=""
 METHOD=status
+ECHO=0
+SERVER_ARGS=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -48,6 +59,8 @@ while [[ $# -gt 0 ]]; do
     --requests) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ && "$2" -ge 100 ]] || { echo "callgrind-status.sh: --requests needs a number >= 100" >&2; exit 2; }; REQS="$2"; shift ;;
     --warmup) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "callgrind-status.sh: --warmup needs a number" >&2; exit 2; }; WARM="$2"; shift ;;
     --method) [[ $# -ge 2 && "$2" =~ ^(status|health)$ ]] || { echo "callgrind-status.sh: --method is status or health" >&2; exit 2; }; METHOD="$2"; shift ;;
+    --echo) ECHO=1 ;;
+    --server-args) [[ $# -ge 2 ]] || { echo "callgrind-status.sh: --server-args needs a value" >&2; exit 2; }; SERVER_ARGS="$2"; shift ;;
     --out) [[ $# -ge 2 ]] || { echo "callgrind-status.sh: --out needs a value" >&2; exit 2; }; OUT="$2"; shift ;;
     *) echo "callgrind-status.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -70,7 +83,12 @@ die() { echo "callgrind-status.sh: $*" >&2; exit 1; }
 for tool in valgrind callgrind_control callgrind_annotate h2load redis-server redis-cli python3; do
   command -v "$tool" >/dev/null || die "'$tool' not found; run scripts/install-deps.sh"
 done
-for b in "$SERVER" "$CTL"; do [[ -x "$b" ]] || die "$b is missing (build it first)"; done
+ECHO_BIN="$BUILD/client/concert-bench-echo"
+if ((ECHO)); then
+  [[ -x "$ECHO_BIN" ]] || die "$ECHO_BIN is missing (build it first)"
+else
+  for b in "$SERVER" "$CTL"; do [[ -x "$b" ]] || die "$b is missing (build it first)"; done
+fi
 
 TMP=""
 REDIS_PID=""
@@ -92,28 +110,44 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 TMP="$(mktemp -d -t concert-callgrind.XXXXXX)"
 
-REDIS_PORT="$(free_port)"
-start_redis "$REDIS_PORT" "$TMP" || die "redis-server did not start"
 PORT="$(free_port)"
-ADMIN_KEY="cg-$$-$RANDOM"
-env -u CONCERT_KAFKA -u CONCERT_METRICS -u CONCERT_ADMIN_KEY \
-  valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" \
-  "$SERVER" --listen "127.0.0.1:$PORT" --redis "redis://127.0.0.1:$REDIS_PORT" --admin-key "$ADMIN_KEY" \
-  --rate-user 0 --rate-peer 0 --admit-rate 0 2>"$TMP/server.log" &
-SERVER_PID=$!
-for ((i = 0; ; i++)); do
-  "$CTL" --server "127.0.0.1:$PORT" --timeout-ms 2000 health >/dev/null 2>&1 && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 5 "$TMP/server.log" >&2; die "concert-server exited at start"; }
-  ((i < 120)) || die "concert-server was not SERVING within 60 s under valgrind"
-  sleep 0.5
-done
-
 CONCERT="cg-$$"
-"$CTL" --server "127.0.0.1:$PORT" --timeout-ms 10000 --admin-key "$ADMIN_KEY" admin concert create \
-  --concert "$CONCERT" --name "callgrind $CONCERT" >/dev/null || die "could not create concert $CONCERT"
-TOKEN="$("$CTL" --server "127.0.0.1:$PORT" --timeout-ms 10000 queue join --user cg-poller --concert "$CONCERT" \
-  | awk '{print $2}')"
-[[ "$TOKEN" == v[12].* ]] || die "could not issue a token (got '$TOKEN')"
+# shellcheck disable=SC2206 # split on spaces on purpose
+EXTRA=($SERVER_ARGS)
+if ((ECHO)); then
+  valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" \
+    "$ECHO_BIN" --listen "127.0.0.1:$PORT" 2>"$TMP/server.log" &
+  SERVER_PID=$!
+  for ((i = 0; ; i++)); do
+    grep -q 'event=listening' "$TMP/server.log" 2>/dev/null && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 5 "$TMP/server.log" >&2; die "concert-bench-echo exited at start"; }
+    ((i < 120)) || die "concert-bench-echo did not listen within 60 s under valgrind"
+    sleep 0.5
+  done
+  # A token of a real one's length (v2.<concert>.1.<32 hex>): the echo only sends it back.
+  TOKEN="v2.$CONCERT.1.$(printf '%032d' 0)"
+else
+  REDIS_PORT="$(free_port)"
+  start_redis "$REDIS_PORT" "$TMP" || die "redis-server did not start"
+  ADMIN_KEY="cg-$$-$RANDOM"
+  env -u CONCERT_KAFKA -u CONCERT_METRICS -u CONCERT_ADMIN_KEY \
+    valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" \
+    "$SERVER" --listen "127.0.0.1:$PORT" --redis "redis://127.0.0.1:$REDIS_PORT" --admin-key "$ADMIN_KEY" \
+    --rate-user 0 --rate-peer 0 --admit-rate 0 ${EXTRA[@]+"${EXTRA[@]}"} 2>"$TMP/server.log" &
+  SERVER_PID=$!
+  for ((i = 0; ; i++)); do
+    "$CTL" --server "127.0.0.1:$PORT" --timeout-ms 2000 health >/dev/null 2>&1 && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 5 "$TMP/server.log" >&2; die "concert-server exited at start"; }
+    ((i < 120)) || die "concert-server was not SERVING within 60 s under valgrind"
+    sleep 0.5
+  done
+
+  "$CTL" --server "127.0.0.1:$PORT" --timeout-ms 10000 --admin-key "$ADMIN_KEY" admin concert create \
+    --concert "$CONCERT" --name "callgrind $CONCERT" >/dev/null || die "could not create concert $CONCERT"
+  TOKEN="$("$CTL" --server "127.0.0.1:$PORT" --timeout-ms 10000 queue join --user cg-poller --concert "$CONCERT" \
+    | awk '{print $2}')"
+  [[ "$TOKEN" == v[12].* ]] || die "could not issue a token (got '$TOKEN')"
+fi
 python3 - "$TMP/status.bin" "$TOKEN" <<'PY'
 import struct, sys
 b = sys.argv[2].encode(); assert len(b) < 128
@@ -133,7 +167,7 @@ h2() { # h2 N OUTFILE
   grep -q "$1 succeeded" "$2" || die "not every request succeeded: $(grep succeeded "$2")"
 }
 # The fast path needs a fresh admission tick of the concert: wait for the first one.
-sleep 3
+((ECHO)) || sleep 3
 [[ "$WARM" -gt 0 ]] && h2 "$WARM" "$OUT/h2load-warmup.txt"
 callgrind_control --zero "$SERVER_PID" >/dev/null
 h2 "$REQS" "$OUT/h2load-run.txt"

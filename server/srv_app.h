@@ -128,8 +128,8 @@ void srv_queue_leave(srv_call *c);
 void srv_queue_sale_proof(srv_call *c);
 void srv_receipt_keys(srv_call *c);
 void srv_health_check(srv_call *c);
-/** The reply to a Health/Check answered without an srv_call, or NULL (see srv_rpc.h). */
-grpc_byte_buffer *srv_health_check_cq(const ProtobufCMessage *req, void *app);
+/** Health/Check answered without an srv_call: 1 and the reply's bytes, or 0 (see srv_rpc.h). */
+int srv_health_check_cq(const ProtobufCMessage *req, void *app, grpc_slice *reply);
 void srv_health_watch(srv_call *c);
 void srv_reflection_info(srv_call *c);
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <grpc/byte_buffer.h>
+#include <grpc/slice.h>
 
 #include "cc_redis.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -37,15 +37,15 @@ static int current(srv_app *app) {
 /* srv_method.cq_handler: SERVING for a known service, answered without an srv_call;
  * anything else (an unknown service's NOT_FOUND, NOT_SERVING) is left to
  * srv_health_check. */
-grpc_byte_buffer *srv_health_check_cq(const ProtobufCMessage *m, void *p) {
+int srv_health_check_cq(const ProtobufCMessage *m, void *p, grpc_slice *reply) {
     const Grpc__Health__V1__HealthCheckRequest *req = (const void *)m;
     srv_app *app = p;
     if (current(app) != GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ||
         !is_known(req->service))
-        return NULL;
+        return 0;
     static const uint8_t serving[] = {0x08, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING};
-    grpc_slice sl = grpc_slice_from_static_buffer(serving, sizeof serving);
-    return grpc_raw_byte_buffer_create(&sl, 1);
+    *reply = grpc_slice_from_static_buffer(serving, sizeof serving);
+    return 1;
 }
 
 void srv_health_check(srv_call *c) {

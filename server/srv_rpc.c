@@ -20,6 +20,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/slice_buffer.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
@@ -70,6 +71,11 @@ typedef struct fcall {
  * every open stream carries it (10,000 watchers: 1.9 MB). */
 #define CALL_ARENA 192
 #define FREE_CALLS_MAX 1024 /* finished srv_calls kept for reuse */
+/* A request metadata array of at most this many entries is emptied and kept for the
+ * next call instead of freed (gRPC core appends to it: no free and realloc per call); a
+ * bigger one (a call with many headers) is freed, so that no slot or kept call holds
+ * one for good. */
+#define MD_KEEP 16
 
 typedef struct wq {
     grpc_byte_buffer *bb;
@@ -100,6 +106,7 @@ struct srv_call {
     void (*on_drain)(srv_call *c); /* once pending writes fall to drain_at */
     int drain_at;
     grpc_byte_buffer *recv_bb;
+    grpc_byte_buffer *husk; /* unary: the request's buffer, emptied, to send the reply in (take_husk) */
     void *data;
     int in_list;
     srv_call *prev, *next; /* all live calls, for shutdown */
@@ -116,6 +123,20 @@ struct srv_call {
     size_t arena_used;
     _Alignas(max_align_t) unsigned char arena[CALL_ARENA];
 };
+
+/* A registered method's armed requests (slots): few at first, more while it is busy
+ * (note_taken). */
+typedef struct {
+    void *reg;     /* grpc_server_register_method's handle */
+    int slots;     /* slots of the method */
+    int taken;     /* its calls taken in turn `turn` of srv_rpc_run */
+    uint64_t turn;
+} method_slots;
+
+#define FIRST_SLOTS 2 /* armed requests per method at start (at most cfg.requests_per_method) */
+/* Slots of all methods together, per method: growth stops there, so that whatever the
+ * traffic no more requests are armed than the 32 per method of before growth. */
+#define SLOT_BUDGET 32
 
 struct srv_rpc {
     uv_loop_t *loop;
@@ -146,6 +167,8 @@ struct srv_rpc {
     srv_call *calls;
     srv_rpc_stats stats;
     uint64_t *by_code; /* [method][code] finished calls; row n_methods: unknown methods */
+    method_slots *ms;  /* [method] */
+    int method_slots_total; /* slots of registered methods (for SLOT_BUDGET) */
     int open_slots;
     int cq_closing; /* grpc_completion_queue_shutdown called */
     int forced; /* connections closed once our calls were over */
@@ -267,8 +290,14 @@ static void waker_stop(srv_rpc *s) {
         if (write(s->w_stop, &one, sizeof one) < 0) abort();
         pthread_join(s->waker, NULL);
         s->waker_on = 0;
-        CC_INFO("grpc_loop_stats", "turns=%llu waits=%llu bells=%llu", (unsigned long long)s->turns,
-                 (unsigned long long)s->waits, (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED));
+        int slots = 0, most = 0; /* the methods' slots as they had grown (note_taken) */
+        for (int i = 0; s->ms && i < s->n_methods; i++) {
+            slots += s->ms[i].slots;
+            if (s->ms[i].slots > most) most = s->ms[i].slots;
+        }
+        CC_INFO("grpc_loop_stats", "turns=%llu waits=%llu bells=%llu slots=%d most_slots=%d",
+                 (unsigned long long)s->turns, (unsigned long long)s->waits,
+                 (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED), slots, most);
     }
     if (s->bell) grpc_channel_destroy(s->bell);
     s->bell = NULL;
@@ -277,8 +306,29 @@ static void waker_stop(srv_rpc *s) {
     s->w_ep = s->w_stop = -1;
 }
 
+static void new_slot(srv_rpc *s, const srv_method *m, void *reg);
+
+/* A call of a registered method was taken from one of its slots. A method that takes as
+ * many calls in one turn as it has slots had calls waiting in gRPC core for a re-arm:
+ * it gets one more slot, up to cfg.requests_per_method. Idle methods keep FIRST_SLOTS,
+ * because every armed request costs every completion (see srv_rpc_start). A slot is
+ * never taken back (gRPC core 1.51 cannot cancel a requested call): a method that was
+ * busy once keeps its slots, so all methods' slots together stop at SLOT_BUDGET per
+ * method, what they had before, whatever the traffic. */
+static void note_taken(srv_rpc *s, const srv_slot *sl) {
+    method_slots *ms = &s->ms[sl->m - s->methods];
+    if (ms->turn != s->turns) {
+        ms->turn = s->turns;
+        ms->taken = 0;
+    }
+    if (++ms->taken >= ms->slots && ms->slots < s->cfg.requests_per_method &&
+        s->method_slots_total < SLOT_BUDGET * s->n_methods)
+        new_slot(s, sl->m, ms->reg);
+}
+
 static void dispatch(srv_rpc *s, grpc_event ev) {
     srv_tag *t = ev.tag;
+    if (t->fn == on_slot && ev.success && ((srv_slot *)t)->m && !s->shutting_down) note_taken(s, (srv_slot *)t);
     if (t->fn == on_slot && ev.success && ((srv_slot *)t)->m && ((srv_slot *)t)->m->cq_handler &&
         fast_answer(s, (srv_slot *)t) == 0)
         return; /* answered without an srv_call */
@@ -330,6 +380,15 @@ void srv_rpc_run(srv_rpc *s) {
 
 /* ---- calls ---- */
 
+/* Empties a request metadata array for reuse (MD_KEEP); its strings were the call's. */
+static void md_recycle(grpc_metadata_array *md) {
+    if (md->capacity > MD_KEEP) {
+        grpc_metadata_array_destroy(md);
+        grpc_metadata_array_init(md);
+    }
+    md->count = 0;
+}
+
 /* Discards the stream messages not yet handed to gRPC. */
 static void drop_queue(srv_call *c) {
     while (c->q_head) {
@@ -355,7 +414,7 @@ static void call_unref(srv_call *c) {
     drop_queue(c);
     if (c->req) protobuf_c_message_free_unpacked(c->req, &c->alloc);
     if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
-    grpc_metadata_array_destroy(&c->md);
+    if (c->husk) grpc_byte_buffer_destroy(c->husk);
     for (size_t i = 0; i < c->n_trailers; i++) {
         grpc_slice_unref(c->trailers[i].key);
         grpc_slice_unref(c->trailers[i].value);
@@ -364,6 +423,7 @@ static void call_unref(srv_call *c) {
     free(c->details);
     grpc_call_unref(c->call);
     if (s->n_free_calls < FREE_CALLS_MAX) {
+        md_recycle(&c->md); /* kept for a slot to re-arm with (call_new) */
         c->next_free = s->free_calls;
         s->free_calls = c;
         s->n_free_calls++;
@@ -371,6 +431,7 @@ static void call_unref(srv_call *c) {
         CC_POISON(c, offsetof(srv_call, next_free));
         CC_POISON(c->arena, CALL_ARENA);
     } else {
+        grpc_metadata_array_destroy(&c->md);
         free(c);
     }
 }
@@ -532,10 +593,13 @@ static void alloc_trailers(srv_call *c) {
 static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_timespec deadline,
                           grpc_metadata_array *md) {
     srv_call *c = s->free_calls;
+    grpc_metadata_array spare; /* for the slot: a finished call's emptied array, or a new one */
+    grpc_metadata_array_init(&spare);
     if (c) {
         s->free_calls = c->next_free;
         s->n_free_calls--;
         CC_UNPOISON(c, offsetof(srv_call, arena));
+        spare = c->md;
         memset(c, 0, offsetof(srv_call, arena)); /* the arena's bytes need no clearing */
     } else if (!(c = calloc(1, sizeof *c))) {
         abort();
@@ -545,7 +609,7 @@ static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_
     c->m = m;
     c->call = call;
     c->md = *md;
-    grpc_metadata_array_init(md);
+    *md = spare;
     c->refs = 1; /* the handler's */
     gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
     gpr_timespec dl = gpr_convert_clock_type(deadline, GPR_CLOCK_MONOTONIC);
@@ -631,7 +695,51 @@ static int srv_rpc_decode(srv_rpc *s, const ProtobufCMessageDescriptor *desc, gr
 
 static void arm_slot(srv_slot *sl);
 
+/* A request buffer whose slices can be swapped for a reply's: gRPC core hands a
+ * registered method's message over as a raw, uncompressed buffer. */
+static int reusable(const grpc_byte_buffer *bb) {
+    return bb && bb->type == GRPC_BB_RAW && bb->data.raw.compression == GRPC_COMPRESS_NONE;
+}
+
+/* After decoding: a unary call keeps its request's buffer, emptied, and sends its reply
+ * in it (srv_call_reply), as the echo server sends its request back: no buffer made and
+ * freed per call. Streams do not keep it (it would stay for the stream's life). */
+static void take_husk(srv_call *c, grpc_byte_buffer *bb) {
+    if (!bb) return;
+    if (c->m && c->m->kind == SRV_UNARY && reusable(bb)) {
+        grpc_slice_buffer_reset_and_unref(&bb->data.raw.slice_buffer);
+        c->husk = bb;
+    } else {
+        grpc_byte_buffer_destroy(bb);
+    }
+}
+
 /* ---- fast calls: answered at once, without an srv_call ---- */
+
+/* A fast call's unpacked request lives on the stack (no malloc per call): bump
+ * allocation in `bytes`, malloc beyond them. */
+typedef struct {
+    size_t used;
+    _Alignas(max_align_t) unsigned char bytes[CALL_ARENA];
+} stack_arena;
+
+static void *stack_alloc(void *data, size_t size) {
+    stack_arena *a = data;
+    size_t at = (a->used + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
+    if (size <= CALL_ARENA && at <= CALL_ARENA - size) {
+        a->used = at + size;
+        return a->bytes + at;
+    }
+    void *p = malloc(size);
+    if (!p) abort();
+    return p;
+}
+
+static void stack_free(void *data, void *p) {
+    stack_arena *a = data;
+    if ((unsigned char *)p >= a->bytes && (unsigned char *)p < a->bytes + CALL_ARENA) return;
+    free(p);
+}
 
 /* The slot's request headers as HPACK counts them (RFC 7541 4.1: name + value + 32 per
  * field), against cfg.max_metadata_bytes. */
@@ -655,6 +763,7 @@ static void fast_end(srv_tag *t, int ok) {
  * calls: the slot is freed here (nothing else points at it) and the process is told. */
 static void slot_lost(srv_slot *sl) {
     srv_rpc *s = sl->s;
+    if (sl->m) s->ms[sl->m - s->methods].slots--, s->method_slots_total--;
     grpc_metadata_array_destroy(&sl->md);
     grpc_call_details_destroy(&sl->details);
     s->open_slots--;
@@ -687,10 +796,27 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     if (md_bytes_of(sl) > (size_t)s->cfg.max_metadata_bytes) return -1;
     char err[300];
     ProtobufCMessage *req;
-    if (srv_rpc_decode(s, sl->m->request, sl->payload, NULL, &req, err, sizeof err) < 0) return -1;
-    grpc_byte_buffer *reply = sl->m->cq_handler(req, s->app);
-    protobuf_c_message_free_unpacked(req, NULL);
-    if (!reply) return -1;
+    stack_arena a;
+    a.used = 0;
+    ProtobufCAllocator alloc = {stack_alloc, stack_free, &a};
+    if (srv_rpc_decode(s, sl->m->request, sl->payload, &alloc, &req, err, sizeof err) < 0) return -1;
+    grpc_slice body;
+    int answered = sl->m->cq_handler(req, s->app, &body);
+    protobuf_c_message_free_unpacked(req, &alloc);
+    if (!answered) return -1;
+    /* The reply goes out in the request's own buffer, as the echo server sends its
+     * request back: its slices are swapped for the reply's (no buffer made and freed per
+     * call). */
+    grpc_byte_buffer *reply = sl->payload;
+    sl->payload = NULL;
+    if (reusable(reply)) {
+        grpc_slice_buffer_reset_and_unref(&reply->data.raw.slice_buffer);
+        grpc_slice_buffer_add(&reply->data.raw.slice_buffer, body);
+    } else {
+        if (reply) grpc_byte_buffer_destroy(reply);
+        reply = grpc_raw_byte_buffer_create(&body, 1);
+        grpc_slice_unref(body);
+    }
 
     fcall *f = s->free_fcalls;
     if (f) s->free_fcalls = f->next_free;
@@ -700,10 +826,7 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     f->call = sl->call;
     f->cancelled = 0;
     sl->call = NULL;
-    if (sl->payload) grpc_byte_buffer_destroy(sl->payload);
-    sl->payload = NULL;
-    grpc_metadata_array_destroy(&sl->md); /* the array; the strings are the call's */
-    grpc_metadata_array_init(&sl->md);
+    md_recycle(&sl->md);
 
     /* Counted before the answer leaves: a client that got it and then reads /metrics
      * sees it. */
@@ -787,7 +910,7 @@ static void on_slot(srv_tag *t, int ok) {
     if (m->kind != SRV_BIDI_STREAM) {
         char err[300];
         int rc = srv_rpc_decode(s, m->request, payload, &c->alloc, &c->req, err, sizeof err);
-        if (payload) grpc_byte_buffer_destroy(payload);
+        take_husk(c, payload);
         if (rc < 0) {
             srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
             return;
@@ -822,6 +945,7 @@ static void new_slot(srv_rpc *s, const srv_method *m, void *reg) {
     grpc_metadata_array_init(&sl->md);
     grpc_call_details_init(&sl->details);
     s->open_slots++;
+    if (m) s->ms[m - s->methods].slots++, s->method_slots_total++;
     arm_slot(sl);
 }
 
@@ -929,6 +1053,7 @@ static void free_unstarted(srv_rpc *s, void **regs) {
     }
     free(regs);
     free(s->by_code);
+    free(s->ms);
     free(s);
 }
 
@@ -938,14 +1063,15 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     if (!s) abort();
     s->loop = loop;
     s->cfg = *cfg;
-    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 16;
+    if (s->cfg.requests_per_method <= 0) s->cfg.requests_per_method = 64;
     if (s->cfg.max_message_bytes <= 0) s->cfg.max_message_bytes = 1 << 20;
     if (s->cfg.max_metadata_bytes <= 0) s->cfg.max_metadata_bytes = 64 << 10;
     s->methods = methods;
     s->n_methods = n_methods;
     s->app = app;
     s->by_code = calloc((size_t)(n_methods + 1) * 17, sizeof *s->by_code);
-    if (!s->by_code) abort();
+    s->ms = calloc((size_t)n_methods + 1, sizeof *s->ms);
+    if (!s->by_code || !s->ms) abort();
     s->w_ep = s->w_stop = -1;
 
     /* gRPC core turns SO_REUSEPORT on by default: a second server on a busy port would
@@ -1047,8 +1173,21 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
     grpc_server_start(s->server);
     uv_timer_init(loop, &s->grace);
     s->grace.data = s;
-    for (int i = 0; i < n_methods; i++)
-        for (int k = 0; k < s->cfg.requests_per_method; k++) new_slot(s, &methods[i], regs[i]);
+    /* FIRST_SLOTS armed requests per method, more only for a busy one (note_taken), not
+     * requests_per_method each: every armed request costs every completion. gRPC 1.51
+     * as Debian builds it (no NDEBUG) checks each completion's tag against a list of
+     * every tag outstanding on the queue (cq_check_tag: a linear scan under the
+     * queue's mutex, twice per unary call), and the armed requests of idle methods sit
+     * at the list's head for good: 29 methods x 32 cost ~10,700 instructions per call.
+     * A call that finds no armed request waits in gRPC core's queue of its method and
+     * is handed over by the next re-arm (arm_slot runs as soon as a slot's call is
+     * taken), which costs gRPC core a few locks more than an armed one: a busy method
+     * therefore grows its slots (docs/PERFORMANCE.md "Server cost per call"). */
+    for (int i = 0; i < n_methods; i++) {
+        s->ms[i].reg = regs[i];
+        int first = s->cfg.requests_per_method < FIRST_SLOTS ? s->cfg.requests_per_method : FIRST_SLOTS;
+        for (int k = 0; k < first; k++) new_slot(s, &methods[i], regs[i]);
+    }
     new_slot(s, NULL, NULL);
     new_slot(s, NULL, NULL);
     free(regs);
@@ -1074,9 +1213,11 @@ static void on_closed_handle(uv_handle_t *h) {
         srv_call *c = s->free_calls;
         s->free_calls = c->next_free;
         CC_UNPOISON(c, sizeof *c);
+        grpc_metadata_array_destroy(&c->md);
         free(c);
     }
     free(s->by_code);
+    free(s->ms);
     free(s);
     if (done) done(payload);
 }
@@ -1238,7 +1379,15 @@ static void reply_emptying(srv_call *c, grpc_byte_buffer *bb) {
 
 void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
     if (c->handler_done) return;
-    grpc_byte_buffer *bb = cc_pb_pack(msg); /* ours alone: no copy needed */
+    grpc_byte_buffer *bb = c->husk; /* ours alone: no copy needed */
+    c->husk = NULL;
+    if (bb) {
+        grpc_slice s = grpc_slice_malloc(protobuf_c_message_get_packed_size(msg));
+        protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
+        grpc_slice_buffer_add(&bb->data.raw.slice_buffer, s);
+    } else {
+        bb = cc_pb_pack(msg);
+    }
     reply_emptying(c, bb);
     grpc_byte_buffer_destroy(bb);
 }
@@ -1246,8 +1395,16 @@ void srv_call_reply(srv_call *c, const ProtobufCMessage *msg) {
 void srv_call_reply_raw(srv_call *c, grpc_byte_buffer *bb) {
     if (c->handler_done) return;
     /* Give gRPC core a copy (slice references, not bytes) so that a cached reply stays
-     * whole. */
-    grpc_byte_buffer *cp = grpc_byte_buffer_copy(bb);
+     * whole: in the request's buffer when the call kept it. */
+    grpc_byte_buffer *cp = c->husk;
+    c->husk = NULL;
+    if (cp && reusable(bb)) {
+        for (size_t i = 0; i < bb->data.raw.slice_buffer.count; i++)
+            grpc_slice_buffer_add(&cp->data.raw.slice_buffer, grpc_slice_ref(bb->data.raw.slice_buffer.slices[i]));
+    } else {
+        if (cp) grpc_byte_buffer_destroy(cp);
+        cp = grpc_byte_buffer_copy(bb);
+    }
     reply_emptying(c, cp);
     grpc_byte_buffer_destroy(cp);
 }

@@ -45,9 +45,10 @@ typedef void (*srv_handler)(srv_call *call);
 
 /** Optional, unary only: answers a call at once, without an srv_call (no per-call state
  * machine; srv_rpc still counts it and calls the observers). Gets the decoded request and the app; returns
- * the reply (a new buffer srv_rpc takes) to answer OK at once, or NULL to hand the call
- * to `handler` as usual (errors, anything that needs more than a glance at the app). */
-typedef grpc_byte_buffer *(*srv_cq_handler)(const ProtobufCMessage *req, void *app);
+ * 1 and the reply's serialised bytes in *reply (a slice srv_rpc takes, e.g.
+ * grpc_slice_from_static_buffer) to answer OK at once, or 0 to hand the call to
+ * `handler` as usual (errors, anything that needs more than a glance at the app). */
+typedef int (*srv_cq_handler)(const ProtobufCMessage *req, void *app, grpc_slice *reply);
 
 typedef struct {
     const char *path;                         /* "/pkg.Service/Method" */
@@ -65,7 +66,8 @@ typedef int (*srv_decode_fn)(const ProtobufCMessageDescriptor *desc, const uint8
 
 typedef struct {
     const char *listen;   /* host:port; port 0 picks one */
-    int requests_per_method; /* armed requests per method (default 16) */
+    int requests_per_method; /* most armed requests per method (default 64; each starts with 2,
+                                a busy one gets more: see srv_rpc_start) */
     int max_message_bytes;   /* largest request accepted (default 1 MiB) */
     int max_metadata_bytes;  /* largest header block of one call (default 64 KiB): a bigger one
                                 fails that call alone (RESOURCE_EXHAUSTED) */

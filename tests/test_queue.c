@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "th.h"
 
@@ -45,6 +46,22 @@ static void end_test(void) {
 
 static void free_status(Concert__V1__QueueStatus *s) {
     if (s) protobuf_c_message_free_unpacked(&s->base, NULL);
+}
+
+/* The armed requests per method of a stopped server, from its grpc_loop_stats line:
+ * every method's in all (*slots) and the most of one method (*most); 0 if the line is
+ * missing. */
+static int loop_slots(const th_server *s, int *slots, int *most) {
+    FILE *f = fopen(s->log, "r");
+    if (!f) return 0;
+    char line[1024];
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "event=grpc_loop_stats");
+        if (p && (p = strstr(p, " slots=")) && sscanf(p, " slots=%d most_slots=%d", slots, most) == 2) found = 1;
+    }
+    fclose(f);
+    return found;
 }
 
 /* ---- concurrency and idempotency ---- */
@@ -95,7 +112,19 @@ Test(queue, thousand_concurrent_joins, .init = start_paused, .fini = stop) {
     cr_assert_eq(th_issue(cli, "late", "big", &s, NULL), GRPC_STATUS_OK);
     cr_expect_eq(s->position, N + 1);
     free_status(s);
+    int keep = getenv("TH_KEEP_LOGS") != NULL;
+    setenv("TH_KEEP_LOGS", "1", 1); /* read below (a test runs in a process of its own) */
     end_test();
+    if (!keep) unsetenv("TH_KEEP_LOGS");
+    /* Each method starts with 2 armed requests; IssueToken, 1,000 at once, got more (up
+     * to --requests-per-method, 64), the idle methods none (srv_rpc note_taken). */
+    int slots = 0, most = 0;
+    int found = loop_slots(&server, &slots, &most);
+    cr_assert(found, "no grpc_loop_stats slots in %s", server.log);
+    if (!keep) unlink(server.log);
+    cr_expect(most > 2 && most <= 64, "the busiest method should have grown from 2 up to 64 slots, has %d", most);
+    cr_expect(slots <= most + 2 * 40, "idle methods should keep 2 slots each: %d in all, %d for the busiest", slots,
+              most);
 }
 
 Test(queue, same_user_other_concert_gets_another_token, .init = start_paused, .fini = stop) {
