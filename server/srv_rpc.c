@@ -70,6 +70,35 @@ typedef struct fcall {
  * message and a token of SRV_TOKEN_MAX bytes) takes at most 160; kept small because
  * every open stream carries it (10,000 watchers: 1.9 MB). */
 #define CALL_ARENA 192
+
+/* An unpacked request's allocator (protobuf-c): bump allocation in `bytes`, malloc
+ * beyond them. protobuf-c frees every piece it allocated, so pieces in the arena are
+ * left alone; whoever owns the arena empties it (used = 0) before its next request.
+ * A call's arena is in its srv_call (poisoned while the call is recycled), a fast
+ * call's on the stack of fast_answer. */
+typedef struct {
+    size_t used;
+    _Alignas(max_align_t) unsigned char bytes[CALL_ARENA];
+} req_arena;
+
+static void *req_alloc(void *data, size_t size) {
+    req_arena *a = data;
+    size_t at = (a->used + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
+    if (size <= CALL_ARENA && at <= CALL_ARENA - size) {
+        a->used = at + size;
+        CC_UNPOISON(a->bytes + at, size);
+        return a->bytes + at;
+    }
+    void *p = malloc(size);
+    if (!p) abort();
+    return p;
+}
+
+static void req_free(void *data, void *p) {
+    req_arena *a = data;
+    if ((unsigned char *)p >= a->bytes && (unsigned char *)p < a->bytes + CALL_ARENA) return;
+    free(p);
+}
 #define FREE_CALLS_MAX 1024 /* finished srv_calls kept for reuse */
 /* A request metadata array of at most this many entries is emptied and kept for the
  * next call instead of freed (gRPC core appends to it: no free and realloc per call); a
@@ -117,11 +146,11 @@ struct srv_call {
     size_t n_trailers;
     uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
     srv_call *next_free; /* in srv_rpc.free_calls once finished */
-    /* The unpacked request lives here when it fits (arena_alloc): no malloc per call.
-     * A reused call clears every field up to `arena`; the arena's bytes are not cleared. */
+    /* The unpacked request lives here when it fits (req_alloc): no malloc per call.
+     * A reused call clears every field up to `arena` and empties the arena; its bytes
+     * are not cleared. */
     ProtobufCAllocator alloc;
-    size_t arena_used;
-    _Alignas(max_align_t) unsigned char arena[CALL_ARENA];
+    req_arena arena;
 };
 
 /* A registered method's armed requests (slots): few at first, more while it is busy
@@ -429,7 +458,7 @@ static void call_unref(srv_call *c) {
         s->n_free_calls++;
         /* All but the link: a use after the call ended is still caught in the ASan build. */
         CC_POISON(c, offsetof(srv_call, next_free));
-        CC_POISON(c->arena, CALL_ARENA);
+        CC_POISON(c->arena.bytes, CALL_ARENA);
     } else {
         grpc_metadata_array_destroy(&c->md);
         free(c);
@@ -562,28 +591,6 @@ static void send_status(srv_call *c) {
     grpc_slice_unref(details);
 }
 
-/* The call's allocator for its unpacked request: bump allocation in c->arena, malloc
- * beyond it. protobuf-c frees every piece it allocated, so pieces in the arena are
- * left alone (the arena starts empty again with the next call that reuses c). */
-static void *arena_alloc(void *data, size_t size) {
-    srv_call *c = data;
-    size_t at = (c->arena_used + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
-    if (size <= CALL_ARENA && at <= CALL_ARENA - size) {
-        c->arena_used = at + size;
-        CC_UNPOISON(c->arena + at, size);
-        return c->arena + at;
-    }
-    void *p = malloc(size);
-    if (!p) abort();
-    return p;
-}
-
-static void arena_free(void *data, void *p) {
-    srv_call *c = data;
-    if ((unsigned char *)p >= c->arena && (unsigned char *)p < c->arena + CALL_ARENA) return;
-    free(p);
-}
-
 static void alloc_trailers(srv_call *c) {
     if (c->trailers) return;
     c->trailers = calloc(MAX_TRAILERS + 1, sizeof *c->trailers);
@@ -604,7 +611,8 @@ static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_
     } else if (!(c = calloc(1, sizeof *c))) {
         abort();
     }
-    c->alloc = (ProtobufCAllocator){arena_alloc, arena_free, c};
+    c->arena.used = 0;
+    c->alloc = (ProtobufCAllocator){req_alloc, req_free, &c->arena};
     c->s = s;
     c->m = m;
     c->call = call;
@@ -716,31 +724,6 @@ static void take_husk(srv_call *c, grpc_byte_buffer *bb) {
 
 /* ---- fast calls: answered at once, without an srv_call ---- */
 
-/* A fast call's unpacked request lives on the stack (no malloc per call): bump
- * allocation in `bytes`, malloc beyond them. */
-typedef struct {
-    size_t used;
-    _Alignas(max_align_t) unsigned char bytes[CALL_ARENA];
-} stack_arena;
-
-static void *stack_alloc(void *data, size_t size) {
-    stack_arena *a = data;
-    size_t at = (a->used + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
-    if (size <= CALL_ARENA && at <= CALL_ARENA - size) {
-        a->used = at + size;
-        return a->bytes + at;
-    }
-    void *p = malloc(size);
-    if (!p) abort();
-    return p;
-}
-
-static void stack_free(void *data, void *p) {
-    stack_arena *a = data;
-    if ((unsigned char *)p >= a->bytes && (unsigned char *)p < a->bytes + CALL_ARENA) return;
-    free(p);
-}
-
 /* The slot's request headers as HPACK counts them (RFC 7541 4.1: name + value + 32 per
  * field), against cfg.max_metadata_bytes. */
 static size_t md_bytes_of(const srv_slot *sl) {
@@ -796,9 +779,9 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     if (md_bytes_of(sl) > (size_t)s->cfg.max_metadata_bytes) return -1;
     char err[300];
     ProtobufCMessage *req;
-    stack_arena a;
+    req_arena a; /* a fast call's request lives on the stack */
     a.used = 0;
-    ProtobufCAllocator alloc = {stack_alloc, stack_free, &a};
+    ProtobufCAllocator alloc = {req_alloc, req_free, &a};
     if (srv_rpc_decode(s, sl->m->request, sl->payload, &alloc, &req, err, sizeof err) < 0) return -1;
     grpc_slice body;
     int answered = sl->m->cq_handler(req, s->app, &body);
