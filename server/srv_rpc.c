@@ -6,7 +6,10 @@
  * deadline of the loop's next timer, and runs the loop without blocking
  * (UV_RUN_NOWAIT) between batches of completions. The waker thread shares with it
  * only three atomics (`blocked`, `uv_pending`, `w_fired`) and the bell channel (gRPC
- * core's calls are thread-safe); it never touches a call or the loop.
+ * core's calls are thread-safe); it never touches a call or the loop. The srv-streams
+ * thread (streams_main) shares only the streams' queue `scq`, the event list under
+ * `st_mu` and `st_async` (uv_async_send); it never touches a call either: the loop's
+ * thread runs the events it pushes (on_streams).
  *
  * Tags: every completion carries a pointer to an `srv_tag` whose `fn` runs on that
  * thread. A call owns three tags (final/status, close, write/recv) so that several of
