@@ -14,7 +14,7 @@ usage() {
   cat <<'EOF'
 usage: scripts/bench-h2load.sh [--rounds R] [--requests N] [--out DIR] [--build-dir DIR]
                                [--no-build] [--server-b BIN] [--processes LIST]
-                               [--targets LIST] [--quick] [--help]
+                               [--targets LIST] [--hold-streams N] [--quick] [--help]
 
 Runs h2load -c 8 -m 64 -n N against each target in turn, R rounds, interleaved:
   echo     concert-bench-echo (bare single-thread gRPC C core: the ceiling)
@@ -35,6 +35,10 @@ Options:
   --processes LIST concert-server process counts to compare, e.g. 1,2: N processes share
                    one port with --reuse-port; labelled [xN] when more than one count
   --targets LIST   subset of echo,health,status,issue (default all)
+  --hold-streams N hold N idle WatchQueueStatus streams open on every concert-server
+                   variant during the runs (BUILD/client/concert-bench watch, users of
+                   a concert of their own; the servers get --watch-interval-ms 20000):
+                   what held streams cost the unary calls
   --quick          small numbers (a smoke run)
   --help           this help
 
@@ -55,10 +59,14 @@ quick=0
 SERVER_B=""
 PROCS="1"
 TARGETS="echo,health,status,issue"
+HOLD=0
+HOLD_ARGS=()
+HOLD_PIDS=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --quick) quick=1 ;;
+    --hold-streams) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "bench-h2load.sh: --hold-streams needs a number" >&2; exit 2; }; HOLD="$2"; shift ;;
     --no-build) build=0 ;;
     --rounds) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "bench-h2load.sh: --rounds needs a number" >&2; exit 2; }; ROUNDS="$2"; shift ;;
     --requests) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "bench-h2load.sh: --requests needs a number" >&2; exit 2; }; REQS="$2"; shift ;;
@@ -94,6 +102,7 @@ cleanup() {
   local rc=$? p
   trap - EXIT INT TERM
   stop_pid "$CHILD_PID"
+  for p in "${HOLD_PIDS[@]}"; do stop_pid "$p"; done
   for p in "${SERVER_PIDS[@]}"; do stop_pid "$p"; done
   stop_pid "$ECHO_PID"
   stop_pid "$REDIS_PID"
@@ -122,7 +131,8 @@ if ((build)); then
   say "build (RelWithDebInfo) in ${BUILD#"$ROOT"/}"
   build_release "$BUILD" "$TMP/build.log" || die "build failed"
 fi
-for b in "$SERVER_BIN" "$ECHO_BIN" "$CTL" ${SERVER_B:+"$SERVER_B"}; do
+((HOLD)) && HOLD_ARGS=(--watch-interval-ms 20000)
+for b in "$SERVER_BIN" "$ECHO_BIN" "$CTL" ${SERVER_B:+"$SERVER_B"} ${HOLD_ARGS[@]+"$BUILD/client/concert-bench"}; do
   [[ -x "$b" ]] || die "$b is missing (build first or drop --no-build)"
 done
 
@@ -164,7 +174,7 @@ for ((v = 0; v < nv; v++)); do
     nsrv=$((nsrv + 1))
     env -u CONCERT_KAFKA -u CONCERT_METRICS -u CONCERT_ADMIN_KEY \
       "${V_BIN[v]}" --listen "127.0.0.1:${V_PORT[v]}" --redis "$REDIS_URL" --admin-key "$ADMIN_KEY" \
-      --rate-user 0 --rate-peer 0 --admit-rate 0 --metrics "127.0.0.1:$mp" "${extra[@]}" \
+      --rate-user 0 --rate-peer 0 --admit-rate 0 --metrics "127.0.0.1:$mp" "${extra[@]}" ${HOLD_ARGS[@]+"${HOLD_ARGS[@]}"} \
       2>"$TMP/server-$nsrv.log" &
     SERVER_PIDS+=($!)
     pids="$pids${pids:+,}$!"; mports="$mports${mports:+,}$mp"
@@ -225,6 +235,18 @@ if [[ -n "$GRPCURL" ]]; then
       concert.v1.QueueService/IssueToken | grep -q token || die "grpcurl: IssueToken on $a failed"
   done
   "$GRPCURL" "${P[@]}" -d '{}' "127.0.0.1:$ECHO_PORT" grpc.health.v1.Health/Check >/dev/null || die "grpcurl: echo failed"
+fi
+
+# --hold-streams: N idle streams on every variant, held until the end.
+if ((HOLD)); then
+  for ((v = 0; v < nv; v++)); do
+    "$CTL" --server "127.0.0.1:${V_PORT[v]}" --admin-key "$ADMIN_KEY" admin concert create --concert "$CONCERT-hold$v" \
+      --name "held streams" >/dev/null || die "could not create concert $CONCERT-hold$v"
+    hold_streams "$BUILD/client/concert-bench" "127.0.0.1:${V_PORT[v]}" "$HOLD" "$CONCERT-hold$v" "$TMP/hold-$v.log" \
+      || die "could not hold $HOLD streams on variant $v"
+    HOLD_PIDS+=("$HOLD_PID")
+    say "holding $HOLD WatchQueueStatus streams on ${V_LABEL[v]:-the server}"
+  done
 fi
 
 # ---- the runs -------------------------------------------------------------------------------

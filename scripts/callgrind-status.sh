@@ -7,14 +7,16 @@
 # one waiting user's token, warms up with h2load, zeroes the counters, runs a fixed
 # h2load line of GetQueueStatus, dumps the counters and prints instructions per call
 # (every thread of the server) and the top functions (inclusive, per call). --echo runs
-# concert-bench-echo (the bare gRPC C core reference) the same way instead.
+# concert-bench-echo (the bare gRPC C core reference) the same way instead. --hold-streams N
+# keeps N idle WatchQueueStatus streams open (concert-bench watch) while it measures.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
 usage: scripts/callgrind-status.sh [--server BIN] [--build-dir DIR] [--requests N]
                                    [--warmup N] [--method status|health] [--echo]
-                                   [--server-args 'ARGS'] [--out DIR] [--help]
+                                   [--server-args 'ARGS'] [--hold-streams N] [--out DIR]
+                                   [--help]
 
 Runs concert-server under valgrind --tool=callgrind, h2load -c 8 -m 64 -n WARMUP of
 GetQueueStatus (one token of a waiting user), callgrind_control --zero, then
@@ -34,6 +36,12 @@ Options:
   --server-args A  extra concert-server flags, split on spaces (e.g.
                    '--keepalive-time-ms 0' or '--grpc-args grpc.minimal_stack=1'), to
                    measure what a setting costs per call
+  --hold-streams N hold N idle WatchQueueStatus streams open while measuring: before the
+                   warm-up, BUILD/client/concert-bench watch joins N users to a concert
+                   of their own and watches them until the end (the server then runs
+                   with --watch-interval-ms 20000, so the streams stay idle); what each
+                   unary call pays for the held streams (gRPC core's walk of a queue's
+                   outstanding tags). Not with --echo
   --out DIR        output folder (default bench-out/callgrind-<UTC timestamp>): the dump
                    (callgrind.run), callgrind_annotate's inclusive listing, the logs
   --help           this help
@@ -51,6 +59,7 @@ OUT=""
 METHOD=status
 ECHO=0
 SERVER_ARGS=""
+HOLD=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -61,17 +70,21 @@ while [[ $# -gt 0 ]]; do
     --method) [[ $# -ge 2 && "$2" =~ ^(status|health)$ ]] || { echo "callgrind-status.sh: --method is status or health" >&2; exit 2; }; METHOD="$2"; shift ;;
     --echo) ECHO=1 ;;
     --server-args) [[ $# -ge 2 ]] || { echo "callgrind-status.sh: --server-args needs a value" >&2; exit 2; }; SERVER_ARGS="$2"; shift ;;
+    --hold-streams) [[ $# -ge 2 && "$2" =~ ^[0-9]+$ ]] || { echo "callgrind-status.sh: --hold-streams needs a number" >&2; exit 2; }; HOLD="$2"; shift ;;
     --out) [[ $# -ge 2 ]] || { echo "callgrind-status.sh: --out needs a value" >&2; exit 2; }; OUT="$2"; shift ;;
     *) echo "callgrind-status.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
+((ECHO && HOLD)) && { echo "callgrind-status.sh: --hold-streams needs concert-server, not --echo" >&2; exit 2; }
+
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 [[ "$BUILD" == /* ]] || BUILD="$ROOT/$BUILD"
 SERVER="${SERVER:-$BUILD/server/concert-server}"
 CTL="$BUILD/client/concertctl"
+BENCH="$BUILD/client/concert-bench"
 [[ -z "$OUT" ]] && OUT="$ROOT/bench-out/callgrind-$(date -u +%Y%m%dT%H%M%SZ)"
 [[ "$OUT" == /* ]] || OUT="$ROOT/$OUT"
 mkdir -p "$OUT"
@@ -88,14 +101,17 @@ if ((ECHO)); then
   [[ -x "$ECHO_BIN" ]] || die "$ECHO_BIN is missing (build it first)"
 else
   for b in "$SERVER" "$CTL"; do [[ -x "$b" ]] || die "$b is missing (build it first)"; done
+  ((HOLD == 0)) || [[ -x "$BENCH" ]] || die "$BENCH is missing (build it first)"
 fi
 
 TMP=""
 REDIS_PID=""
 SERVER_PID=""
+HOLD_PID=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  stop_pid "$HOLD_PID"
   stop_pid "$SERVER_PID"
   stop_pid "$REDIS_PID"
   if [[ -n "$TMP" && -d "$TMP" ]]; then
@@ -114,6 +130,7 @@ PORT="$(free_port)"
 CONCERT="cg-$$"
 # shellcheck disable=SC2206 # split on spaces on purpose
 EXTRA=($SERVER_ARGS)
+((HOLD)) && EXTRA+=(--watch-interval-ms 20000)
 if ((ECHO)); then
   valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.%p" \
     "$ECHO_BIN" --listen "127.0.0.1:$PORT" 2>"$TMP/server.log" &
@@ -147,6 +164,13 @@ else
   TOKEN="$("$CTL" --server "127.0.0.1:$PORT" --timeout-ms 10000 queue join --user cg-poller --concert "$CONCERT" \
     | awk '{print $2}')"
   [[ "$TOKEN" == v[12].* ]] || die "could not issue a token (got '$TOKEN')"
+  if ((HOLD)); then
+    "$CTL" --server "127.0.0.1:$PORT" --timeout-ms 10000 --admin-key "$ADMIN_KEY" admin concert create \
+      --concert "$CONCERT-hold" --name "held streams" >/dev/null || die "could not create concert $CONCERT-hold"
+    hold_streams "$BENCH" "127.0.0.1:$PORT" "$HOLD" "$CONCERT-hold" "$TMP/hold.log" 900 \
+      || die "could not hold $HOLD streams"
+    echo "holding $HOLD WatchQueueStatus streams" >&2
+  fi
 fi
 python3 - "$TMP/status.bin" "$TOKEN" <<'PY'
 import struct, sys
@@ -172,6 +196,10 @@ h2() { # h2 N OUTFILE
 callgrind_control --zero "$SERVER_PID" >/dev/null
 h2 "$REQS" "$OUT/h2load-run.txt"
 callgrind_control --dump=run "$SERVER_PID" >/dev/null
+if ((HOLD)); then
+  open="$(grep -o '[0-9]* streams open' "$TMP/hold.log" | tail -n 1 | awk '{print $1}')"
+  ((${open:-0} >= HOLD)) || die "only ${open:-0} of $HOLD held streams still open after the run"
+fi
 for ((i = 0; i < 100; i++)); do
   f="$(ls "$TMP"/callgrind.*.[0-9]* 2>/dev/null | head -1 || true)"
   [[ -n "$f" ]] && break

@@ -6,7 +6,10 @@
  * deadline of the loop's next timer, and runs the loop without blocking
  * (UV_RUN_NOWAIT) between batches of completions. The waker thread shares with it
  * only three atomics (`blocked`, `uv_pending`, `w_fired`) and the bell channel (gRPC
- * core's calls are thread-safe); it never touches a call or the loop.
+ * core's calls are thread-safe); it never touches a call or the loop. The srv-streams
+ * thread (streams_main) shares only the streams' queue `scq`, the event list under
+ * `st_mu` and `st_async` (uv_async_send); it never touches a call either: the loop's
+ * thread runs the events it pushes (on_streams).
  *
  * Tags: every completion carries a pointer to an `srv_tag` whose `fn` runs on that
  * thread. A call owns three tags (final/status, close, write/recv) so that several of
@@ -162,6 +165,12 @@ typedef struct {
     uint64_t turn;
 } method_slots;
 
+/* A completion of the streams' queue on its way to the loop's thread. */
+typedef struct {
+    srv_tag *tag;
+    int ok;
+} st_event;
+
 #define FIRST_SLOTS 2 /* armed requests per method at start (at most cfg.requests_per_method) */
 /* Slots of all methods together, per method: growth stops there, so that whatever the
  * traffic no more requests are armed than the 32 per method of before growth. */
@@ -204,6 +213,25 @@ struct srv_rpc {
     fcall *free_fcalls;      /* finished fast calls for reuse */
     srv_call *free_calls;    /* finished calls for reuse (call_new), freed with s */
     size_t n_free_calls;
+    /* The streams' queue (see "streams" below): every batch of a streaming call after
+     * its accept completes on `scq`, a non-polling queue drained by the srv-streams
+     * thread, which hands the events to this thread through `st_async`. */
+    grpc_completion_queue *scq;
+    pthread_t st_thread;
+    int st_on;               /* the thread runs (joined by on_streams once it said done) */
+    pthread_mutex_t st_mu;   /* guards the five fields below, shared with the thread */
+    st_event *st_ev;         /* events the thread pushed, not yet taken by on_streams */
+    size_t st_n, st_cap;
+    int st_done;             /* the thread saw the queue's shutdown and is about to return */
+    int st_async_on;         /* st_async is initialised: the thread may signal it */
+    st_event *st_spare;      /* on_streams' batch (this thread only), swapped with st_ev */
+    size_t st_spare_cap;
+    uv_async_t st_async;
+    int streams_done;        /* the streams' queue has shut down and its thread is joined */
+    int cur_q;               /* 1 while on_streams dispatches (for stream_ev) */
+    uint64_t stream_ev[2];   /* stream calls' completions that came on s->cq [0] and on scq [1] */
+    uint64_t st_handoffs;    /* on_streams runs that had events */
+    int open_handles;        /* grace and st_async, until their close callbacks */
 };
 
 static void on_slot(srv_tag *t, int ok);
@@ -324,15 +352,123 @@ static void waker_stop(srv_rpc *s) {
             slots += s->ms[i].slots;
             if (s->ms[i].slots > most) most = s->ms[i].slots;
         }
-        CC_INFO("grpc_loop_stats", "turns=%llu waits=%llu bells=%llu slots=%d most_slots=%d",
-                 (unsigned long long)s->turns, (unsigned long long)s->waits,
-                 (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED), slots, most);
+        /* stream_events_*: stream calls' completions by the queue they came on (all on
+         * the streams' queue: none on the calls' queue s->cq); handoffs: runs of
+         * on_streams that had events. */
+        CC_INFO("grpc_loop_stats",
+                "turns=%llu waits=%llu bells=%llu slots=%d most_slots=%d stream_events_streams_q=%llu "
+                "stream_events_calls_q=%llu handoffs=%llu",
+                (unsigned long long)s->turns, (unsigned long long)s->waits,
+                (unsigned long long)__atomic_load_n(&s->bells, __ATOMIC_RELAXED), slots, most,
+                (unsigned long long)s->stream_ev[1], (unsigned long long)s->stream_ev[0],
+                (unsigned long long)s->st_handoffs);
     }
     if (s->bell) grpc_channel_destroy(s->bell);
     s->bell = NULL;
     if (s->w_ep >= 0) close(s->w_ep);
     if (s->w_stop >= 0) close(s->w_stop);
     s->w_ep = s->w_stop = -1;
+}
+
+/* ---- streams: their own completion queue and thread ---- */
+
+/* Why: gRPC 1.51 as Debian builds it (no NDEBUG) checks every completion's tag against
+ * the list of every tag outstanding on its queue (cq_check_tag, a linear walk under the
+ * queue's mutex, ~6 instructions per tag, twice per unary call). A held stream keeps a
+ * batch outstanding for its whole life (RECV_CLOSE_ON_SERVER, a receive or a send), so
+ * on one shared queue every unary call would walk every held stream's tags: 2,000
+ * watchers, ~24k instructions per call. So a streaming call is bound to `scq` (its
+ * slot's cq_bound_to_call, arm_slot) and all its batches complete there; its accept
+ * still comes on s->cq (the server's queue). `scq` is non-polling: the srv-streams
+ * thread only pops events (it never polls fds: the loop's thread does all the I/O, as
+ * before) and pushes them, under st_mu, to the loop's thread, which runs them in
+ * on_streams (st_async): a call's state machine stays on the loop's thread. Unary calls
+ * stay on s->cq with no hand-off. */
+
+/* The srv-streams thread: pops the streams' queue until it shuts down. Signals the loop
+ * when it pushes into an empty list (on_streams takes the whole list under the mutex,
+ * so a non-empty one has a signal pending), and once more at the shutdown. */
+static void *streams_main(void *arg) {
+    srv_rpc *s = arg;
+    pthread_setname_np(pthread_self(), "srv-streams");
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(s->scq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type == GRPC_QUEUE_TIMEOUT) continue;
+        int done = ev.type == GRPC_QUEUE_SHUTDOWN;
+        pthread_mutex_lock(&s->st_mu);
+        int signal = s->st_async_on && (done || s->st_n == 0);
+        if (done) {
+            s->st_done = 1;
+        } else {
+            if (s->st_n == s->st_cap) {
+                s->st_cap = s->st_cap ? 2 * s->st_cap : 64;
+                s->st_ev = realloc(s->st_ev, s->st_cap * sizeof *s->st_ev);
+                if (!s->st_ev) abort();
+            }
+            s->st_ev[s->st_n++] = (st_event){ev.tag, ev.success};
+        }
+        pthread_mutex_unlock(&s->st_mu);
+        if (signal) uv_async_send(&s->st_async);
+        if (done) return NULL;
+    }
+}
+
+/* On the loop: runs the events the srv-streams thread pushed; after its last one (the
+ * queue shut down), joins it (it returns right after its signal) and lets shutdown go on. */
+static void on_streams(uv_async_t *a) {
+    srv_rpc *s = a->data;
+    pthread_mutex_lock(&s->st_mu);
+    st_event *ev = s->st_ev;
+    size_t n = s->st_n, cap = s->st_cap;
+    s->st_ev = s->st_spare;
+    s->st_cap = s->st_spare_cap;
+    s->st_n = 0;
+    int done = s->st_done;
+    pthread_mutex_unlock(&s->st_mu);
+    s->st_spare = ev;
+    s->st_spare_cap = cap;
+    if (n) s->st_handoffs++;
+    s->cur_q = 1;
+    for (size_t i = 0; i < n; i++) ev[i].tag->fn(ev[i].tag, ev[i].ok);
+    s->cur_q = 0;
+    if (done && s->st_on) {
+        pthread_join(s->st_thread, NULL);
+        s->st_on = 0;
+        s->streams_done = 1;
+        maybe_done(s);
+    }
+}
+
+static int streams_start(srv_rpc *s, char *err, size_t errlen) {
+    grpc_completion_queue_attributes attr = {GRPC_CQ_CURRENT_VERSION, GRPC_CQ_NEXT, GRPC_CQ_NON_POLLING, NULL};
+    s->scq = grpc_completion_queue_create(grpc_completion_queue_factory_lookup(&attr), &attr, NULL);
+    if (!s->scq) {
+        snprintf(err, errlen, "streams: cannot create a completion queue");
+        return -1;
+    }
+    pthread_mutex_init(&s->st_mu, NULL);
+    if (pthread_create(&s->st_thread, NULL, streams_main, s) != 0) {
+        snprintf(err, errlen, "streams: cannot start a thread");
+        return -1;
+    }
+    s->st_on = 1;
+    /* After the thread: a failure here leaves no loop handle behind (free_unstarted
+     * then stops the thread). Nothing reaches scq before the server starts. */
+    int e = uv_async_init(s->loop, &s->st_async, on_streams);
+    if (e < 0) {
+        snprintf(err, errlen, "streams: %s", uv_strerror(e));
+        return -1;
+    }
+    s->st_async.data = s;
+    pthread_mutex_lock(&s->st_mu);
+    s->st_async_on = 1;
+    pthread_mutex_unlock(&s->st_mu);
+    return 0;
+}
+
+/* The completion queue a call of `m` is bound to. */
+static grpc_completion_queue *call_queue(srv_rpc *s, const srv_method *m) {
+    return m && m->kind != SRV_UNARY ? s->scq : s->cq;
 }
 
 static void new_slot(srv_rpc *s, const srv_method *m, void *reg);
@@ -476,9 +612,17 @@ static void start_batch(srv_call *c, grpc_op *ops, size_t n, srv_tag *tag) {
 
 static void send_status(srv_call *c);
 static void alloc_trailers(srv_call *c);
+static int is_unary(const srv_call *c);
+
+/* A stream call's completion, counted by the queue it came on (grpc_loop_stats): all on
+ * the streams' queue (streams_main), none on s->cq. */
+static void count_stream_ev(srv_call *c) {
+    if (!is_unary(c)) c->s->stream_ev[c->s->cur_q]++;
+}
 
 static void on_final(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_final));
+    count_stream_ev(c);
     call_unref(c);
 }
 
@@ -490,6 +634,7 @@ static void fire_cancel(srv_call *c) {
 
 static void on_close(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_close));
+    count_stream_ev(c);
     c->closed = 1;
     fire_cancel(c);
     call_unref(c);
@@ -499,6 +644,7 @@ static void write_next(srv_call *c);
 
 static void on_write(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_io));
+    count_stream_ev(c);
     c->write_busy = 0;
     if (!ok) {
         drop_queue(c); /* the stream is broken */
@@ -909,7 +1055,7 @@ static void arm_slot(srv_slot *sl) {
     if (sl->m) {
         e = grpc_server_request_registered_call(s->server, sl->reg, &sl->call, &sl->deadline, &sl->md,
                                                 sl->m->kind == SRV_BIDI_STREAM ? NULL : &sl->payload,
-                                                s->cq, s->cq, &sl->tag);
+                                                call_queue(s, sl->m), s->cq, &sl->tag);
     } else {
         e = grpc_server_request_call(s->server, &sl->call, &sl->details, &sl->md, s->cq, s->cq, &sl->tag);
     }
@@ -1027,6 +1173,19 @@ int srv_rpc_check_grpc_args(const char *spec, char *err, size_t errlen) {
 /* Frees a server that never started (no loop handles). */
 static void free_unstarted(srv_rpc *s, void **regs) {
     waker_stop(s);
+    if (s->scq) {
+        grpc_completion_queue_shutdown(s->scq);
+        if (s->st_on) {
+            pthread_join(s->st_thread, NULL); /* it returns at the shutdown, signalling nothing */
+        } else {
+            while (grpc_completion_queue_next(s->scq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
+                   GRPC_QUEUE_SHUTDOWN) {
+            }
+        }
+        grpc_completion_queue_destroy(s->scq);
+        pthread_mutex_destroy(&s->st_mu);
+        free(s->st_ev);
+    }
     if (s->server) grpc_server_destroy(s->server);
     if (s->cq) {
         grpc_completion_queue_shutdown(s->cq);
@@ -1148,7 +1307,7 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
         return -1;
     }
     char werr[200];
-    if (waker_start(s, werr, sizeof werr) < 0) {
+    if (waker_start(s, werr, sizeof werr) < 0 || streams_start(s, werr, sizeof werr) < 0) {
         CC_ERROR("grpc_start_failed", "reason=\"%s\"", werr);
         free_unstarted(s, regs);
         return -1;
@@ -1183,10 +1342,15 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg, con
 
 static void on_closed_handle(uv_handle_t *h) {
     srv_rpc *s = h->data;
+    if (--s->open_handles > 0) return;
     void (*done)(void *) = s->done;
     void *payload = s->done_payload;
     grpc_server_destroy(s->server);
     grpc_completion_queue_destroy(s->cq);
+    grpc_completion_queue_destroy(s->scq);
+    pthread_mutex_destroy(&s->st_mu);
+    free(s->st_ev);
+    free(s->st_spare);
     while (s->free_fcalls) {
         fcall *f = s->free_fcalls;
         s->free_fcalls = f->next_free;
@@ -1218,13 +1382,18 @@ static void maybe_done(srv_rpc *s) {
         if (!s->cq_closing) {
             s->cq_closing = 1;
             waker_stop(s); /* no bell may start on a queue that is shutting down */
+            /* No call is left, so neither queue has a batch outstanding: the streams'
+             * queue's shutdown reaches on_streams (streams_done), s->cq's srv_rpc_run. */
+            grpc_completion_queue_shutdown(s->scq);
             grpc_completion_queue_shutdown(s->cq);
         }
         return;
     }
-    if (s->cq_done == 1 && !uv_is_closing((uv_handle_t *)&s->grace)) {
+    if (s->cq_done == 1 && s->streams_done && !uv_is_closing((uv_handle_t *)&s->grace)) {
         uv_timer_stop(&s->grace);
+        s->open_handles = 2;
         uv_close((uv_handle_t *)&s->grace, on_closed_handle);
+        uv_close((uv_handle_t *)&s->st_async, on_closed_handle);
     }
 }
 
@@ -1432,6 +1601,7 @@ int srv_call_send(srv_call *c, const ProtobufCMessage *msg) {
 
 static void on_recv(srv_tag *t, int ok) {
     srv_call *c = (srv_call *)((char *)t - offsetof(srv_call, t_recv));
+    count_stream_ev(c);
     /* Take the message out of the call before the callback runs: the callback may
      * re-arm the receive into c->recv_bb at once, and gRPC core fills that pointer from
      * its own thread when the next message arrives. */

@@ -1,12 +1,23 @@
 /* srv_rpc: the gRPC C core server and a libuv loop driven by one thread.
  *
- * One completion queue (created _for_next). srv_rpc_run drives both: it blocks in
+ * Two completion queues. The calls' queue (created _for_next, registered with the
+ * server) carries every accept and every batch of unary calls; srv_rpc_run drives it
+ * and the loop. The streams' queue (non-polling, not registered) carries every batch
+ * of a server or bidi stream after its accept: a held stream keeps a batch outstanding
+ * for its whole life, and Debian's gRPC 1.51 (no NDEBUG) walks every outstanding tag of
+ * a queue on each of its completions, so on one shared queue every unary call would pay
+ * for every held stream. A thread of its own (srv-streams) pops the streams' queue and
+ * pushes each event to the loop's thread (a mutex-guarded list and a uv_async_t), which
+ * runs it there: every call's state machine still lives on that one thread, and the
+ * srv-streams thread never touches a call. Unary calls have no hand-off.
+ * srv_rpc_run drives the calls' queue and the loop: it blocks in
  * grpc_completion_queue_next with the deadline of the loop's next timer, handles the
  * completions that are ready (up to a batch), then runs the loop once without blocking
  * (UV_RUN_NOWAIT: Redis replies, timers, the writes the handlers queued), and again.
- * Nothing crosses threads on a call's way: its request, its handler, its Redis
+ * Nothing of a unary call crosses threads: its request, its handler, its Redis
  * commands and replies, its answer and its end are all on that thread, as in a bare
- * single-thread gRPC server. The loop's own events (a Redis reply, another thread's
+ * single-thread gRPC server (a stream's completions cross once, as events, and are
+ * run on that thread too). The loop's own events (a Redis reply, another thread's
  * uv_async_send) can arrive while that thread is blocked in gRPC: a waker thread
  * watches the loop's backend fd (uv_backend_fd) and then rings a doorbell (a call on a
  * lame channel, whose failure lands on the queue at once). gRPC core 1.51 offers no
@@ -116,8 +127,9 @@ int srv_rpc_start(srv_rpc **out, uv_loop_t *loop, const srv_rpc_config *cfg,
 void srv_rpc_run(srv_rpc *s);
 
 /** Stops accepting calls; in-flight calls may finish. After `grace_ms` the remaining
- * calls are cancelled. `done` runs on the loop once every call is over and the
- * completion queue has shut down; the server is freed after it returns. */
+ * calls are cancelled. `done` runs on the loop once every call is over, both completion
+ * queues have shut down and the srv-streams thread has been joined; the server is freed
+ * after it returns. */
 void srv_rpc_shutdown(srv_rpc *s, uint64_t grace_ms, void (*done)(void *payload), void *payload);
 
 /* ---- per call (the loop's thread only) ---- */

@@ -18,7 +18,7 @@ static cc_client *cli;
 /* Every concert these tests queue for: a queue exists only for a concert an admin
  * created. */
 static const char *const concerts[] = {"big", "c-one", "c-two", "lv", "ttl", "idle", "watch",
-                                       "wx",  "cw",    "c1",    "c2", "many", NULL};
+                                       "wx",  "cw",    "c1",    "c2", "many", "held", NULL};
 
 static void start(const char *const *flags) {
     memset(&redis, 0, sizeof redis);
@@ -59,6 +59,24 @@ static int loop_slots(const th_server *s, int *slots, int *most) {
     while (fgets(line, sizeof line, f)) {
         const char *p = strstr(line, "event=grpc_loop_stats");
         if (p && (p = strstr(p, " slots=")) && sscanf(p, " slots=%d most_slots=%d", slots, most) == 2) found = 1;
+    }
+    fclose(f);
+    return found;
+}
+
+/* Stream calls' completions by the queue they came on, from a stopped server's
+ * grpc_loop_stats line: the streams' queue (*streams_q) and the calls' queue that also
+ * carries every unary call (*calls_q); 0 if the line or its fields are missing. */
+static int loop_stream_events(const th_server *s, long long *streams_q, long long *calls_q) {
+    FILE *f = fopen(s->log, "r");
+    if (!f) return 0;
+    char line[1024];
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "event=grpc_loop_stats");
+        if (p && (p = strstr(p, " stream_events_streams_q=")) &&
+            sscanf(p, " stream_events_streams_q=%lld stream_events_calls_q=%lld", streams_q, calls_q) == 2)
+            found = 1;
     }
     fclose(f);
     return found;
@@ -477,6 +495,95 @@ Test(queue, watch_of_expired_token_ends_at_once, .init = start_paused, .fini = s
     cr_expect_eq(fin.code, GRPC_STATUS_OK);
     free_status(s);
     end_test();
+}
+
+/* Held streams keep batches outstanding on their completion queue for their whole life,
+ * and gRPC 1.51 (built without NDEBUG) walks every outstanding tag of a queue on each
+ * completion: on the queue of the unary calls, every GetQueueStatus would walk every
+ * held stream's tags. So every batch of a stream after its accept completes on the
+ * streams' own queue (srv_rpc.c "streams"). Hold 40 WatchQueueStatus and 10
+ * WatchQueueStatuses streams, make unary calls while they get updates, end some from the
+ * client and the rest by SIGTERM: every stream completion came on the streams' queue,
+ * none on the unary one (with the streams bound to s->cq it is the other way round). */
+static const char *const held_flags[] = {"--admit-rate", "0", "--watch-interval-ms", "50", NULL};
+static void start_held(void) { start(held_flags); }
+
+Test(queue, held_streams_complete_off_the_unary_queue, .init = start_held, .fini = stop, .timeout = 60) {
+    enum { W = 40, B = 10, CALLS = 200 };
+    static char tokens[W + B][128];
+    for (int i = 0; i < W + B; i++) {
+        char u[32];
+        snprintf(u, sizeof u, "held-%d", i);
+        Concert__V1__QueueStatus *s = NULL;
+        cr_assert_eq(th_issue(cli, u, "held", &s, NULL), GRPC_STATUS_OK);
+        snprintf(tokens[i], sizeof tokens[i], "%s", s->token);
+        free_status(s);
+    }
+    cc_stream *st[W + B];
+    for (int i = 0; i < W; i++) {
+        Concert__V1__WatchQueueStatusRequest req = CONCERT__V1__WATCH_QUEUE_STATUS_REQUEST__INIT;
+        req.token = tokens[i];
+        st[i] = cc_client_stream(cli, "/concert.v1.QueueService/WatchQueueStatus", &req.base, NULL, 0, 30000);
+        cr_assert(st[i], "watch %d did not start", i);
+        Concert__V1__QueueStatus *m = NULL;
+        cr_assert_eq(cc_stream_next(st[i], &concert__v1__queue_status__descriptor, (ProtobufCMessage **)&m), 1,
+                     "watch %d: no first status", i);
+        cr_expect_eq(m->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+        free_status(m);
+    }
+    for (int i = W; i < W + B; i++) {
+        st[i] = cc_client_bidi(cli, "/concert.v1.QueueService/WatchQueueStatuses", NULL, 0, 30000);
+        cr_assert(st[i], "multi-watch %d did not start", i);
+        Concert__V1__WatchQueueStatusesRequest req = CONCERT__V1__WATCH_QUEUE_STATUSES_REQUEST__INIT;
+        char *add[1] = {tokens[i]};
+        req.n_add_tokens = 1;
+        req.add_tokens = add;
+        cr_assert_eq(cc_stream_send(st[i], &req.base), 0);
+        Concert__V1__WatchQueueStatusesResponse *u = NULL;
+        cr_assert_eq(cc_stream_next(st[i], &concert__v1__watch_queue_statuses_response__descriptor,
+                                    (ProtobufCMessage **)&u),
+                     1, "multi-watch %d: no first update", i);
+        cr_expect_eq(u->error_code, 0, "multi-watch %d: %s", i, u->error_message);
+        protobuf_c_message_free_unpacked(&u->base, NULL);
+    }
+    /* Unary calls while every stream is held and refreshed. */
+    for (int i = 0; i < CALLS; i++) {
+        Concert__V1__QueueStatus *s = NULL;
+        cr_assert_eq(th_status(cli, tokens[i % (W + B)], &s, NULL), GRPC_STATUS_OK, "call %d", i);
+        cr_expect_eq(s->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+        free_status(s);
+    }
+    /* Half of the watches end from the client's side (a cancel), the rest by SIGTERM. */
+    for (int i = 0; i < W; i += 2) {
+        cc_status fin;
+        cc_stream_close(st[i], &fin);
+        cr_expect_eq(fin.code, GRPC_STATUS_CANCELLED);
+        st[i] = NULL;
+    }
+    int keep = getenv("TH_KEEP_LOGS") != NULL;
+    setenv("TH_KEEP_LOGS", "1", 1); /* read below (a test runs in a process of its own) */
+    int rc = th_server_stop(&server);
+    if (!keep) unsetenv("TH_KEEP_LOGS");
+    cr_expect_eq(rc, 0, "concert-server exited %d with streams open (log %s)", rc, server.log);
+    for (int i = 0; i < W + B; i++) {
+        if (!st[i]) continue;
+        const ProtobufCMessageDescriptor *d = i < W ? &concert__v1__queue_status__descriptor
+                                                    : &concert__v1__watch_queue_statuses_response__descriptor;
+        ProtobufCMessage *m = NULL;
+        while (cc_stream_next(st[i], d, &m) == 1) protobuf_c_message_free_unpacked(m, NULL);
+        cc_status fin;
+        cc_stream_close(st[i], &fin);
+        cr_expect_eq(fin.code, GRPC_STATUS_UNAVAILABLE, "stream %d ended %s at shutdown", i, cc_status_name(fin.code));
+    }
+    cc_client_close(cli);
+    cli = NULL;
+    long long streams_q = -1, calls_q = -1;
+    int found = loop_stream_events(&server, &streams_q, &calls_q);
+    cr_assert(found, "no grpc_loop_stats stream events in %s", server.log);
+    if (!keep) unlink(server.log);
+    /* Each stream: its close, its first message, its status at least. */
+    cr_expect_geq(streams_q, 3 * (W + B), "%lld stream completions on the streams' queue", streams_q);
+    cr_expect_eq(calls_q, 0, "%lld stream completions on the unary calls' queue", calls_q);
 }
 
 Test(queue, cancelled_watch_frees_the_server_side, .init = start_paused, .fini = stop) {

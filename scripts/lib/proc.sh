@@ -68,3 +68,24 @@ build_release() {
   ninja -C "$build" concert-bench concert-bench-echo concert-server concertctl payment-consumer >>"$log" 2>&1 \
     || { tail -n 30 "$log" >&2; echo "build failed" >&2; return 1; }
 }
+
+# hold_streams BENCH ADDR N CONCERT LOG [LIMIT_S]: holds N idle WatchQueueStatus streams
+# open on the server at ADDR: `concert-bench watch` in the background (HOLD_PID; stop it
+# with stop_pid "$HOLD_PID") joins CONCERT (which must exist) with N new users and
+# watches their tokens. The server should run with --admit-rate 0 (nobody is admitted,
+# so no stream ends) and a slow --watch-interval-ms (the streams stay idle). Waits until
+# concert-bench's progress line (LOG) counts N streams open (first status received);
+# returns 1 with a reason on stderr if that takes more than LIMIT_S s (default 120).
+hold_streams() {
+  local bench="$1" addr="$2" n="$3" concert="$4" log="$5" limit="${6:-120}" t0=$SECONDS open
+  "$bench" --server "$addr" --channels 4 --users "$n" --duration 86400 watch --concert "$concert" \
+    >"$log.md" 2>"$log" &
+  HOLD_PID=$!
+  while :; do
+    open="$(grep -o '[0-9]* streams open' "$log" 2>/dev/null | tail -n 1 | awk '{print $1}' || true)"
+    ((${open:-0} >= n)) && return 0
+    kill -0 "$HOLD_PID" 2>/dev/null || { tail -n 3 "$log" >&2; echo "concert-bench ended with ${open:-0} of $n streams open" >&2; return 1; }
+    ((SECONDS - t0 < limit)) || { echo "only ${open:-0} of $n streams open after $limit s" >&2; return 1; }
+    sleep 0.5
+  done
+}
