@@ -7,17 +7,35 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cc_log.h"
 
 #define MAX_METHODS 32
+/* Armed requests as concert-server arms them (server/srv_rpc.c, note_taken): gRPC 1.51
+ * as Debian builds it (no NDEBUG) walks every tag outstanding on the queue on each
+ * completion (cq_check_tag), so every idle armed request costs every call ~6
+ * instructions, twice. A reference that armed 256 per method would pay ~6-7k
+ * instructions per call that the server does not, and flatter the ratios. */
+#define FIRST_SLOTS 2   /* armed requests per registered method at start */
+#define GENERIC_SLOTS 2 /* armed generic requests (any other method), never more */
+#define SLOT_BUDGET 32  /* all registered methods' slots together, per method */
+#define BATCH 256       /* completions per turn at most (as srv_rpc_run) */
 
 typedef struct {
+    void *reg;     /* grpc_server_register_method's handle */
+    int slots;     /* armed requests of the method */
+    int taken;     /* its calls taken in turn `turn` */
+    uint64_t turn;
+} method_slots;
+
+typedef struct slot {
     int phase;  /* 0: armed, 1 (generic only): reading the message, 2: answered */
     int generic;
-    void *reg;  /* registered method, NULL for the generic slot */
+    method_slots *ms; /* registered method, NULL for a generic slot */
+    struct slot *next; /* every slot, for the final free */
     grpc_call *call;
     gpr_timespec deadline;
     grpc_call_details details;
@@ -30,6 +48,10 @@ static grpc_server *srv;
 static grpc_completion_queue *cq;
 static volatile sig_atomic_t stopping;
 static int empty_reply;
+static slot *all_slots;
+static method_slots ms_of[MAX_METHODS];
+static int n_regs, cap_per_method, total_slots; /* total_slots: registered methods' */
+static uint64_t turns;
 
 static void on_signal(int sig) {
     (void)sig;
@@ -46,7 +68,7 @@ static void arm(slot *s) {
         grpc_call_details_init(&s->details);
         grpc_server_request_call(srv, &s->call, &s->details, &s->md, cq, cq, s);
     } else {
-        grpc_server_request_registered_call(srv, s->reg, &s->call, &s->deadline, &s->md, &s->req, cq, cq, s);
+        grpc_server_request_registered_call(srv, s->ms->reg, &s->call, &s->deadline, &s->md, &s->req, cq, cq, s);
     }
 }
 
@@ -83,6 +105,54 @@ static void release(slot *s) {
     s->call = NULL;
 }
 
+static void new_slot(method_slots *ms) {
+    slot *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->generic = ms == NULL;
+    s->ms = ms;
+    s->next = all_slots;
+    all_slots = s;
+    if (ms) ms->slots++, total_slots++;
+    arm(s);
+}
+
+/* A registered method's call was taken from one of its slots: a method that takes as
+ * many calls in one turn as it has slots had calls waiting in gRPC core for a re-arm,
+ * and gets one more slot, up to cap_per_method and SLOT_BUDGET per method in total (a
+ * slot is never taken back), as concert-server's note_taken. */
+static void note_taken(method_slots *ms) {
+    if (ms->turn != turns) {
+        ms->turn = turns;
+        ms->taken = 0;
+    }
+    if (++ms->taken >= ms->slots && ms->slots < cap_per_method && total_slots < SLOT_BUDGET * n_regs) new_slot(ms);
+}
+
+/* One completion of the queue. */
+static void handle(grpc_event ev, int shut) {
+    slot *s = ev.tag;
+    if (!ev.success) {
+        release(s);
+        if (!shut) arm(s);
+        return;
+    }
+    if (s->phase == 0 && s->generic) {
+        /* A generic slot: the message comes in its own batch. */
+        s->phase = 1;
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_RECV_MESSAGE;
+        op.data.recv_message.recv_message = &s->req;
+        grpc_call_start_batch(s->call, &op, 1, s, NULL);
+    } else if (s->phase < 2) {
+        if (s->phase == 0 && !shut) note_taken(s->ms);
+        answer(s);
+    } else {
+        release(s);
+        if (!shut) arm(s);
+    }
+}
+
 int bench_echo_run(const bench_echo_config *cfg) {
     empty_reply = cfg->empty;
     grpc_init();
@@ -99,8 +169,10 @@ int bench_echo_run(const bench_echo_config *cfg) {
     cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv, cq, NULL);
 
-    void *regs[MAX_METHODS];
-    int n_regs = 0;
+    n_regs = 0;
+    all_slots = NULL;
+    total_slots = 0;
+    turns = 0;
     char *list = strdup(cfg->methods ? cfg->methods : "");
     for (char *save = NULL, *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
         if (n_regs == MAX_METHODS || p[0] != '/') {
@@ -108,8 +180,9 @@ int bench_echo_run(const bench_echo_config *cfg) {
             free(list);
             return 2;
         }
-        regs[n_regs] = grpc_server_register_method(srv, p, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
-        if (!regs[n_regs]) {
+        ms_of[n_regs] = (method_slots){0};
+        ms_of[n_regs].reg = grpc_server_register_method(srv, p, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        if (!ms_of[n_regs].reg) {
             CC_ERROR("bad_method", "method=\"%s\" reason=\"registered twice?\"", p);
             free(list);
             return 2;
@@ -131,17 +204,13 @@ int bench_echo_run(const bench_echo_config *cfg) {
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
 
-    int per = cfg->requests > 0 ? cfg->requests : 256;
-    int n_slots = n_regs * per + 8; /* + the generic slots */
-    slot *slots = calloc((size_t)n_slots, sizeof *slots);
-    if (!slots) abort();
-    for (int i = 0; i < n_slots; i++) {
-        slots[i].generic = i >= n_regs * per;
-        slots[i].reg = slots[i].generic ? NULL : regs[i / per];
-        arm(&slots[i]);
-    }
-    CC_INFO("listening", "addr=%s port=%d methods=%d requests_per_method=%d reply=%s", cfg->listen, port, n_regs,
-            per, empty_reply ? "empty" : "echo");
+    cap_per_method = cfg->requests > 0 ? cfg->requests : 64;
+    int first = cap_per_method < FIRST_SLOTS ? cap_per_method : FIRST_SLOTS;
+    for (int i = 0; i < n_regs; i++)
+        for (int k = 0; k < first; k++) new_slot(&ms_of[i]);
+    for (int k = 0; k < GENERIC_SLOTS; k++) new_slot(NULL);
+    CC_INFO("listening", "addr=%s port=%d methods=%d first_requests=%d requests_per_method=%d reply=%s", cfg->listen,
+            port, n_regs, first, cap_per_method, empty_reply ? "empty" : "echo");
 
     int shut = 0;
     for (;;) {
@@ -150,40 +219,36 @@ int bench_echo_run(const bench_echo_config *cfg) {
             grpc_server_shutdown_and_notify(srv, cq, NULL);
             grpc_server_cancel_all_calls(srv);
         }
-        /* A deadline so that a signal is noticed within 200 ms. */
+        /* A turn: wait for one completion (a deadline so that a signal is noticed within
+         * 200 ms), then take what else is ready without waiting, at most BATCH. */
         grpc_event ev = grpc_completion_queue_next(cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                                                                     gpr_time_from_millis(200, GPR_TIMESPAN)),
                                                    NULL);
-        if (ev.type == GRPC_QUEUE_TIMEOUT) continue;
-        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
-        if (!ev.tag) { /* the server's shutdown notification */
-            grpc_completion_queue_shutdown(cq);
-            continue;
+        turns++;
+        int done = 0;
+        for (int n = 0; ev.type != GRPC_QUEUE_TIMEOUT;) {
+            if (ev.type == GRPC_QUEUE_SHUTDOWN) {
+                done = 1;
+                break;
+            }
+            if (!ev.tag) grpc_completion_queue_shutdown(cq); /* the server's shutdown notification */
+            else handle(ev, shut);
+            if (++n == BATCH) break;
+            ev = grpc_completion_queue_next(cq, gpr_time_0(GPR_CLOCK_MONOTONIC), NULL);
         }
-        slot *s = ev.tag;
-        if (!ev.success) {
-            release(s);
-            if (!shut) arm(s);
-            continue;
-        }
-        if (s->phase == 0 && s->generic) {
-            /* The generic slot: the message comes in its own batch. */
-            s->phase = 1;
-            grpc_op op;
-            memset(&op, 0, sizeof op);
-            op.op = GRPC_OP_RECV_MESSAGE;
-            op.data.recv_message.recv_message = &s->req;
-            grpc_call_start_batch(s->call, &op, 1, s, NULL);
-        } else if (s->phase < 2) {
-            answer(s);
-        } else {
-            release(s);
-            if (!shut) arm(s);
-        }
+        if (done) break;
     }
+    int most = 0;
+    for (int i = 0; i < n_regs; i++)
+        if (ms_of[i].slots > most) most = ms_of[i].slots;
+    CC_INFO("echo_stats", "turns=%llu slots=%d most_slots=%d", (unsigned long long)turns, total_slots, most);
     grpc_server_destroy(srv);
     grpc_completion_queue_destroy(cq);
-    free(slots);
+    while (all_slots) {
+        slot *nx = all_slots->next;
+        free(all_slots);
+        all_slots = nx;
+    }
     grpc_shutdown();
     CC_INFO("stopped", NULL);
     return 0;

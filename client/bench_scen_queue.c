@@ -14,7 +14,7 @@
 #include <sys/random.h>
 
 #include "bench_scen.h"
-#include "cc_pb.h"
+#include "bench_unpack.h"
 #include "concert/v1/queue.pb-c.h"
 
 struct bench_queue {
@@ -118,7 +118,8 @@ static void q_done(bench_user *u, int method, grpc_status_code code, grpc_byte_b
         atomic_fetch_add(&q->issued, 1);
         return;
     }
-    Concert__V1__QueueStatus *st = (void *)cc_pb_unpack(&concert__v1__queue_status__descriptor, resp);
+    bench_arena arena; /* every reply: no malloc, no copy (bench_unpack.h) */
+    Concert__V1__QueueStatus *st = (void *)bench_unpack(&concert__v1__queue_status__descriptor, resp, &arena);
     if (!st) {
         atomic_fetch_add(&q->bad_replies, 1);
         return;
@@ -138,7 +139,7 @@ static void q_done(bench_user *u, int method, grpc_status_code code, grpc_byte_b
         int s = (int)st->state;
         if (s >= 0 && s < 4) atomic_fetch_add(&q->states[s], 1);
     }
-    protobuf_c_message_free_unpacked(&st->base, NULL);
+    bench_unpack_free(&st->base, &arena);
 }
 
 static void q_user_free(bench_user *u) {

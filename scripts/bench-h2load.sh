@@ -3,18 +3,19 @@
 # (issue 13). Builds a release build, starts its own redis-server, concert-server(s) and
 # concert-bench-echo on free 127.0.0.1 ports (state in a temp dir, stopped by pid on
 # exit), seeds a concert and a token, and runs h2load (-c 8 -m 64, a fixed request
-# count, gRPC framing) against echo, Health/Check, GetQueueStatus and IssueToken,
-# interleaved over several rounds. Prints a Markdown table: req/s per target (median of
-# the rounds), the ratio to echo, server CPU per call (by thread), Redis usec per call
-# (INFO commandstats) and a check that every answer was a real gRPC OK (h2load's 2xx
-# against the server's grpc_server_handled_total{grpc_code="OK"}).
+# count, gRPC framing) against echo (and a second echo binary, --echo-b), Health/Check,
+# GetQueueStatus and IssueToken, interleaved over several rounds. Prints a Markdown
+# table: req/s per target (median of the rounds), the ratio to echo, server CPU per
+# call (by thread), Redis usec per call (INFO commandstats) and a check that every
+# answer was a real gRPC OK (h2load's 2xx against the server's
+# grpc_server_handled_total{grpc_code="OK"}).
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
 usage: scripts/bench-h2load.sh [--rounds R] [--requests N] [--out DIR] [--build-dir DIR]
                                [--no-build] [--server-b BIN] [--processes LIST]
-                               [--targets LIST] [--hold-streams N] [--quick] [--help]
+                               [--echo-b BIN] [--targets LIST] [--hold-streams N] [--quick] [--help]
 
 Runs h2load -c 8 -m 64 -n N against each target in turn, R rounds, interleaved:
   echo     concert-bench-echo (bare single-thread gRPC C core: the ceiling)
@@ -32,6 +33,10 @@ Options:
   --no-build       use the binaries already in the build directory
   --server-b BIN   also run this concert-server binary (e.g. an older build) on its own
                    port, same Redis: its targets are labelled [B] (A/B in one run)
+  --echo-b BIN     also run this concert-bench-echo binary (e.g. main's) on its own port:
+                   target echo[B] in the same interleaved rounds when echo is a target
+                   (A/B of the reference itself); ratios stay against echo, the table
+                   adds a "vs echo[B]" column
   --processes LIST concert-server process counts to compare, e.g. 1,2: N processes share
                    one port with --reuse-port; labelled [xN] when more than one count
   --targets LIST   subset of echo,health,status,issue (default all)
@@ -57,6 +62,7 @@ BUILD="${CONCERT_BENCH_BUILD_DIR:-build-bench}"
 build=1
 quick=0
 SERVER_B=""
+ECHO_B=""
 PROCS="1"
 TARGETS="echo,health,status,issue"
 HOLD=0
@@ -73,6 +79,7 @@ while [[ $# -gt 0 ]]; do
     --out) [[ $# -ge 2 ]] || { echo "bench-h2load.sh: --out needs a value" >&2; exit 2; }; OUT="$2"; shift ;;
     --build-dir) [[ $# -ge 2 ]] || { echo "bench-h2load.sh: --build-dir needs a value" >&2; exit 2; }; BUILD="$2"; shift ;;
     --server-b) [[ $# -ge 2 ]] || { echo "bench-h2load.sh: --server-b needs a binary" >&2; exit 2; }; SERVER_B="$2"; shift ;;
+    --echo-b) [[ $# -ge 2 ]] || { echo "bench-h2load.sh: --echo-b needs a binary" >&2; exit 2; }; ECHO_B="$2"; shift ;;
     --processes) [[ $# -ge 2 && "$2" =~ ^[1-8](,[1-8])*$ ]] || { echo "bench-h2load.sh: --processes needs a list like 1,2 (1..8)" >&2; exit 2; }; PROCS="$2"; shift ;;
     --targets) [[ $# -ge 2 && "$2" =~ ^(echo|health|status|issue)(,(echo|health|status|issue))*$ ]] || { echo "bench-h2load.sh: --targets: a list of echo,health,status,issue" >&2; exit 2; }; TARGETS="$2"; shift ;;
     *) echo "bench-h2load.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -95,6 +102,7 @@ source "$ROOT/scripts/lib/proc.sh"
 TMP=""
 REDIS_PID=""
 ECHO_PID=""
+ECHO_B_PID=""
 CHILD_PID=""
 SERVER_PIDS=() # every concert-server we started
 
@@ -105,6 +113,7 @@ cleanup() {
   for p in "${HOLD_PIDS[@]}"; do stop_pid "$p"; done
   for p in "${SERVER_PIDS[@]}"; do stop_pid "$p"; done
   stop_pid "$ECHO_PID"
+  stop_pid "$ECHO_B_PID"
   stop_pid "$REDIS_PID"
   bench_finish bench-h2load.sh "$rc"
 }
@@ -132,7 +141,8 @@ if ((build)); then
   build_release "$BUILD" "$TMP/build.log" || die "build failed"
 fi
 ((HOLD)) && HOLD_ARGS=(--watch-interval-ms 20000)
-for b in "$SERVER_BIN" "$ECHO_BIN" "$CTL" ${SERVER_B:+"$SERVER_B"} ${HOLD_ARGS[@]+"$BUILD/client/concert-bench"}; do
+for b in "$SERVER_BIN" "$ECHO_BIN" "$CTL" ${SERVER_B:+"$SERVER_B"} ${ECHO_B:+"$ECHO_B"} \
+    ${HOLD_ARGS[@]+"$BUILD/client/concert-bench"}; do
   [[ -x "$b" ]] || die "$b is missing (build first or drop --no-build)"
 done
 
@@ -146,6 +156,12 @@ ADMIN_KEY="h2load-$$-$RANDOM"
 ECHO_PORT="$(free_port)"
 "$ECHO_BIN" --listen "127.0.0.1:$ECHO_PORT" 2>"$TMP/echo.log" &
 ECHO_PID=$!
+ECHO_B_PORT=""
+if [[ -n "$ECHO_B" ]]; then
+  ECHO_B_PORT="$(free_port)"
+  "$ECHO_B" --listen "127.0.0.1:$ECHO_B_PORT" 2>"$TMP/echo-b.log" &
+  ECHO_B_PID=$!
+fi
 
 # Variants: label, binary, process count. Every variant gets its own port (shared by
 # its processes through --reuse-port) and one metrics port per process.
@@ -194,6 +210,12 @@ for ((i = 0; ; i++)); do
   ((i < 100)) || die "concert-bench-echo did not listen within 10 s"
   sleep 0.1
 done
+for ((i = 0; ${#ECHO_B_PID} > 0; i++)); do
+  grep -q 'event=listening' "$TMP/echo-b.log" 2>/dev/null && break
+  kill -0 "$ECHO_B_PID" 2>/dev/null || { cat "$TMP/echo-b.log" >&2; die "--echo-b exited at start"; }
+  ((i < 100)) || die "--echo-b did not listen within 10 s"
+  sleep 0.1
+done
 
 # ---- requests -----------------------------------------------------------------------------
 CONCERT="h2load-$$"
@@ -235,6 +257,8 @@ if [[ -n "$GRPCURL" ]]; then
       concert.v1.QueueService/IssueToken | grep -q token || die "grpcurl: IssueToken on $a failed"
   done
   "$GRPCURL" "${P[@]}" -d '{}' "127.0.0.1:$ECHO_PORT" grpc.health.v1.Health/Check >/dev/null || die "grpcurl: echo failed"
+  [[ -z "$ECHO_B_PORT" ]] || "$GRPCURL" "${P[@]}" -d '{}' "127.0.0.1:$ECHO_B_PORT" grpc.health.v1.Health/Check >/dev/null \
+    || die "grpcurl: --echo-b failed"
 fi
 
 # --hold-streams: N idle streams on every variant, held until the end.
@@ -250,12 +274,16 @@ if ((HOLD)); then
 fi
 
 # ---- the runs -------------------------------------------------------------------------------
-# Target list: echo once, then every (kind, variant).
+# Target list: echo once (and echo[B]: T_V -2), then every (kind, variant).
 declare -a T_NAME T_KIND T_V
 nt=0
 IFS=, read -r -a KINDS <<<"$TARGETS"
 for k in "${KINDS[@]}"; do
-  if [[ "$k" == echo ]]; then T_NAME[nt]=echo; T_KIND[nt]=echo; T_V[nt]=-1; nt=$((nt + 1)); continue; fi
+  if [[ "$k" == echo ]]; then
+    T_NAME[nt]=echo; T_KIND[nt]=echo; T_V[nt]=-1; nt=$((nt + 1))
+    [[ -n "$ECHO_B" ]] && { T_NAME[nt]="echo[B]"; T_KIND[nt]=echo; T_V[nt]=-2; nt=$((nt + 1)); }
+    continue
+  fi
   for ((v = 0; v < nv; v++)); do
     T_NAME[nt]="$k${V_LABEL[v]:+[${V_LABEL[v]}]}"; T_KIND[nt]="$k"; T_V[nt]=$v; nt=$((nt + 1))
   done
@@ -301,14 +329,16 @@ printf 'round\ttarget\tkind\trequests\treq_s\tsucceeded\tok_on_server\tserver_ti
 HZ="$(getconf CLK_TCK)"
 say "warm-up: every target once with $((REQS / 10)) requests"
 for ((t = 0; t < nt; t++)); do
-  if ((T_V[t] < 0)); then url="http://127.0.0.1:$ECHO_PORT$(path_of echo)"; else url="http://127.0.0.1:${V_PORT[T_V[t]]}$(path_of "${T_KIND[t]}")"; fi
+  if ((T_V[t] == -2)); then url="http://127.0.0.1:$ECHO_B_PORT$(path_of echo)"
+  elif ((T_V[t] < 0)); then url="http://127.0.0.1:$ECHO_PORT$(path_of echo)"; else url="http://127.0.0.1:${V_PORT[T_V[t]]}$(path_of "${T_KIND[t]}")"; fi
   h2 "$url" "$TMP/${T_KIND[t]/echo/health}.bin" $((REQS / 10)) "$TMP/warmup.txt"
 done
 for ((r = 1; r <= ROUNDS; r++)); do
   for ((j = 0; j < nt; j++)); do
     t=$(((j + r - 1) % nt)) # each round starts one target later: no target always runs first
     kind="${T_KIND[t]}"; name="${T_NAME[t]}"
-    if ((T_V[t] < 0)); then pids="$ECHO_PID"; url="http://127.0.0.1:$ECHO_PORT$(path_of echo)"
+    if ((T_V[t] == -2)); then pids="$ECHO_B_PID"; url="http://127.0.0.1:$ECHO_B_PORT$(path_of echo)"
+    elif ((T_V[t] < 0)); then pids="$ECHO_PID"; url="http://127.0.0.1:$ECHO_PORT$(path_of echo)"
     else pids="${V_PIDS[T_V[t]]}"; url="http://127.0.0.1:${V_PORT[T_V[t]]}$(path_of "$kind")"; fi
     ok0=0; ((T_V[t] >= 0)) && ok0="$(ok_count "${T_V[t]}" "$(method_of "$kind")")"
     "${RCLI[@]}" config resetstat >/dev/null
@@ -383,12 +413,14 @@ for n in names:
     res[n] = dict(rps=med(rps), lo=min(rps), hi=max(rps), cpu=med(cpu_us), th=th, rus=med(rus), rc=med(rcalls),
                   rcpu=med(rcpu), verified=verified, succ=succ, req=req, kind=kind)
 echo = res.get("echo", {}).get("rps")
+echo_b = res.get("echo[B]", {}).get("rps") # --echo-b: the other reference, a column of its own
 L = [f"h2load -c 8 -m 64 -n {reqs}, {rounds} rounds interleaved; medians of the rounds (min-max req/s).", "",
-     "| target | req/s | vs echo | server CPU us/call | by thread (us/call) | Redis cmds/call | Redis usec/call (commandstats) | Redis CPU us/call | every answer OK |",
-     "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+     "| target | req/s | vs echo |" + (" vs echo[B] |" if echo_b else "") + " server CPU us/call | by thread (us/call) | Redis cmds/call | Redis usec/call (commandstats) | Redis CPU us/call | every answer OK |",
+     "|---|---:|---:|" + ("---:|" if echo_b else "") + "---:|---|---:|---:|---:|---|"]
 for n in names:
     x = res[n]
     ratio = f"{x['rps'] / echo:.2f}x" if echo else "-"
+    if echo_b: ratio += f" | {x['rps'] / echo_b:.2f}x"
     L.append(f"| {n} | {x['rps']:,.0f} ({x['lo']:,.0f}-{x['hi']:,.0f}) | {ratio} | {x['cpu']:.1f} | {x['th']} | "
              f"{x['rc']:.2f} | {x['rus']:.2f} | {x['rcpu']:.1f} | {x['verified']} |")
 L.append("")

@@ -448,3 +448,76 @@ Test(receipt, sign_verify_and_layout) {
     cr_expect_neq(cc_receipt_verify(buf, 64, pub), 0, "too short");
     EVP_PKEY_free(k);
 }
+
+/* ---- issue 13: concert-bench's reply unpacking (client/bench_unpack.c) ---- */
+#include <grpc/grpc.h>
+
+#include "bench_unpack.h"
+
+static grpc_byte_buffer *status_bb(const char *token, size_t receipt_len, int n_slices) {
+    Concert__V1__QueueStatus st;
+    concert__v1__queue_status__init(&st);
+    st.token = (char *)token;
+    st.state = CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING;
+    st.position = 1234567;
+    st.concert_id = (char *)"show-1";
+    uint8_t *rc = calloc(receipt_len ? receipt_len : 1, 1);
+    cr_assert(rc);
+    for (size_t i = 0; i < receipt_len; i++) rc[i] = (uint8_t)i;
+    st.admission_receipt.data = rc;
+    st.admission_receipt.len = receipt_len;
+    size_t n = protobuf_c_message_get_packed_size(&st.base);
+    uint8_t *buf = malloc(n);
+    cr_assert(buf);
+    protobuf_c_message_pack(&st.base, buf);
+    free(rc);
+    grpc_slice parts[2];
+    size_t cut = n_slices == 2 ? n / 2 : n;
+    parts[0] = grpc_slice_from_copied_buffer((const char *)buf, cut);
+    parts[1] = grpc_slice_from_copied_buffer((const char *)buf + cut, n - cut);
+    free(buf);
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(parts, n_slices == 2 ? 2 : 1);
+    grpc_slice_unref(parts[0]);
+    grpc_slice_unref(parts[1]);
+    return bb;
+}
+
+static int in_arena(const bench_arena *a, const void *p) {
+    return (const unsigned char *)p >= a->bytes && (const unsigned char *)p < a->bytes + BENCH_ARENA;
+}
+
+Test(bench_unpack, one_slice_two_slices_and_a_spill) {
+    grpc_init();
+    const char *token = "v1.0123456789abcdef0123456789abcdef.0123456789abcdef";
+    for (int slices = 1; slices <= 2; slices++) {
+        for (size_t rlen = 0; rlen <= 4000; rlen += 4000) {
+            grpc_byte_buffer *bb = status_bb(token, rlen, slices);
+            bench_arena a;
+            Concert__V1__QueueStatus *st = (void *)bench_unpack(&concert__v1__queue_status__descriptor, bb, &a);
+            grpc_byte_buffer_destroy(bb); /* nothing of the message points into the reply */
+            cr_assert(st, "slices %d receipt %zu", slices, rlen);
+            cr_expect_str_eq(st->token, token);
+            cr_expect_str_eq(st->concert_id, "show-1");
+            cr_expect_eq(st->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+            cr_expect_eq(st->position, 1234567);
+            cr_assert_eq(st->admission_receipt.len, rlen);
+            for (size_t i = 0; i < rlen; i++) cr_assert_eq(st->admission_receipt.data[i], (uint8_t)i, "receipt byte %zu", i);
+            cr_expect(in_arena(&a, st) && in_arena(&a, st->token), "the message and its token are in the arena");
+            if (rlen > BENCH_ARENA) {
+                cr_expect_gt(a.spilled, 0, "a receipt bigger than the arena is malloc'd");
+                cr_expect_not(in_arena(&a, st->admission_receipt.data));
+            } else {
+                cr_expect_eq(a.spilled, 0, "a QueueStatus without receipt needs no malloc");
+            }
+            bench_unpack_free(&st->base, &a); /* ASan: the spilled piece must be freed */
+        }
+    }
+    bench_arena a;
+    cr_expect_null(bench_unpack(&concert__v1__queue_status__descriptor, NULL, &a));
+    grpc_slice junk = grpc_slice_from_static_string("\x0a\xff\xff\xff\xff\x0f");
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&junk, 1);
+    cr_expect_null(bench_unpack(&concert__v1__queue_status__descriptor, bb, &a), "a truncated field is refused");
+    grpc_byte_buffer_destroy(bb);
+    bench_unpack_free(NULL, &a);
+    grpc_shutdown();
+}
