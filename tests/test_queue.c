@@ -444,8 +444,9 @@ static void cmd_counts(long long out[C_N]) {
  * ZRANGEBYSCORE, ZCOUNT, GETBIT or script (main: a ZRANGEBYSCORE and a ZCOUNT each).
  * A window is clean when no EVALSHA ran in it (admission ticks, once a second here,
  * run ZRANGEBYSCORE inside their script); up to 10 windows are tried. */
-static const char *const mcache_flags[] = {"--admit-rate",       "0", "--idle-timeout-ms", "20000", "--rate-user", "0",
-                                           "--admit-interval-ms", "1000", NULL};
+static const char *const mcache_flags[] = {"--admit-rate", "0",   "--idle-timeout-ms",   "20000",
+                                           "--rate-user",  "0",   "--admit-interval-ms", "1000",
+                                           NULL};
 static void start_mcache(void) { start(mcache_flags); }
 
 Test(queue, member_cache_repeat_poll_is_one_zrank, .init = start_mcache, .fini = stop) {
@@ -579,7 +580,8 @@ Test(queue, member_cache_refuses_a_forged_id, .init = start_mcache_noidle, .fini
     for (int i = 0; i < 3; i++) {
         cmd_counts(b);
         Concert__V1__QueueStatus *s = NULL;
-        cr_expect_eq(th_status(cli, forged, &s, NULL), GRPC_STATUS_UNAUTHENTICATED, "a forged id got an answer");
+        cr_expect_eq(th_status(cli, forged, &s, NULL), GRPC_STATUS_UNAUTHENTICATED,
+                     "a forged id got an answer");
         free_status(s);
         cmd_counts(c);
         cr_expect_eq(c[C_ZRANK] - b[C_ZRANK], 0, "a forged id was asked by ZRANK");

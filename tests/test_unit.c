@@ -106,8 +106,8 @@ Test(token, hex_id_every_byte_in_every_place) {
                 unsigned got = i % 2 ? p.id[i / 2] & 15u : (unsigned)p.id[i / 2] >> 4;
                 unsigned other = i % 2 ? (unsigned)p.id[i / 2] >> 4 : p.id[i / 2] & 15u;
                 unsigned want_other = i % 2 ? (unsigned)id[i / 2] >> 4 : id[i / 2] & 15u;
-                if (got != v || other != want_other || memcmp(p.id, id, i / 2) ||
-                    memcmp(p.id + i / 2 + 1, id + i / 2 + 1, 15 - i / 2) || p.n != 42 || strcmp(p.concert, "show"))
+                int rest = memcmp(p.id, id, i / 2) || memcmp(p.id + i / 2 + 1, id + i / 2 + 1, 15 - i / 2);
+                if (got != v || other != want_other || rest || p.n != 42 || strcmp(p.concert, "show"))
                     wrong++;
             }
         }
@@ -313,8 +313,8 @@ Test(string_rule, every_bad_byte_in_every_position) {
                     if ((rc != expected_rc(b) || wrc != -1 || strncmp(err, "token: ", 7) ||
                          !strstr(err, srv_valid_string_reason(expected_rc(b)))) &&
                         !wrong++)
-                        snprintf(first, sizeof first, "byte 0x%02x at %zu of %zu (align %zu): rc %d wire %d \"%s\"", b,
-                                 pos, len, align, (int)rc, wrc, wrc == -1 ? err : "");
+                        snprintf(first, sizeof first, "byte 0x%02x at %zu/%zu, align %zu: rc %d wire %d \"%s\"",
+                                 b, pos, len, align, (int)rc, wrc, wrc == -1 ? err : "");
                 }
             }
             /* Valid UTF-8 (2- and 4-byte) in every position still passes. */
@@ -325,9 +325,10 @@ Test(string_rule, every_bad_byte_in_every_position) {
                     fill_printable(s, len, len + align);
                     memcpy(s + pos, mb[k], ml);
                     size_t n = token_wire(wire, s, len);
-                    if ((srv_valid_string(s, len, 256) != SRV_STR_OK || srv_valid_wire(d, wire, n, err, sizeof err)) &&
-                        !wrong++)
-                        snprintf(first, sizeof first, "UTF-8 %zu at %zu of %zu (align %zu) refused", k, pos, len, align);
+                    int bad = srv_valid_string(s, len, 256) != SRV_STR_OK;
+                    bad |= srv_valid_wire(d, wire, n, err, sizeof err) != 0;
+                    if (bad && !wrong++)
+                        snprintf(first, sizeof first, "UTF-8 %zu at %zu/%zu, align %zu refused", k, pos, len, align);
                 }
             }
         }
