@@ -21,7 +21,9 @@
  * GetQueueStatus of a waiting user (the call everyone repeats) is three plain reads
  * pipelined (ZRANGEBYSCORE proves the token and finds the member, ZCOUNT gives the
  * position, GETBIT tells whether this idle epoch already saw the user; skipped when
- * this server's idle-bit mirror knows it did, see seen_mirror) when this
+ * this server's idle-bit mirror knows it did, see seen_mirror), and a repeated poll
+ * whose bit needs nothing and whose member this server knows is one (ZRANK of the
+ * member, see member_cache), when this
  * server's last admission tick of the concert is fresh: the rate, the idle timeout and
  * the sale's opening come from that tick, and Redis' clock from this server's clock
  * plus the offset the ticks measure. Anything else goes through queue_status.lua.
@@ -146,6 +148,105 @@ static void mirror_drop(seen_mirror *m) {
     m->era++;
 }
 
+/* The member cache (issue 13): which q:wait member a waiting token has, so that a
+ * repeated GetQueueStatus of a user whose idle bit needs no refresh (the mirror knows
+ * it set this epoch, or the concert has no idle timeout) is ONE command,
+ * `ZRANK q:wait <member>`, instead of ZRANGEBYSCORE (find and prove the member) and
+ * ZCOUNT (the position). Direct-mapped by the join number n (slot n mod size), size a
+ * power of two from MCACHE_MIN to MCACHE_MAX entries picked from the tick's waiting
+ * count (grown as the line grows, shrunk when it fell to an eighth), allocated at the
+ * first fill; an entry holds n and the member (token id, 16 raw bytes, then the user;
+ * users longer than MCACHE_MEMBER - 16 bytes are not cached). Filled only from a
+ * ZRANGEBYSCORE reply that proved the token (the member at score n starts with the
+ * token's id and is not pre-queued); used only when the request's n and id equal the
+ * entry's (CRYPTO_memcmp), so a forged token (right n, wrong id) never gets a cached
+ * answer: it goes the long way and the script refuses it.
+ * Why one ZRANK answers exactly what the script would (docs/DATA.md "Queue"):
+ *  - A member is written once, by IssueToken's join (ZADD q:wait n id..user with a
+ *    fresh random id; nothing rescores it), and leaves by ZREM or ZPOPMIN (leave,
+ *    admission, idle drop, concert deleted). So while the member is in q:wait its
+ *    token is waiting with score n; ZRANK's reply proves that, and nil means gone:
+ *    nil (or any other reply) goes to queue_status.lua, which answers ACTIVE, EXPIRED
+ *    or unknown. A stale entry is therefore never a wrong answer, only a nil.
+ *  - Join numbers are unique in q:wait (q:seq), so ZRANK + 1 = ZCOUNT -inf n, and
+ *    queue_status.lua itself answers ZRANK + 1.
+ *  - The idle bit: ZRANK alone is used only where the fast path would have sent no
+ *    GETBIT either (mirror_has, see seen_mirror), so Redis' bits end the same.
+ * It is dropped with the mirror (new epoch, idle timeout or reconnect, concert
+ * deleted or forgotten): not needed for the argument above, but it keeps a deleted and
+ * recreated concert (join numbers reused) from carrying entries over, and a reply to
+ * a command sent before a drop never fills after it (era). */
+#define MCACHE_MIN 64
+#define MCACHE_MAX 16384
+#define MCACHE_MEMBER 63 /* id (16) + a user of up to 47 bytes: 72-byte entries */
+
+typedef struct {
+    int64_t n; /* 0: empty */
+    uint8_t len;
+    unsigned char member[MCACHE_MEMBER];
+} mcache_entry;
+
+typedef struct {
+    mcache_entry *e; /* NULL until the first fill */
+    uint32_t size;   /* entries of e (a power of two) */
+    uint32_t want;   /* the size the last tick asked for (0: MCACHE_MIN) */
+    uint64_t era;    /* drops so far */
+    uint64_t gen;    /* cc_redis_stats.reconnects the entries were filled under */
+} member_cache;
+
+static void mcache_drop(member_cache *m) {
+    free(m->e);
+    m->e = NULL;
+    m->size = 0;
+    m->era++;
+}
+
+/* The size for `waiting` users: the next power of two, within [MCACHE_MIN, MCACHE_MAX];
+ * the entries go when it changes (grow, or the line fell to an eighth). */
+static void mcache_size(member_cache *m, int64_t waiting) {
+    uint32_t want = MCACHE_MIN;
+    while (want < MCACHE_MAX && (int64_t)want < waiting) want <<= 1;
+    m->want = want;
+    if (m->e && (want > m->size || (uint64_t)want * 8 <= m->size)) {
+        free(m->e);
+        m->e = NULL;
+        m->size = 0;
+    }
+}
+
+/* The entry of token (n, id), or NULL. */
+static const mcache_entry *mcache_find(const member_cache *m, int64_t n, const unsigned char id[16]) {
+    if (!m->e || n <= 0) return NULL;
+    const mcache_entry *e = &m->e[(uint64_t)n & (m->size - 1)];
+    if (e->n != n || CRYPTO_memcmp(e->member, id, 16) != 0) return NULL;
+    return e;
+}
+
+/* Drops the entries if the pool reconnected since they were filled. */
+static void mcache_check(member_cache *m, uint64_t gen) {
+    if (m->gen != gen) {
+        mcache_drop(m);
+        m->gen = gen;
+    }
+}
+
+static void mcache_put(member_cache *m, uint64_t era, int64_t n, const char *member, size_t len) {
+    if (m->era != era || n <= 0 || len <= 16 || len > MCACHE_MEMBER) return;
+    if (!m->e) {
+        m->size = m->want ? m->want : MCACHE_MIN;
+        if (!(m->e = calloc(m->size, sizeof *m->e))) abort();
+    }
+    mcache_entry *e = &m->e[(uint64_t)n & (m->size - 1)];
+    e->n = n;
+    e->len = (uint8_t)len;
+    memcpy(e->member, member, len);
+}
+
+static void mcache_forget(member_cache *m, int64_t n, const unsigned char id[16]) {
+    mcache_entry *e = (mcache_entry *)mcache_find(m, n, id);
+    if (e) e->n = 0;
+}
+
 struct srv_concert {
     char id[SRV_MAX_ID + 1];
     srv_concert *hnext;
@@ -163,6 +264,7 @@ struct srv_concert {
     int method;
     int64_t clock_offset, clock_rtt; /* Redis ms minus uv_now from this tick (its node's clock), its round trip */
     seen_mirror seen; /* the fast path's idle bits known set (see seen_mirror) */
+    member_cache members; /* waiting tokens' q:wait members (see member_cache) */
     /* The scheduled sale's seed once drawn (pre-queue joins need it). */
     int have_seed;
     unsigned char seed[32];
@@ -228,6 +330,7 @@ static void concert_drop(srv_app *app, srv_concert *c, int exists) {
     cc_redis_command(app->redis, ignore_reply, NULL, "SREM cc:queues %s", c->id);
     OPENSSL_cleanse(c->seed, sizeof c->seed);
     mirror_drop(&c->seen);
+    mcache_drop(&c->members);
     free(c);
 }
 
@@ -876,7 +979,8 @@ static void status_by_script(sctx *s) {
 }
 
 /* The fast path: three plain reads of a waiting user, two when the idle-bit mirror
- * knows the bit (see the top of the file). The tick's figures are copied: the concert
+ * knows the bit, one (ZRANK) when the member cache also knows the member (see the top
+ * of the file). The tick's figures are copied: the concert
  * may leave the registry meanwhile (the mirror is looked up again by id). Owned by the
  * call's handler until fast_done (or the reply to its SETBIT, which marks the mirror),
  * then back on app->queue->free_fast. */
@@ -890,6 +994,7 @@ typedef struct fctx {
     int64_t pos, bitval;
     int may_mark;           /* sent late enough in the epoch that a confirmed bit may be mirrored */
     uint64_t m_gen, m_era;  /* the reconnect count and the mirror's era at the send */
+    uint64_t mc_era;        /* the member cache's era at the send (a found member fills it) */
     struct fctx *next_free;
 } fctx;
 
@@ -967,8 +1072,27 @@ static void on_fast_member(redisReply *r, const char *err, void *p) {
     } else if (r->elements == 1 && r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len > 16 &&
                CRYPTO_memcmp(r->element[0]->str, f->q.id, 16) == 0 && r->element[0]->str[16] != 1) {
         f->found = 1;
+        /* The token's member, proven: the next poll may ask ZRANK of it (member_cache). */
+        const redisReply *m = r->element[0];
+        srv_concert *c = m->len <= MCACHE_MEMBER ? concert_get(f->q.app, f->q.concert, 0) : NULL;
+        if (c) mcache_put(&c->members, f->mc_era, f->q.nv, m->str, m->len);
     }
     if (--f->pending == 0) fast_done(f);
+}
+
+/* ZRANK of the cached member: its rank, or the script answers (nil: the member left
+ * the line, so the entry goes too). */
+static void on_fast_rank(redisReply *r, const char *err, void *p) {
+    fctx *f = p;
+    if (r && r->type == REDIS_REPLY_INTEGER && r->integer >= 0) {
+        f->found = 1;
+        f->pos = r->integer + 1;
+    } else {
+        f->failed = 1;
+        srv_concert *c = r && r->type == REDIS_REPLY_NIL ? concert_get(f->q.app, f->q.concert, 0) : NULL;
+        if (c) mcache_forget(&c->members, f->q.nv, f->q.id);
+    }
+    fast_done(f);
 }
 
 static void on_fast_count(redisReply *r, const char *err, void *p) {
@@ -1018,14 +1142,12 @@ static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
     srv_queue_keys k;
     srv_queue_keys_of(&k, q->concert);
     int64_t n = q->nv;
-    f->pending = 1; /* held until every command is sent */
-    const char *zr[] = {"ZRANGEBYSCORE", k.slot, q->n, q->n, "LIMIT", "0", "1"};
-    if (cc_redis_command_argv(app->redis, on_fast_member, f, 7, zr, NULL) == 0) f->pending++;
-    else f->failed = 1;
-    const char *zc[] = {"ZCOUNT", k.slot, "-inf", q->n};
-    if (cc_redis_command_argv(app->redis, on_fast_count, f, 4, zc, NULL) == 0) f->pending++;
-    else f->failed = 1;
+    uint64_t gen = redis_gen(app);
+    mcache_check(&c->members, gen);
+    /* The idle bit first: when it needs no GETBIT, a cached member answers alone. */
     f->may_mark = 0;
+    int need_bit = 0;
+    int64_t slot = 0;
     if (f->idle_ms > 0 && n > 0) {
         int64_t L = (f->idle_ms + 1) / 2;
         /* Redis' clock by this concert's last tick (fresh: fast_ok), which measured the
@@ -1037,12 +1159,29 @@ static void status_fast(srv_app *app, srv_concert *c, qctx *q) {
         int64_t margin = c->clock_rtt / 2 + MIRROR_SLACK_MS;
         int known = 0;
         if (margin < L / 2 && rn - E * L >= margin) {
-            uint64_t gen = redis_gen(app);
+            uint64_t era = c->seen.era;
             known = mirror_has(&c->seen, E, L, gen, n); /* then GETBIT would say 1: no GETBIT, no SETBIT */
+            if (c->seen.era != era) mcache_drop(&c->members); /* the mirror started over: so do the members */
             f->may_mark = !known, f->m_gen = gen, f->m_era = c->seen.era;
         }
-        if (!known) send_getbit(app, f, &k, E % 3);
+        need_bit = !known, slot = E % 3;
     }
+    f->mc_era = c->members.era;
+    const mcache_entry *e = need_bit ? NULL : mcache_find(&c->members, n, q->id);
+    if (e) {
+        /* One command: the member is known, the bit needs nothing (see member_cache). */
+        const char *zk[] = {"ZRANK", k.slot, (const char *)e->member};
+        const size_t zl[] = {5, k.plen + 6, e->len};
+        if (cc_redis_command_argv(app->redis, on_fast_rank, f, 3, zk, zl) == 0) return;
+    }
+    f->pending = 1; /* held until every command is sent */
+    const char *zr[] = {"ZRANGEBYSCORE", k.slot, q->n, q->n, "LIMIT", "0", "1"};
+    if (cc_redis_command_argv(app->redis, on_fast_member, f, 7, zr, NULL) == 0) f->pending++;
+    else f->failed = 1;
+    const char *zc[] = {"ZCOUNT", k.slot, "-inf", q->n};
+    if (cc_redis_command_argv(app->redis, on_fast_count, f, 4, zc, NULL) == 0) f->pending++;
+    else f->failed = 1;
+    if (need_bit) send_getbit(app, f, &k, slot);
     if (--f->pending == 0) fast_done(f);
 }
 
@@ -1566,6 +1705,7 @@ static void on_admit(redisReply *r, const char *err, void *p) {
             c->method = (int)srv_int_at(r, 10);
             c->sale_at = srv_int_at(r, 11);
             c->waiting = waiting;
+            mcache_size(&c->members, waiting);
             c->info_at = now ? now : 1;
             /* Redis' clock: its reading is halfway between send and reply. */
             app->queue->clock_offset = rnow - (int64_t)(c->admit_sent + (now - c->admit_sent) / 2);
@@ -1584,7 +1724,10 @@ static void on_admit(redisReply *r, const char *err, void *p) {
             const char *user = srv_str_at(r, i);
             if (srv_valid_user(user)) user_record(app, user, c->id, srv_str_at(r, i + 1));
         }
-        if (!exists) mirror_drop(&c->seen); /* deleted: its bits went with it */
+        if (!exists) { /* deleted: its bits and members went with it */
+            mirror_drop(&c->seen);
+            mcache_drop(&c->members);
+        }
         int empty = !exists || (waiting == 0 && active == 0 && holds == 0);
         if (!empty) {
             concert_note(app, c->id);
@@ -1693,6 +1836,7 @@ void srv_queue_free(srv_app *app) {
             srv_concert *next = c->hnext;
             OPENSSL_cleanse(c->seed, sizeof c->seed);
             mirror_drop(&c->seen);
+            mcache_drop(&c->members);
             free(c);
             c = next;
         }

@@ -55,22 +55,26 @@ size_t srv_token_format(char *out, const char *concert_id, int64_t n, const char
     return (size_t)(p - out);
 }
 
-static int hexval(char ch) {
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    return -1;
-}
+/* A lowercase hex digit's value + 1, 0 for any other byte: the token id's 32 digits
+ * decoded by lookup instead of two range tests each (GetQueueStatus parses one per
+ * call). */
+static const unsigned char hex1[256] = {
+    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,  ['6'] = 7,  ['7'] = 8,
+    ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
 
 int srv_token_split(const char *tok, size_t len, srv_token_parts *out) {
     if (len < 3 + 1 + 1 + 32 || len > SRV_TOKEN_MAX || tok[0] != 'v' || tok[2] != '.') return -1;
     if (tok[1] != '1' && tok[1] != '2') return -1;
     const char *hex = tok + len - 32;
     if (hex[-1] != '.') return -1;
+    unsigned bad = 0;
     for (int i = 0; i < 16; i++) {
-        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0) return -1;
-        out->id[i] = (unsigned char)(hi << 4 | lo);
+        unsigned hi = hex1[(unsigned char)hex[2 * i]] - 1u, lo = hex1[(unsigned char)hex[2 * i + 1]] - 1u;
+        bad |= hi | lo; /* a non-digit is 0 - 1: every bit set */
+        out->id[i] = (unsigned char)(hi << 4 | (lo & 15));
     }
+    if (bad > 15) return -1;
     const char *c = tok + 3, *end = hex - 1; /* the concert (and n) lie in [c, end) */
     out->n = 0;
     if (tok[1] == '2') {
@@ -162,11 +166,30 @@ const char *srv_bearer(const char *v, size_t len, size_t *tok_len) {
 
 /* ---- the string rule ---- */
 
+/* Non-zero if any of the 8 bytes of w is not printable ASCII (< 0x20 or >= 0x7f):
+ * a byte < 0x20 borrows in w - 0x20.., a byte 0x7f carries into bit 7 in w + 0x01..,
+ * a byte >= 0x80 has bit 7 already. Exact for the word as a whole: the lowest bad
+ * byte gets no borrow or carry from the good bytes below it, which produce none. */
+static inline uint64_t word_unprintable(uint64_t w) {
+    const uint64_t ones = 0x0101010101010101ULL;
+    return ((w - 0x20 * ones) | (w + ones) | w) & (0x80 * ones);
+}
+
 srv_str_rc srv_valid_string(const char *str, size_t len, size_t max) {
     const unsigned char *s = (const unsigned char *)str;
     if (len > max) return SRV_STR_TOO_LONG;
     size_t i = 0;
     while (i < len) {
+        /* Printable ASCII (ids, tokens, most names) 8 bytes a step; a word with anything
+         * else, and the tail, byte by byte below. */
+        if (len - i >= 8) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (!word_unprintable(w)) {
+                i += 8;
+                continue;
+            }
+        }
         unsigned char c = s[i];
         if (c < 0x80) {
             if (c == 0) return SRV_STR_NUL;

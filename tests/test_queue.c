@@ -17,8 +17,8 @@ static cc_client *cli;
 
 /* Every concert these tests queue for: a queue exists only for a concert an admin
  * created. */
-static const char *const concerts[] = {"big", "c-one", "c-two", "lv", "ttl", "idle", "watch",
-                                       "wx",  "cw",    "c1",    "c2", "many", "held", NULL};
+static const char *const concerts[] = {"big", "c-one", "c-two", "lv",   "ttl",  "idle", "watch", "wx",
+                                       "cw",  "c1",    "c2",    "many", "held", "mc",   "mc2",   NULL};
 
 static void start(const char *const *flags) {
     memset(&redis, 0, sizeof redis);
@@ -432,6 +432,184 @@ Test(queue, idle_mirror_forgets_on_reconnect, .init = start_mirror_long, .fini =
     }
     cr_expect(set, "after a reconnect the polls must set the user's idle bit again (n=%lld)", n);
     redisFree(rc);
+    free_status(a);
+    end_test();
+}
+
+/* ---- the member cache (a repeated GetQueueStatus whose idle bit needs nothing is one
+ * ZRANK of the member this server already found; srv_queue.c member_cache) ---- */
+
+enum { C_ZRANK, C_ZRANGEBYSCORE, C_ZCOUNT, C_GETBIT, C_SETBIT, C_EVALSHA, C_N };
+static const char *const counted[C_N] = {"zrank", "zrangebyscore", "zcount", "getbit", "setbit", "evalsha"};
+
+/* Redis' counts of the commands above, from one INFO commandstats. */
+static void cmd_counts(long long out[C_N]) {
+    redisContext *rc = th_redis_connect(&redis);
+    redisReply *r = redisCommand(rc, "INFO commandstats");
+    cr_assert(r && r->type == REDIS_REPLY_STRING, "INFO commandstats");
+    for (int i = 0; i < C_N; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "cmdstat_%s:calls=", counted[i]);
+        const char *p = strstr(r->str, want);
+        out[i] = p ? atoll(p + strlen(want)) : 0;
+    }
+    freeReplyObject(r);
+    redisFree(rc);
+}
+
+/* Idle epochs of 10 s: once the mirror knows the user's bit this epoch, 40 polls
+ * inside the epoch are 40 ZRANKs and nothing else of the status path: no
+ * ZRANGEBYSCORE, ZCOUNT, GETBIT or script (main: a ZRANGEBYSCORE and a ZCOUNT each).
+ * A window is clean when no EVALSHA ran in it (admission ticks, once a second here,
+ * run ZRANGEBYSCORE inside their script) and it stayed in one epoch; up to 10 windows
+ * are tried. */
+static const char *const mcache_flags[] = {"--admit-rate", "0",   "--idle-timeout-ms",   "20000",
+                                           "--rate-user",  "0",   "--admit-interval-ms", "1000",
+                                           NULL};
+static void start_mcache(void) { start(mcache_flags); }
+
+Test(queue, member_cache_repeat_poll_is_one_zrank, .init = start_mcache, .fini = stop) {
+    Concert__V1__QueueStatus *a = NULL, *b = NULL;
+    cr_assert_eq(th_issue(cli, "ahead", "mc", &a, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(th_issue(cli, "asker", "mc", &b, NULL), GRPC_STATUS_OK);
+    quiet_poll q = {b->token, 0};
+    cr_assert(th_wait_for(poll_without_getbit, &q, 20, 5000), "no poll went without GETBIT in 5 s");
+    redisContext *rc = th_redis_connect(&redis);
+    long long before[C_N], after[C_N], d[C_N];
+    int clean = 0;
+    for (int attempt = 0; attempt < 10 && !clean; attempt++) {
+        while (redis_ms(rc) % 10000 < 1000 || redis_ms(rc) % 10000 > 7000) th_pause_ms(20);
+        /* This epoch's first poll asks GETBIT (and the mirror learns the bit): not counted. */
+        long long e0 = redis_ms(rc) / 10000;
+        cr_assert(th_wait_for(poll_without_getbit, &q, 20, 2000), "no poll without GETBIT in this epoch");
+        cmd_counts(before);
+        for (int i = 0; i < 40; i++) {
+            Concert__V1__QueueStatus *s = NULL;
+            cr_assert_eq(th_status(cli, b->token, &s, NULL), GRPC_STATUS_OK);
+            cr_assert_eq(s->state, CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING);
+            cr_assert_eq(s->position, 2, "poll %d: position %lld", i, (long long)s->position);
+            free_status(s);
+        }
+        cmd_counts(after);
+        for (int i = 0; i < C_N; i++) d[i] = after[i] - before[i];
+        clean = d[C_EVALSHA] == 0 && redis_ms(rc) / 10000 == e0; /* no tick, one epoch */
+    }
+    redisFree(rc);
+    cr_assert(clean, "every window of 40 polls ran a script or left its epoch (last: %lld EVALSHA)",
+              d[C_EVALSHA]);
+    cr_expect_eq(d[C_ZRANK], 40, "%lld ZRANKs for 40 polls", d[C_ZRANK]);
+    cr_expect_eq(d[C_ZRANGEBYSCORE] + d[C_ZCOUNT] + d[C_GETBIT] + d[C_SETBIT], 0,
+                 "40 repeated polls sent %lld ZRANGEBYSCORE, %lld ZCOUNT, %lld GETBIT, %lld SETBIT",
+                 d[C_ZRANGEBYSCORE], d[C_ZCOUNT], d[C_GETBIT], d[C_SETBIT]);
+    free_status(a);
+    free_status(b);
+    end_test();
+}
+
+static const char *const mcache_noidle[] = {"--admit-rate", "0", "--idle-timeout-ms", "0", "--rate-user", "0",
+                                            "--admit-interval-ms", "500", NULL};
+static void start_mcache_noidle(void) { start(mcache_noidle); }
+
+/* A poll of token: its position (-1 unless WAITING) and *state, and *cached = 1 if
+ * Redis saw exactly one ZRANK for it and nothing else of the status path (no
+ * ZRANGEBYSCORE, ZCOUNT or script). Polled again (up to 10 times) while an admission
+ * tick (EVALSHA; it runs ZRANGEBYSCORE inside) blurs the counts. */
+static int64_t poll_pos(const char *token, int *state, int *cached) {
+    int64_t pos = -1;
+    *cached = 0;
+    for (int i = 0; i < 10; i++) {
+        long long b[C_N], a[C_N];
+        cmd_counts(b);
+        Concert__V1__QueueStatus *s = NULL;
+        cr_assert_eq(th_status(cli, token, &s, NULL), GRPC_STATUS_OK);
+        cmd_counts(a);
+        *state = s->state;
+        pos = s->state == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING ? s->position : -1;
+        free_status(s);
+        if (a[C_EVALSHA] != b[C_EVALSHA]) continue;
+        *cached = a[C_ZRANK] - b[C_ZRANK] == 1 && a[C_ZRANGEBYSCORE] == b[C_ZRANGEBYSCORE] &&
+                  a[C_ZCOUNT] == b[C_ZCOUNT];
+        break;
+    }
+    return pos;
+}
+
+typedef struct {
+    const char *token;
+    int64_t pos;
+} cached_poll;
+
+/* Once the server ticked the concert and its fast path found the member: a poll
+ * answered by ZRANK alone, at the expected position. */
+static int poll_is_cached(void *arg) {
+    cached_poll *c = arg;
+    int st, cached;
+    return poll_pos(c->token, &st, &cached) == c->pos && cached;
+}
+
+/* Answers from the cache stay exact: users ahead leave and are admitted while the
+ * last one polls (without an idle timeout the bit never needs a GETBIT, so every
+ * repeated poll may be a ZRANK), and the poller's own admission ends the cache's
+ * answers: ZRANK finds no member and the script says ACTIVE. */
+Test(queue, member_cache_positions_stay_exact, .init = start_mcache_noidle, .fini = stop) {
+    const char *users[] = {"u-a", "u-b", "u-c", "u-d"};
+    Concert__V1__QueueStatus *t[4] = {0};
+    for (int i = 0; i < 4; i++) cr_assert_eq(th_issue(cli, users[i], "mc2", &t[i], NULL), GRPC_STATUS_OK);
+    cr_assert_eq(t[3]->position, 4);
+    int st, quick;
+    cached_poll cp = {t[3]->token, 4};
+    cr_assert(th_wait_for(poll_is_cached, &cp, 20, 5000), "no poll answered by ZRANK alone in 5 s");
+    int prev;
+    cr_assert_eq(th_leave(cli, t[1]->token, &prev, NULL), GRPC_STATUS_OK);
+    cr_expect_eq(poll_pos(t[3]->token, &st, &quick), 3, "after the second user left");
+    cr_expect(quick, "the poll after a leave was not answered by ZRANK alone");
+    /* Admit the first; then stop admission and check against the third's state. */
+    cr_assert_eq(th_admin_admit_rate(cli, KEY, "mc2", 1, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(th_wait_active(cli, t[0]->token), 0, "the first user was not admitted");
+    cr_assert_eq(th_admin_admit_rate(cli, KEY, "mc2", 0, NULL), GRPC_STATUS_OK);
+    int checked = 0;
+    for (int i = 0; i < 5 && !checked; i++) {
+        int c1 = th_state(cli, t[2]->token);
+        int64_t pos = poll_pos(t[3]->token, &st, &quick);
+        int c2 = th_state(cli, t[2]->token);
+        if (c1 != c2) continue; /* the third moved meanwhile: ask again */
+        checked = 1;
+        cr_expect_eq(pos, c1 == CONCERT__V1__QUEUE_STATE__QUEUE_STATE_WAITING ? 2 : 1,
+                     "position %lld with the first admitted and the third %d", (long long)pos, c1);
+        cr_expect(quick, "the poll after an admission was not answered by ZRANK alone");
+    }
+    cr_assert(checked, "the third user's state kept changing");
+    /* Its own admission: the cached member is gone, the answer is ACTIVE. */
+    cr_assert_eq(th_admin_admit_rate(cli, KEY, "mc2", 1000, NULL), GRPC_STATUS_OK);
+    cr_assert_eq(th_wait_active(cli, t[3]->token), 0, "the last user was not admitted");
+    cr_expect_eq(th_state(cli, t[3]->token), CONCERT__V1__QUEUE_STATE__QUEUE_STATE_ACTIVE);
+    for (int i = 0; i < 4; i++) free_status(t[i]);
+    end_test();
+}
+
+/* A token with a waiting user's join number and another id is refused while that
+ * user's member is cached (the cache answers only for the id it proved). */
+Test(queue, member_cache_refuses_a_forged_id, .init = start_mcache_noidle, .fini = stop) {
+    Concert__V1__QueueStatus *a = NULL;
+    cr_assert_eq(th_issue(cli, "real", "mc", &a, NULL), GRPC_STATUS_OK);
+    int st, quick;
+    cached_poll cp = {a->token, 1};
+    cr_assert(th_wait_for(poll_is_cached, &cp, 20, 5000), "no poll answered by ZRANK alone in 5 s");
+    char forged[128];
+    snprintf(forged, sizeof forged, "%s", a->token);
+    size_t len = strlen(forged);
+    for (size_t i = len - 32; i < len; i++) forged[i] = forged[i] == '0' ? '1' : '0'; /* the id, all of it */
+    long long b[C_N], c[C_N];
+    for (int i = 0; i < 3; i++) {
+        cmd_counts(b);
+        Concert__V1__QueueStatus *s = NULL;
+        cr_expect_eq(th_status(cli, forged, &s, NULL), GRPC_STATUS_UNAUTHENTICATED,
+                     "a forged id got an answer");
+        free_status(s);
+        cmd_counts(c);
+        cr_expect_eq(c[C_ZRANK] - b[C_ZRANK], 0, "a forged id was asked by ZRANK");
+    }
+    cr_expect_eq(poll_pos(a->token, &st, &quick), 1, "the real token after the forgeries");
     free_status(a);
     end_test();
 }

@@ -83,6 +83,39 @@ Test(token, forged_shapes_are_refused) {
         cr_expect(srv_token_parse(bad[i], strlen(bad[i]), concert) < 0, "'%s' must not parse", bad[i]);
 }
 
+/* The token id's hex digits are decoded by a table: every byte value in every one of
+ * the 32 places is accepted only if it is a lowercase hex digit, and the id comes out
+ * right. */
+Test(token, hex_id_every_byte_in_every_place) {
+    unsigned char id[16];
+    char hex[33], tok[SRV_TOKEN_MAX + 1];
+    cr_assert_eq(srv_token_id_new(id, hex), 0);
+    size_t len = srv_token_format(tok, "show", 42, hex);
+    size_t at = len - 32;
+    long wrong = 0;
+    for (size_t i = 0; i < 32; i++) {
+        char keep = tok[at + i];
+        for (unsigned b = 0; b < 256; b++) {
+            tok[at + i] = (char)b;
+            srv_token_parts p;
+            int rc = srv_token_split(tok, len, &p);
+            int digit = (b >= '0' && b <= '9') || (b >= 'a' && b <= 'f');
+            if (rc != (digit ? 0 : -1)) wrong++;
+            if (digit && rc == 0) {
+                unsigned v = b <= '9' ? b - '0' : b - 'a' + 10;
+                unsigned got = i % 2 ? p.id[i / 2] & 15u : (unsigned)p.id[i / 2] >> 4;
+                unsigned other = i % 2 ? (unsigned)p.id[i / 2] >> 4 : p.id[i / 2] & 15u;
+                unsigned want_other = i % 2 ? (unsigned)id[i / 2] >> 4 : id[i / 2] & 15u;
+                int rest = memcmp(p.id, id, i / 2) || memcmp(p.id + i / 2 + 1, id + i / 2 + 1, 15 - i / 2);
+                if (got != v || other != want_other || rest || p.n != 42 || strcmp(p.concert, "show"))
+                    wrong++;
+            }
+        }
+        tok[at + i] = keep;
+    }
+    cr_expect_eq(wrong, 0, "%ld of %d cases wrong", wrong, 32 * 256);
+}
+
 Test(token, bearer) {
     size_t n = 0;
     const char *v = "Bearer abc ";
@@ -227,6 +260,81 @@ Test(string_rule, utf8_and_controls) {
     cr_expect_eq(srv_valid_field_max("user_id"), 128);
     cr_expect_eq(srv_valid_field_max("concert_id"), 64);
     cr_expect_eq(srv_valid_field_max("something_else"), 1024);
+}
+
+/* srv_valid_string checks printable ASCII 8 bytes a step and the rest byte by byte:
+ * every byte that is not printable ASCII (0x00-0x1f, 0x7f-0xff), alone in every
+ * position of strings of 1..40 bytes (every place in a step, in the tail, at any
+ * alignment of the buffer) among printable bytes that include the edges ' ' and '~',
+ * is refused for the right reason, also through the wire check, which names the
+ * field; the same strings without it, and with UTF-8 in every position, pass. */
+static srv_str_rc expected_rc(unsigned b) {
+    if (b == 0) return SRV_STR_NUL;
+    if (b < 0x20 || b == 0x7f) return SRV_STR_CONTROL;
+    return SRV_STR_BAD_UTF8; /* alone among ASCII: a lead byte without its continuation, or a stray one */
+}
+
+static void fill_printable(char *s, size_t len, size_t seed) {
+    static const char pr[] = " ~aZ0{}!\x7e\x20";
+    for (size_t i = 0; i < len; i++) s[i] = pr[(i + seed) % (sizeof pr - 1)];
+}
+
+/* The wire bytes of a GetQueueStatusRequest whose token is s[0..len). */
+static size_t token_wire(uint8_t *buf, const char *s, size_t len) {
+    buf[0] = 0x0a; /* field 1 (token), length-delimited */
+    buf[1] = (uint8_t)len;
+    memcpy(buf + 2, s, len);
+    return len + 2;
+}
+
+Test(string_rule, every_bad_byte_in_every_position) {
+    const ProtobufCMessageDescriptor *d = &concert__v1__get_queue_status_request__descriptor;
+    char store[64 + 8];
+    uint8_t wire[80];
+    char err[200];
+    long checked = 0, wrong = 0;
+    char first[400] = "";
+    for (size_t align = 0; align < 8; align++) {
+        char *s = store + align;
+        for (size_t len = 1; len <= 40; len++) {
+            fill_printable(s, len, len + align);
+            if (srv_valid_string(s, len, 256) != SRV_STR_OK && !wrong++)
+                snprintf(first, sizeof first, "printable len %zu align %zu refused", len, align);
+            for (size_t pos = 0; pos < len; pos++) {
+                for (unsigned b = 0; b < 256; b++) {
+                    if (b >= 0x20 && b < 0x7f) continue;
+                    char keep = s[pos];
+                    s[pos] = (char)b;
+                    srv_str_rc rc = srv_valid_string(s, len, 256);
+                    size_t n = token_wire(wire, s, len);
+                    int wrc = srv_valid_wire(d, wire, n, err, sizeof err);
+                    s[pos] = keep;
+                    checked++;
+                    if ((rc != expected_rc(b) || wrc != -1 || strncmp(err, "token: ", 7) ||
+                         !strstr(err, srv_valid_string_reason(expected_rc(b)))) &&
+                        !wrong++)
+                        snprintf(first, sizeof first, "byte 0x%02x at %zu/%zu, align %zu: rc %d wire %d \"%s\"",
+                                 b, pos, len, align, (int)rc, wrc, wrc == -1 ? err : "");
+                }
+            }
+            /* Valid UTF-8 (2- and 4-byte) in every position still passes. */
+            static const char *const mb[] = {"\xc3\xa9", "\xf0\x9f\x8e\xab"};
+            for (size_t k = 0; k < 2; k++) {
+                size_t ml = strlen(mb[k]);
+                for (size_t pos = 0; pos + ml <= len; pos++) {
+                    fill_printable(s, len, len + align);
+                    memcpy(s + pos, mb[k], ml);
+                    size_t n = token_wire(wire, s, len);
+                    int bad = srv_valid_string(s, len, 256) != SRV_STR_OK;
+                    bad |= srv_valid_wire(d, wire, n, err, sizeof err) != 0;
+                    if (bad && !wrong++)
+                        snprintf(first, sizeof first, "UTF-8 %zu at %zu/%zu, align %zu refused", k, pos, len, align);
+                }
+            }
+        }
+    }
+    cr_expect_eq(wrong, 0, "%ld of %ld cases wrong; the first: %s", wrong, checked, first);
+    cr_expect_gt(checked, 8 * 820 * 160, "every case ran");
 }
 
 static size_t pack(const ProtobufCMessage *m, uint8_t *buf) { return protobuf_c_message_pack(m, buf); }
