@@ -74,34 +74,6 @@ typedef struct fcall {
  * every open stream carries it (10,000 watchers: 1.9 MB). */
 #define CALL_ARENA 192
 
-/* An unpacked request's allocator (protobuf-c): bump allocation in `bytes`, malloc
- * beyond them. protobuf-c frees every piece it allocated, so pieces in the arena are
- * left alone; whoever owns the arena empties it (used = 0) before its next request.
- * A call's arena is in its srv_call (poisoned while the call is recycled), a fast
- * call's on the stack of fast_answer. */
-typedef struct {
-    size_t used;
-    _Alignas(max_align_t) unsigned char bytes[CALL_ARENA];
-} req_arena;
-
-static void *req_alloc(void *data, size_t size) {
-    req_arena *a = data;
-    size_t at = (a->used + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
-    if (size <= CALL_ARENA && at <= CALL_ARENA - size) {
-        a->used = at + size;
-        CC_UNPOISON(a->bytes + at, size);
-        return a->bytes + at;
-    }
-    void *p = malloc(size);
-    if (!p) abort();
-    return p;
-}
-
-static void req_free(void *data, void *p) {
-    req_arena *a = data;
-    if ((unsigned char *)p >= a->bytes && (unsigned char *)p < a->bytes + CALL_ARENA) return;
-    free(p);
-}
 #define FREE_CALLS_MAX 1024 /* finished srv_calls kept for reuse */
 /* A request metadata array of at most this many entries is emptied and kept for the
  * next call instead of freed (gRPC core appends to it: no free and realloc per call); a
@@ -149,11 +121,12 @@ struct srv_call {
     size_t n_trailers;
     uint64_t started_ns; /* uv_hrtime() when accepted, for the call observer */
     srv_call *next_free; /* in srv_rpc.free_calls once finished */
-    /* The unpacked request lives here when it fits (req_alloc): no malloc per call.
-     * A reused call clears every field up to `arena` and empties the arena; its bytes
-     * are not cleared. */
+    /* The unpacked request lives in arena_bytes when it fits (cc_pb_arena): no malloc
+     * per call. A reused call clears every field up to `arena` and empties the arena;
+     * its bytes are not cleared (they are poisoned while the call is recycled). */
     ProtobufCAllocator alloc;
-    req_arena arena;
+    cc_pb_arena arena;
+    _Alignas(max_align_t) unsigned char arena_bytes[CALL_ARENA];
 };
 
 /* A registered method's armed requests (slots): few at first, more while it is busy
@@ -594,7 +567,7 @@ static void call_unref(srv_call *c) {
         s->n_free_calls++;
         /* All but the link: a use after the call ended is still caught in the ASan build. */
         CC_POISON(c, offsetof(srv_call, next_free));
-        CC_POISON(c->arena.bytes, CALL_ARENA);
+        CC_POISON(c->arena_bytes, CALL_ARENA);
     } else {
         grpc_metadata_array_destroy(&c->md);
         free(c);
@@ -757,8 +730,7 @@ static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_
     } else if (!(c = calloc(1, sizeof *c))) {
         abort();
     }
-    c->arena.used = 0;
-    c->alloc = (ProtobufCAllocator){req_alloc, req_free, &c->arena};
+    cc_pb_arena_init(&c->arena, c->arena_bytes, CALL_ARENA, &c->alloc);
     c->s = s;
     c->m = m;
     c->call = call;
@@ -805,45 +777,21 @@ static srv_call *call_new(srv_rpc *s, const srv_method *m, grpc_call *call, gpr_
 static int srv_rpc_decode(srv_rpc *s, const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
                           ProtobufCAllocator *alloc, ProtobufCMessage **out, char *err, size_t errlen) {
     *out = NULL;
-    grpc_slice flat = grpc_empty_slice();
-    grpc_byte_buffer_reader r;
-    int have_reader = 0;
-    const uint8_t *data = NULL;
-    size_t len = 0;
-    if (bb) {
-        if (!grpc_byte_buffer_reader_init(&r, bb)) {
-            snprintf(err, errlen, "request is not a valid %s message", desc->name);
-            return -1;
-        }
-        have_reader = 1;
-        grpc_slice *first = NULL, *second = NULL;
-        if (!grpc_byte_buffer_reader_peek(&r, &first)) {
-            /* empty: no bytes */
-        } else if (!grpc_byte_buffer_reader_peek(&r, &second)) {
-            data = GRPC_SLICE_START_PTR(*first); /* valid until the reader is destroyed */
-            len = GRPC_SLICE_LENGTH(*first);
-        } else {
-            grpc_byte_buffer_reader_destroy(&r);
-            if (!grpc_byte_buffer_reader_init(&r, bb)) {
-                snprintf(err, errlen, "request is not a valid %s message", desc->name);
-                return -1;
-            }
-            flat = grpc_byte_buffer_reader_readall(&r);
-            data = GRPC_SLICE_START_PTR(flat);
-            len = GRPC_SLICE_LENGTH(flat);
-        }
+    cc_pb_span sp;
+    if (cc_pb_span_open(&sp, bb) < 0) {
+        snprintf(err, errlen, "request is not a valid %s message", desc->name);
+        return -1;
     }
     int rc;
     if (s->cfg.decode) {
-        rc = s->cfg.decode(desc, len ? data : NULL, len, alloc, out, err, errlen);
+        rc = s->cfg.decode(desc, sp.len ? sp.data : NULL, sp.len, alloc, out, err, errlen);
     } else {
         static const uint8_t empty[1];
-        *out = protobuf_c_message_unpack(desc, alloc, len, len ? data : empty);
+        *out = protobuf_c_message_unpack(desc, alloc, sp.len, sp.len ? sp.data : empty);
         rc = *out ? 0 : -1;
         if (rc < 0) snprintf(err, errlen, "request is not a valid %s message", desc->name);
     }
-    if (have_reader) grpc_byte_buffer_reader_destroy(&r);
-    grpc_slice_unref(flat);
+    cc_pb_span_close(&sp);
     return rc;
 }
 
@@ -925,9 +873,10 @@ static int fast_answer(srv_rpc *s, srv_slot *sl) {
     if (md_bytes_of(sl) > (size_t)s->cfg.max_metadata_bytes) return -1;
     char err[300];
     ProtobufCMessage *req;
-    req_arena a; /* a fast call's request lives on the stack */
-    a.used = 0;
-    ProtobufCAllocator alloc = {req_alloc, req_free, &a};
+    _Alignas(max_align_t) unsigned char bytes[CALL_ARENA]; /* a fast call's request lives on the stack */
+    cc_pb_arena a;
+    ProtobufCAllocator alloc;
+    cc_pb_arena_init(&a, bytes, sizeof bytes, &alloc);
     if (srv_rpc_decode(s, sl->m->request, sl->payload, &alloc, &req, err, sizeof err) < 0) return -1;
     grpc_slice body;
     int answered = sl->m->cq_handler(req, s->app, &body);

@@ -557,10 +557,11 @@ Test(receipt, sign_verify_and_layout) {
     EVP_PKEY_free(k);
 }
 
-/* ---- issue 13: concert-bench's reply unpacking (client/bench_unpack.c) ---- */
+/* ---- issue 13: unpacking into a cc_pb_arena, in place (common/cc_pb.c; the server's
+ * requests and concert-bench's replies) ---- */
 #include <grpc/grpc.h>
 
-#include "bench_unpack.h"
+#include "cc_pb.h"
 
 static grpc_byte_buffer *status_bb(const char *token, size_t receipt_len, int n_slices) {
     Concert__V1__QueueStatus st;
@@ -590,18 +591,26 @@ static grpc_byte_buffer *status_bb(const char *token, size_t receipt_len, int n_
     return bb;
 }
 
-static int in_arena(const bench_arena *a, const void *p) {
-    return (const unsigned char *)p >= a->bytes && (const unsigned char *)p < a->bytes + BENCH_ARENA;
+enum { ARENA = 1024 };
+typedef struct {
+    _Alignas(max_align_t) unsigned char bytes[ARENA];
+    cc_pb_arena a;
+    ProtobufCAllocator alloc;
+} test_arena;
+
+static ProtobufCMessage *unpack_in(test_arena *t, grpc_byte_buffer *bb) {
+    cc_pb_arena_init(&t->a, t->bytes, sizeof t->bytes, &t->alloc);
+    return cc_pb_unpack_in(&concert__v1__queue_status__descriptor, bb, &t->alloc);
 }
 
-Test(bench_unpack, one_slice_two_slices_and_a_spill) {
+Test(cc_pb_arena, one_slice_two_slices_and_a_spill) {
     grpc_init();
     const char *token = "v1.0123456789abcdef0123456789abcdef.0123456789abcdef";
     for (int slices = 1; slices <= 2; slices++) {
         for (size_t rlen = 0; rlen <= 4000; rlen += 4000) {
             grpc_byte_buffer *bb = status_bb(token, rlen, slices);
-            bench_arena a;
-            Concert__V1__QueueStatus *st = (void *)bench_unpack(&concert__v1__queue_status__descriptor, bb, &a);
+            test_arena t;
+            Concert__V1__QueueStatus *st = (void *)unpack_in(&t, bb);
             grpc_byte_buffer_destroy(bb); /* nothing of the message points into the reply */
             cr_assert(st, "slices %d receipt %zu", slices, rlen);
             cr_expect_str_eq(st->token, token);
@@ -610,22 +619,50 @@ Test(bench_unpack, one_slice_two_slices_and_a_spill) {
             cr_expect_eq(st->position, 1234567);
             cr_assert_eq(st->admission_receipt.len, rlen);
             for (size_t i = 0; i < rlen; i++) cr_assert_eq(st->admission_receipt.data[i], (uint8_t)i, "receipt byte %zu", i);
-            cr_expect(in_arena(&a, st) && in_arena(&a, st->token), "the message and its token are in the arena");
-            if (rlen > BENCH_ARENA) {
-                cr_expect_gt(a.spilled, 0, "a receipt bigger than the arena is malloc'd");
-                cr_expect_not(in_arena(&a, st->admission_receipt.data));
+            cr_expect(cc_pb_arena_holds(&t.a, st) && cc_pb_arena_holds(&t.a, st->token),
+                      "the message and its token are in the arena");
+            if (rlen > ARENA) {
+                cr_expect_gt(t.a.spilled, 0, "a receipt bigger than the arena is malloc'd");
+                cr_expect_not(cc_pb_arena_holds(&t.a, st->admission_receipt.data));
             } else {
-                cr_expect_eq(a.spilled, 0, "a QueueStatus without receipt needs no malloc");
+                cr_expect_eq(t.a.spilled, 0, "a QueueStatus without receipt needs no malloc");
             }
-            bench_unpack_free(&st->base, &a); /* ASan: the spilled piece must be freed */
+            protobuf_c_message_free_unpacked(&st->base, &t.alloc); /* ASan: the spilled piece must be freed */
         }
     }
-    bench_arena a;
-    cr_expect_null(bench_unpack(&concert__v1__queue_status__descriptor, NULL, &a));
+    test_arena t;
+    cr_expect_null(unpack_in(&t, NULL));
     grpc_slice junk = grpc_slice_from_static_string("\x0a\xff\xff\xff\xff\x0f");
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&junk, 1);
-    cr_expect_null(bench_unpack(&concert__v1__queue_status__descriptor, bb, &a), "a truncated field is refused");
+    cr_expect_null(unpack_in(&t, bb), "a truncated field is refused");
     grpc_byte_buffer_destroy(bb);
-    bench_unpack_free(NULL, &a);
+    grpc_shutdown();
+}
+
+/* A one-slice buffer is read where it is; a split one once copied flat; none is empty. */
+Test(cc_pb_span, in_place_for_one_slice_flat_for_two) {
+    grpc_init();
+    const char *token = "v1.0123456789abcdef0123456789abcdef.0123456789abcdef";
+    for (int slices = 1; slices <= 2; slices++) {
+        grpc_byte_buffer *bb = status_bb(token, 100, slices);
+        size_t total = grpc_byte_buffer_length(bb);
+        const uint8_t *first = GRPC_SLICE_START_PTR(bb->data.raw.slice_buffer.slices[0]);
+        cc_pb_span sp;
+        cr_assert_eq(cc_pb_span_open(&sp, bb), 0);
+        cr_expect_eq(sp.len, total, "slices %d", slices);
+        if (slices == 1) cr_expect_eq(sp.data, first, "one slice: no copy");
+        else cr_expect_neq(sp.data, first, "two slices: one flat copy");
+        Concert__V1__QueueStatus *st = (void *)protobuf_c_message_unpack(&concert__v1__queue_status__descriptor, NULL,
+                                                                        sp.len, sp.data);
+        cr_assert(st, "the span holds the whole message");
+        cr_expect_str_eq(st->token, token);
+        protobuf_c_message_free_unpacked(&st->base, NULL);
+        cc_pb_span_close(&sp);
+        grpc_byte_buffer_destroy(bb);
+    }
+    cc_pb_span sp;
+    cr_assert_eq(cc_pb_span_open(&sp, NULL), 0);
+    cr_expect(sp.data == NULL && sp.len == 0);
+    cc_pb_span_close(&sp);
     grpc_shutdown();
 }
