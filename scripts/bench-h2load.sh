@@ -328,18 +328,22 @@ ROWS="$OUT/rounds.tsv"
 printf 'round\ttarget\tkind\trequests\treq_s\tsucceeded\tok_on_server\tserver_ticks\tthreads\tredis_usec\tredis_calls\tredis_ticks\n' >"$ROWS"
 HZ="$(getconf CLK_TCK)"
 say "warm-up: every target once with $((REQS / 10)) requests"
+# target T: its URL and the pids whose CPU counts (T_V: -1 echo, -2 echo[B], else a variant).
+target_of() {
+  local t="$1"
+  if ((T_V[t] == -2)); then pids="$ECHO_B_PID"; url="http://127.0.0.1:$ECHO_B_PORT$(path_of echo)"
+  elif ((T_V[t] < 0)); then pids="$ECHO_PID"; url="http://127.0.0.1:$ECHO_PORT$(path_of echo)"
+  else pids="${V_PIDS[T_V[t]]}"; url="http://127.0.0.1:${V_PORT[T_V[t]]}$(path_of "${T_KIND[t]}")"; fi
+}
 for ((t = 0; t < nt; t++)); do
-  if ((T_V[t] == -2)); then url="http://127.0.0.1:$ECHO_B_PORT$(path_of echo)"
-  elif ((T_V[t] < 0)); then url="http://127.0.0.1:$ECHO_PORT$(path_of echo)"; else url="http://127.0.0.1:${V_PORT[T_V[t]]}$(path_of "${T_KIND[t]}")"; fi
+  target_of "$t"
   h2 "$url" "$TMP/${T_KIND[t]/echo/health}.bin" $((REQS / 10)) "$TMP/warmup.txt"
 done
 for ((r = 1; r <= ROUNDS; r++)); do
   for ((j = 0; j < nt; j++)); do
     t=$(((j + r - 1) % nt)) # each round starts one target later: no target always runs first
     kind="${T_KIND[t]}"; name="${T_NAME[t]}"
-    if ((T_V[t] == -2)); then pids="$ECHO_B_PID"; url="http://127.0.0.1:$ECHO_B_PORT$(path_of echo)"
-    elif ((T_V[t] < 0)); then pids="$ECHO_PID"; url="http://127.0.0.1:$ECHO_PORT$(path_of echo)"
-    else pids="${V_PIDS[T_V[t]]}"; url="http://127.0.0.1:${V_PORT[T_V[t]]}$(path_of "$kind")"; fi
+    target_of "$t"
     ok0=0; ((T_V[t] >= 0)) && ok0="$(ok_count "${T_V[t]}" "$(method_of "$kind")")"
     "${RCLI[@]}" config resetstat >/dev/null
     snapshot "$pids" >"$TMP/s0"; r0="$(snapshot "$REDIS_PID" | awk '{s += $4} END {print s + 0}')"

@@ -271,6 +271,20 @@ struct srv_concert {
     char commit[65];
 };
 
+/* What a concert's entry knows of Redis beyond the tick's figures: its idle bits and its
+ * waiting members, forgotten together (deleted concert, entry freed). */
+static void concert_caches_drop(srv_concert *c) {
+    mirror_drop(&c->seen);
+    mcache_drop(&c->members);
+}
+
+/* Frees an entry already out of the registry (or with the registry). */
+static void concert_free(srv_concert *c) {
+    OPENSSL_cleanse(c->seed, sizeof c->seed);
+    concert_caches_drop(c);
+    free(c);
+}
+
 /* ---- keys and scripts ---- */
 
 void srv_queue_keys_of(srv_queue_keys *k, const char *concert) {
@@ -328,10 +342,7 @@ static void concert_drop(srv_app *app, srv_concert *c, int exists) {
     app->n_concerts--;
     CC_INFO("queue_idle", "concert=%s exists=%d", c->id, exists);
     cc_redis_command(app->redis, ignore_reply, NULL, "SREM cc:queues %s", c->id);
-    OPENSSL_cleanse(c->seed, sizeof c->seed);
-    mirror_drop(&c->seen);
-    mcache_drop(&c->members);
-    free(c);
+    concert_free(c);
 }
 
 #define FOR_EACH_CONCERT(app, c)                          \
@@ -1724,10 +1735,7 @@ static void on_admit(redisReply *r, const char *err, void *p) {
             const char *user = srv_str_at(r, i);
             if (srv_valid_user(user)) user_record(app, user, c->id, srv_str_at(r, i + 1));
         }
-        if (!exists) { /* deleted: its bits and members went with it */
-            mirror_drop(&c->seen);
-            mcache_drop(&c->members);
-        }
+        if (!exists) concert_caches_drop(c); /* deleted: its bits and members went with it */
         int empty = !exists || (waiting == 0 && active == 0 && holds == 0);
         if (!empty) {
             concert_note(app, c->id);
@@ -1834,10 +1842,7 @@ void srv_queue_free(srv_app *app) {
         srv_concert *c = app->concert_buckets[b];
         while (c) {
             srv_concert *next = c->hnext;
-            OPENSSL_cleanse(c->seed, sizeof c->seed);
-            mirror_drop(&c->seen);
-            mcache_drop(&c->members);
-            free(c);
+            concert_free(c);
             c = next;
         }
     }

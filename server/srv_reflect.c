@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cc_log.h"
-#include <grpc/byte_buffer_reader.h>
+#include "cc_pb.h"
 
 #include "grpc/reflection/v1alpha/reflection.pb-c.h"
 #include "srv_app.h"
@@ -255,15 +255,11 @@ static void on_request(srv_call *c, grpc_byte_buffer *bb) {
     /* The same decoding as every other request: strings checked on the wire first. */
     ProtobufCMessage *msg = NULL;
     char err[300];
-    grpc_byte_buffer_reader r;
-    grpc_slice flat = grpc_empty_slice();
-    if (grpc_byte_buffer_reader_init(&r, bb)) {
-        flat = grpc_byte_buffer_reader_readall(&r);
-        grpc_byte_buffer_reader_destroy(&r);
-    }
+    cc_pb_span sp;
+    int opened = cc_pb_span_open(&sp, bb) == 0; /* unreadable: decoded as no bytes, as before */
     int rc = srv_decode_request(&grpc__reflection__v1alpha__server_reflection_request__descriptor,
-                                GRPC_SLICE_START_PTR(flat), GRPC_SLICE_LENGTH(flat), NULL, &msg, err, sizeof err);
-    grpc_slice_unref(flat);
+                                opened ? sp.data : NULL, opened ? sp.len : 0, NULL, &msg, err, sizeof err);
+    if (opened) cc_pb_span_close(&sp);
     if (rc < 0) {
         srv_call_finish(c, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
         return;
